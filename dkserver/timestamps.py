@@ -1,0 +1,110 @@
+"""Message timestamps kept exact to the nanosecond.
+
+Signatures cover the sender's instant as Unix nanoseconds, and Python's
+``datetime`` keeps only microseconds, so dkserver never round-trips a message
+timestamp through ``datetime``.  It keeps the client's text, stores it in the
+original Go server's column format (``2026-11-26 01:45:42.123456789-03:00``)
+and turns it back into RFC 3339 on the way out; both forms name the same
+instant.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from dataclasses import dataclass
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})"
+    r"(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))?$"
+)
+
+#: The timestamp of system frames, as the original sends Go's zero time.
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+class TimestampError(ValueError):
+    """The text is not an RFC 3339 timestamp dkserver can keep exactly."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timestamp:
+    """An instant with the exact text it arrived as."""
+
+    unix_nanos: int
+    text: str
+
+    @property
+    def storage_text(self) -> str:
+        return to_storage(self.text)
+
+
+def parse(text: str, *, allow_naive: bool = False) -> Timestamp:
+    """Parse RFC 3339 (``T`` or space separated, up to nine fraction digits).
+
+    A missing zone is accepted only with ``allow_naive`` (rows written by the
+    original server's SQLite driver may lack one) and means UTC.
+    """
+    if not isinstance(text, str):
+        raise TimestampError("timestamp must be a string")
+    m = _RFC3339.match(text)
+    if m is None:
+        raise TimestampError(f"timestamp is not RFC 3339: {text[:64]!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    frac, zulu, sign, off_h, off_m = m.groups()[6:]
+    if not (zulu or sign) and not allow_naive:
+        raise TimestampError("timestamp has no time zone offset")
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60):
+        raise TimestampError("timestamp fields out of range")
+    if second > 60:
+        raise TimestampError("timestamp fields out of range")
+    try:
+        days_in_month = calendar.monthrange(year, month)[1]
+    except ValueError:
+        raise TimestampError("timestamp year out of range")
+    if year < 1 or day > days_in_month:
+        raise TimestampError("timestamp date does not exist")
+    offset = 0
+    if sign:
+        oh, om = int(off_h), int(off_m)
+        if oh > 23 or om > 59:
+            raise TimestampError("timestamp offset out of range")
+        offset = (oh * 3600 + om * 60) * (1 if sign == "+" else -1)
+    seconds = calendar.timegm((year, month, day, hour, minute, second)) - offset
+    nanos = int(frac.ljust(9, "0")) if frac else 0
+    return Timestamp(seconds * 1_000_000_000 + nanos, text)
+
+
+def to_storage(text: str) -> str:
+    """Format a parsed timestamp's text as the original server stores it."""
+    out = text[:10] + " " + text[11:]
+    if out.endswith(("Z", "z")):
+        out = out[:-1] + "+00:00"
+    return out
+
+
+def from_storage(text: str) -> str:
+    """Turn a stored timestamp back into RFC 3339 text for clients."""
+    if len(text) > 10 and text[10] in " t":
+        text = text[:10] + "T" + text[11:]
+    if not (text.endswith(("Z", "z")) or _has_offset(text)):
+        text += "Z"
+    return text
+
+
+def _has_offset(text: str) -> bool:
+    return len(text) > 19 and text[-6] in "+-" and text[-3] == ":"
+
+
+def now(clock_ns: int | None = None) -> Timestamp:
+    """The server's receive time, UTC with nanoseconds."""
+    ns = time.time_ns() if clock_ns is None else clock_ns
+    return from_unix_nanos(ns)
+
+
+def from_unix_nanos(ns: int) -> Timestamp:
+    secs, frac = divmod(ns, 1_000_000_000)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    return Timestamp(ns, f"{base}.{frac:09d}Z")

@@ -1,0 +1,199 @@
+"""Configuration, parsed once into an immutable object.
+
+Environment variables (as in the original server) give the defaults; command
+line options override them.  Every problem raises :class:`ConfigError` naming
+the offending setting, which ``twistd`` shows as one line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_HTTPS = ":443"
+DEFAULT_HTTP = ":80"
+DEFAULT_DB = "dkserver.db"
+DEFAULT_CERT = os.path.join("certs", "server.pem")
+DEFAULT_KEY = os.path.join("certs", "server.key")
+
+# Per client IP and per user id, for /auth/register and /auth/login: enough
+# for a person retrying by hand and a client reconnecting, far too little for
+# guessing or flooding.
+DEFAULT_LOGIN_RATE = 1.0
+DEFAULT_LOGIN_BURST = 20
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Config:
+    https: str = DEFAULT_HTTPS
+    http: str | None = DEFAULT_HTTP
+    db_path: str = DEFAULT_DB
+    cert_path: str = DEFAULT_CERT
+    key_path: str = DEFAULT_KEY
+    message_rate: float = 5.0
+    message_burst: int = 10
+    login_rate: float = DEFAULT_LOGIN_RATE
+    login_burst: int = DEFAULT_LOGIN_BURST
+    jwt_secret: str | None = field(default=None, repr=False)
+    #: Where a generated JWT secret is kept when JWT_SECRET is unset.
+    jwt_secret_path: str = ""
+    sqlite_synchronous: str = "NORMAL"
+    admin_users: frozenset[str] = frozenset()
+    #: Browser origins allowed to open /ws; empty means "the server's own".
+    allowed_origins: tuple[str, ...] = ()
+    forward_timeout: float = 30.0
+    challenge_ttl: float = 60.0
+    max_body: int = 1024 * 1024
+    max_ws_message: int = 1024 * 1024
+    ws_ping_interval: float = 54.0
+    ws_ping_timeout: float = 60.0
+    #: Idle HTTP connections and half-sent requests are closed after this.
+    http_timeout: float = 30.0
+    #: How long shutdown waits for in-flight requests and writes.
+    shutdown_grace: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.jwt_secret_path:
+            object.__setattr__(self, "jwt_secret_path", self.db_path + ".jwt-secret")
+
+
+def _positive_float(key: str, raw: str | float) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"not a number: {raw!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(key, f"must be a positive number, got {raw!r}")
+    return value
+
+
+def _positive_int(key: str, raw: str | int) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"not an integer: {raw!r}")
+    if value < 1:
+        raise ConfigError(key, f"must be at least 1, got {raw!r}")
+    return value
+
+
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]*):(?P<port>\d{1,5})$")
+_ENDPOINT_TYPES = ("tcp:", "tcp6:", "unix:", "systemd:")
+
+
+def endpoint_description(key: str, addr: str) -> str:
+    """Turn ``host:port``, ``:port`` or an endpoint description into one.
+
+    TLS is added by dkserver itself around whatever stream endpoint is named,
+    so ``ssl:`` descriptions are refused rather than silently double-wrapped.
+    """
+    addr = addr.strip()
+    m = _HOST_PORT.match(addr)
+    if m:
+        port = int(m.group("port"))
+        if port > 65535:
+            raise ConfigError(key, f"port out of range in {addr!r}")
+        host = m.group("host").strip("[]")
+        desc = f"tcp:port={port}"
+        if host:
+            desc = f"tcp6:port={port}" if ":" in host else desc
+            desc += ":interface=" + host.replace(":", r"\:")
+        return desc
+    if addr.startswith(_ENDPOINT_TYPES):
+        return addr
+    raise ConfigError(
+        key,
+        f"{addr!r} is not host:port, :port or a tcp:/tcp6:/unix:/systemd: "
+        "endpoint description",
+    )
+
+
+def port_of(addr: str) -> int | None:
+    """The TCP port named by an address, if it names one."""
+    m = _HOST_PORT.match(addr.strip())
+    if m:
+        return int(m.group("port"))
+    m = re.search(r"(?:^tcp6?:|:port=)(\d+)", addr)
+    return int(m.group(1)) if m else None
+
+
+def _split_list(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> Config:
+    """Build the configuration: options win over the environment."""
+
+    def pick(opt: str, env: str | None, default: object) -> object:
+        value = options.get(opt)
+        if value is not None:
+            return value
+        if env is not None and environ.get(env, "").strip():
+            return environ[env].strip()
+        return default
+
+    https = str(pick("https", "SERVER_ADDR", DEFAULT_HTTPS))
+    endpoint_description("https", https)
+    http_raw = pick("http", "HTTP_ADDR", DEFAULT_HTTP)
+    http: str | None = None
+    if str(http_raw).lower() != "none":
+        http = str(http_raw)
+        endpoint_description("http", http)
+
+    sync = str(pick("sqlite_synchronous", "DK_SQLITE_SYNCHRONOUS", "NORMAL")).upper()
+    if sync not in ("NORMAL", "FULL"):
+        raise ConfigError(
+            "DK_SQLITE_SYNCHRONOUS", f"must be NORMAL or FULL, got {sync!r}"
+        )
+
+    db_path = str(pick("db", "DK_DB", DEFAULT_DB))
+    origins = tuple(_split_list(str(pick("allowed_origins", "DK_ALLOWED_ORIGINS", ""))))
+    for origin in origins:
+        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+            raise ConfigError(
+                "DK_ALLOWED_ORIGINS", f"{origin!r} is not an origin like https://host"
+            )
+
+    return Config(
+        https=https,
+        http=http,
+        db_path=db_path,
+        cert_path=str(pick("cert", "DK_CERT", DEFAULT_CERT)),
+        key_path=str(pick("key", "DK_KEY", DEFAULT_KEY)),
+        message_rate=_positive_float(
+            "MESSAGE_RATE_LIMIT", pick("rate", "MESSAGE_RATE_LIMIT", 5.0)
+        ),
+        message_burst=_positive_int(
+            "MESSAGE_BURST_LIMIT", pick("burst", "MESSAGE_BURST_LIMIT", 10)
+        ),
+        login_rate=_positive_float(
+            "LOGIN_RATE_LIMIT",
+            pick("login_rate", "LOGIN_RATE_LIMIT", DEFAULT_LOGIN_RATE),
+        ),
+        login_burst=_positive_int(
+            "LOGIN_BURST_LIMIT",
+            pick("login_burst", "LOGIN_BURST_LIMIT", DEFAULT_LOGIN_BURST),
+        ),
+        jwt_secret=environ.get("JWT_SECRET") or None,
+        jwt_secret_path=str(pick("jwt_secret_file", "DK_JWT_SECRET_FILE", "")),
+        sqlite_synchronous=sync,
+        admin_users=frozenset(_split_list(str(pick("admins", "DK_ADMIN_USERS", "")))),
+        allowed_origins=origins,
+        forward_timeout=_positive_float(
+            "DK_FORWARD_TIMEOUT", pick("forward_timeout", "DK_FORWARD_TIMEOUT", 30.0)
+        ),
+        shutdown_grace=_positive_float(
+            "DK_SHUTDOWN_GRACE", pick("shutdown_grace", "DK_SHUTDOWN_GRACE", 10.0)
+        ),
+    )

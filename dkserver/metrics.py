@@ -1,0 +1,58 @@
+"""Prometheus metrics, one registry per server instance.
+
+A registry of its own (rather than prometheus_client's global one) lets tests
+and the ``.tac`` build several services in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.messages = Counter(
+            "dkserver_messages", "Messages accepted, by kind", ["kind"], registry=r
+        )
+        self.rate_limited = Counter(
+            "dkserver_rate_limited_frames",
+            "WebSocket frames dropped by the per-user rate limit",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "dkserver_auth_failures",
+            "Failed logins and token checks",
+            ["kind"],
+            registry=r,
+        )
+        self.refused_upgrades = Counter(
+            "dkserver_refused_upgrades",
+            "WebSocket upgrades refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.connections = Gauge(
+            "dkserver_websocket_connections", "Open WebSocket connections", registry=r
+        )
+        self.online_users = Gauge(
+            "dkserver_online_users",
+            "Users with at least one open connection",
+            registry=r,
+        )
+
+    def track_live(
+        self, connections: Callable[[], int], users: Callable[[], int]
+    ) -> None:
+        """Read live gauges from the session registry at scrape time."""
+        self.connections.set_function(connections)
+        self.online_users.set_function(users)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

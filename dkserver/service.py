@@ -1,0 +1,148 @@
+"""The root service: builds every part from the configuration and owns the
+shutdown order.
+
+``MultiService.stopService`` stops children concurrently; a messaging server
+must not close its database while requests are still writing, so
+:class:`DkService` stops its parts one after the other: stop listening, let
+in-flight requests finish, stop timers, close the database pool.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from dkserver.auth.challenges import ChallengeStore
+from dkserver.auth.handler import AuthHandler
+from dkserver.auth.secret import load_or_create_secret
+from dkserver.auth.tokens import TokenIssuer
+from dkserver.config import Config, endpoint_description
+from dkserver.listening import ListeningService
+from dkserver.metrics import Metrics
+from dkserver.periodic import periodic_service
+from dkserver.ratelimit import BucketRegistry, make_refill_service
+from dkserver.store import Store
+from dkserver.tls import load_context_factory
+from dkserver.web.app import DkApp
+from dkserver.web.redirect import RedirectResource
+from dkserver.web.site import DkSite
+
+#: Redirect requests carry no meaningful body.
+REDIRECT_MAX_BODY = 64 * 1024
+
+
+class DkService(MultiService):
+    """Everything one dkserver process runs."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor) -> None:
+        super().__init__()
+        self.setName("dkserver")
+        self.config = config
+        self.reactor = reactor
+        self.metrics = Metrics()
+
+        secret, warnings = load_or_create_secret(
+            config.jwt_secret, config.jwt_secret_path
+        )
+        for warning in warnings:
+            self.log.warn("{warning}", warning=warning)
+        context = load_context_factory(config.cert_path, config.key_path)
+
+        self.store = Store.create(config.db_path, reactor, config.sqlite_synchronous)
+        self.challenges = ChallengeStore(reactor, ttl=config.challenge_ttl)
+        self.tokens = TokenIssuer(secret, reactor)
+        self.login_ip_limits = BucketRegistry(
+            config.login_rate, config.login_burst, reactor
+        )
+        self.login_user_limits = BucketRegistry(
+            config.login_rate, config.login_burst, reactor
+        )
+        self.auth = AuthHandler(
+            self.store,
+            self.challenges,
+            self.tokens,
+            self.login_ip_limits,
+            self.login_user_limits,
+            self.metrics,
+        )
+        self.app = DkApp(self.store, self.auth)
+        self.site = DkSite(
+            self.app.resource(),
+            max_body=config.max_body,
+            idle_timeout=config.http_timeout,
+            request_deadline=config.http_timeout * 2,
+            reactor=reactor,
+        )
+
+        https_endpoint = serverFromString(
+            reactor, endpoint_description("https", config.https)
+        )
+        self.https = ListeningService(
+            "https", https_endpoint, TLSMemoryBIOFactory(context, False, self.site)
+        )
+        self.https.setServiceParent(self)
+        self.http: ListeningService | None = None
+        if config.http is not None:
+            redirect_site = DkSite(
+                RedirectResource(self.https.bound_port),
+                max_body=REDIRECT_MAX_BODY,
+                idle_timeout=config.http_timeout,
+                request_deadline=config.http_timeout * 2,
+                reactor=reactor,
+            )
+            http_endpoint = serverFromString(
+                reactor, endpoint_description("http", config.http)
+            )
+            self.http = ListeningService("http", http_endpoint, redirect_site)
+            self.http.setServiceParent(self)
+
+        self.timers = MultiService()
+        self.timers.setName("timers")
+        for registry in (self.login_ip_limits, self.login_user_limits):
+            make_refill_service(registry, 1.0, reactor).setServiceParent(self.timers)
+        periodic_service(
+            "challenge-prune", 10.0, self.challenges.prune, reactor
+        ).setServiceParent(self.timers)
+        self.timers.setServiceParent(self)
+
+    def startService(self) -> None:
+        self._ready = Deferred.fromCoroutine(self._migrate())
+        self._ready.addErrback(self._fatal)
+        super().startService()
+
+    async def _migrate(self) -> None:
+        await self.store.migrate()
+        self.log.info("database {path} ready", path=self.config.db_path)
+
+    def _fatal(self, failure) -> None:
+        self.log.failure("cannot open the database; stopping", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def ready(self) -> None:
+        """Wait until the database is migrated and every listener is bound."""
+        await self._ready
+        await self.https.when_listening()
+        if self.http is not None:
+            await self.http.when_listening()
+
+    def stopService(self) -> Deferred:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.running = 0
+        self.log.info("shutting down: closing listeners")
+        for listener in (self.http, self.https):
+            if listener is not None and listener.running:
+                await listener.stopService()
+        left = await self.site.drain(self.reactor, self.config.shutdown_grace)
+        if left:
+            self.log.warn("{count} requests still running at shutdown", count=left)
+        await self.timers.stopService()
+        await self.store.close()
+        self.log.info("shutdown complete")

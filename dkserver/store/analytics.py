@@ -1,0 +1,192 @@
+"""Sessions and message events, and the usage statistics computed from them.
+
+Times are written as the original server writes them,
+``YYYY-MM-DD HH:MM:SS.fffffffff+00:00``. Rows the original wrote may carry
+another UTC offset and fewer fraction digits (Go trims trailing zeros), so
+text comparison is not reliable; the statistics filter with SQLite's own date
+functions (``strftime('%s', col)``), which accept both forms, apply the
+offset, and read a zone-less value as UTC. That is a table scan at second
+precision, which is fine for an occasional statistics request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.enterprise import adbapi
+
+from dkserver import timestamps
+
+_DAY_S = 86_400
+_NS = 1_000_000_000
+
+#: The instant of a stored time value, in Unix seconds (NULL if unreadable).
+_EPOCH = "CAST(strftime('%s', {}) AS INTEGER)"
+
+
+def _storage_text(ns: int) -> str:
+    return timestamps.to_storage(timestamps.from_unix_nanos(ns).text)
+
+
+class AnalyticsStore:
+    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+        self._pool = pool
+
+    async def start_session(self, session_id: str, user_id: str, start_ns: int) -> None:
+        await self._pool.runInteraction(
+            _start_session_txn, session_id, user_id, _storage_text(start_ns)
+        )
+
+    async def end_session(self, session_id: str, end_ns: int) -> None:
+        """Close the session (no-op if unknown or already closed)."""
+        await self._pool.runInteraction(_end_sessions_txn, session_id, end_ns)
+
+    async def end_open_sessions(self, end_ns: int) -> int:
+        """Close every session left open (shutdown, or a crash before); count."""
+        return await self._pool.runInteraction(_end_sessions_txn, None, end_ns)
+
+    async def record_message_events(
+        self, rows: Sequence[tuple[str, str, bool, int]]
+    ) -> None:
+        """Store ``(session_id, user_id, is_broadcast, ts_ns)`` events at once.
+
+        Each session must have been started (foreign key to ``sessions``).
+        """
+        if rows:
+            values = [
+                (sid, uid, int(bcast), _storage_text(ns))
+                for sid, uid, bcast, ns in rows
+            ]
+            await self._pool.runInteraction(_record_events_txn, values)
+
+    async def stats(self, now_ns: int) -> dict[str, Any]:
+        """Usage statistics as of ``now_ns``.
+
+        Active users are those with a session overlapping the window; message
+        counts come from ``messages`` (by server receive time); the peak hour
+        is the UTC hour with the most message events ever, ``None`` if none.
+        """
+        return await self._pool.runInteraction(_stats_txn, now_ns // _NS)
+
+
+def _start_session_txn(
+    txn: adbapi.Transaction, session_id: str, user_id: str, start: str
+) -> None:
+    txn.execute(
+        "INSERT INTO sessions (session_id, user_id, start_time) VALUES (?, ?, ?)",
+        (session_id, user_id, start),
+    )
+
+
+def _end_sessions_txn(
+    txn: adbapi.Transaction, session_id: str | None, end_ns: int
+) -> int:
+    if session_id is None:
+        txn.execute(
+            "SELECT session_id, start_time FROM sessions WHERE end_time IS NULL"
+        )
+    else:
+        txn.execute(
+            "SELECT session_id, start_time FROM sessions"
+            " WHERE session_id = ? AND end_time IS NULL",
+            (session_id,),
+        )
+    updates = []
+    for sid, start in txn.fetchall():
+        try:
+            start_ns = timestamps.parse(start, allow_naive=True).unix_nanos
+        except timestamps.TimestampError:
+            duration = None
+        else:
+            # whole seconds, truncated, as the original's int(d.Seconds())
+            duration = max(0, (end_ns - start_ns) // _NS)
+        updates.append((_storage_text(end_ns), duration, sid))
+    txn.executemany(
+        "UPDATE sessions SET end_time = ?, duration = ? WHERE session_id = ?", updates
+    )
+    return len(updates)
+
+
+def _record_events_txn(
+    txn: adbapi.Transaction, values: list[tuple[str, str, int, str]]
+) -> None:
+    txn.executemany(
+        "INSERT INTO message_events (session_id, user_id, is_broadcast, timestamp)"
+        " VALUES (?, ?, ?, ?)",
+        values,
+    )
+
+
+def _stats_txn(txn: adbapi.Transaction, now_s: int) -> dict[str, Any]:
+    return {
+        "daily_active_users": _active_users(txn, now_s - _DAY_S, now_s),
+        "weekly_active_users": _active_users(txn, now_s - 7 * _DAY_S, now_s),
+        "messages": {
+            "all_time": _message_counts(txn, None, now_s),
+            "last_24h": _message_counts(txn, now_s - _DAY_S, now_s),
+        },
+        "sessions": _session_stats(txn),
+        "peak_hour": _peak_hour(txn),
+    }
+
+
+def _active_users(txn: adbapi.Transaction, since_s: int, now_s: int) -> int:
+    start, end = _EPOCH.format("start_time"), _EPOCH.format("end_time")
+    txn.execute(
+        f"SELECT COUNT(DISTINCT user_id) FROM sessions WHERE {start} <= ?"
+        f" AND (end_time IS NULL OR {end} >= ?)",
+        (now_s, since_s),
+    )
+    return txn.fetchone()[0]
+
+
+def _message_counts(
+    txn: adbapi.Transaction, since_s: int | None, now_s: int
+) -> dict[str, int]:
+    if since_s is None:
+        txn.execute("SELECT COUNT(*) FROM messages")
+        total = txn.fetchone()[0]
+        txn.execute("SELECT COUNT(*) FROM messages WHERE is_broadcast = 1")
+        broadcast = txn.fetchone()[0]
+    else:
+        txn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(is_broadcast = 1), 0) FROM messages"
+            " WHERE received_ns >= ? AND received_ns < ?",
+            (since_s * _NS, (now_s + 1) * _NS),
+        )
+        total, broadcast = txn.fetchone()
+    return {"direct": total - broadcast, "broadcast": broadcast, "total": total}
+
+
+def _session_stats(txn: adbapi.Transaction) -> dict[str, Any]:
+    txn.execute(
+        "SELECT COUNT(*), COUNT(duration), SUM(end_time IS NULL), AVG(duration),"
+        " MAX(duration) FROM sessions"
+    )
+    count, completed, still_open, avg, longest = txn.fetchone()
+    median = None
+    if completed:
+        txn.execute(
+            "SELECT duration FROM sessions WHERE duration IS NOT NULL"
+            " ORDER BY duration LIMIT 1 OFFSET ?",
+            ((completed - 1) // 2,),
+        )
+        median = txn.fetchone()[0]
+    return {
+        "count": count,
+        "open": still_open or 0,
+        "avg_duration_s": None if avg is None else float(avg),
+        "max_duration_s": longest,
+        "p50_duration_s": median,
+    }
+
+
+def _peak_hour(txn: adbapi.Transaction) -> int | None:
+    txn.execute(
+        "SELECT CAST(strftime('%H', timestamp) AS INTEGER) AS hour, COUNT(*) AS n"
+        " FROM message_events WHERE hour IS NOT NULL"
+        " GROUP BY hour ORDER BY n DESC, hour LIMIT 1"
+    )
+    row = txn.fetchone()
+    return None if row is None else row[0]

@@ -1,0 +1,23 @@
+"""The storage layer's own errors, so callers never see a driver exception."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """A storage operation failed in a way the caller should report or stop on."""
+
+
+class UserExists(StoreError):
+    """Registration named a user id that is already taken (HTTP 409)."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"user {user_id!r} already exists")
+        self.user_id = user_id
+
+
+class DatabaseUnusable(StoreError, ValueError):
+    """The file is not a database this dkserver can use (corrupt, newer schema).
+
+    Also a `ValueError`, so startup code that reports bad configuration
+    reports this the same way, in one line.
+    """

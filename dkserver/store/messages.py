@@ -1,0 +1,217 @@
+"""Stored messages and broadcast deliveries.
+
+Every write takes a batch and runs as one transaction, so a group-commit
+writer can turn many frames into a single fsync.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.enterprise import adbapi
+
+from dkserver import timestamps
+from dkserver.store.errors import StoreError
+
+PENDING = "pending"
+DELIVERED = "delivered"
+
+_COLUMNS = (
+    "m.id, m.from_user, m.to_user, m.timestamp, m.content, m.status,"
+    " m.is_broadcast, m.signature, m.is_forward_message"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store; the caller has already validated ``timestamp``."""
+
+    from_user: str
+    to_user: str
+    #: RFC 3339 text exactly as the client sent it (signatures cover it).
+    timestamp: str
+    content: str
+    is_broadcast: bool
+    signature: str | None
+    is_forward_message: bool
+    #: Server receive time, Unix ns.
+    received_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    from_user: str
+    to_user: str
+    #: RFC 3339, same instant to the nanosecond as the client sent.
+    timestamp: str
+    content: str
+    status: str
+    is_broadcast: bool
+    #: ``None`` when the message carried none.
+    signature: str | None
+    is_forward_message: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        """The PROTOCOL.md message object (false flags and empty signature omitted)."""
+        wire: dict[str, Any] = {
+            "id": self.id,
+            "from": self.from_user,
+            "to": self.to_user,
+            "timestamp": self.timestamp,
+            "content": self.content,
+            "status": self.status,
+        }
+        if self.is_broadcast:
+            wire["is_broadcast"] = True
+        if self.signature:
+            wire["signature"] = self.signature
+        if self.is_forward_message:
+            wire["is_forward_message"] = True
+        return wire
+
+
+class MessageStore:
+    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+        self._pool = pool
+
+    async def add_many(self, msgs: Sequence[NewMessage]) -> list[int]:
+        """Store messages as ``pending``; returns their ids in order.
+
+        Raises `StoreError` (and stores none of the batch) if a sender is not
+        a registered user.
+        """
+        if not msgs:
+            return []
+        return await self._pool.runInteraction(_add_many_txn, list(msgs))
+
+    async def mark_delivered(self, ids: Sequence[int]) -> None:
+        """Mark pending messages delivered; ids already delivered are left alone."""
+        if ids:
+            await self._pool.runInteraction(_mark_delivered_txn, list(ids))
+
+    async def pending_direct(
+        self, user_id: str, limit: int | None = None
+    ) -> list[StoredMessage]:
+        """Direct messages still pending for ``user_id``, oldest first."""
+        return await self._pool.runInteraction(_pending_direct_txn, user_id, limit)
+
+    async def undelivered_broadcasts(
+        self, user_id: str, limit: int | None = None
+    ) -> list[StoredMessage]:
+        """Broadcasts since the user registered, by others, not yet given to them."""
+        return await self._pool.runInteraction(
+            _undelivered_broadcasts_txn, user_id, limit
+        )
+
+    async def record_broadcast_deliveries(
+        self, pairs: Sequence[tuple[int, str]]
+    ) -> None:
+        """Remember that ``(message_id, user_id)`` got the broadcast (idempotent)."""
+        if pairs:
+            await self._pool.runInteraction(_record_deliveries_txn, list(pairs))
+
+    async def get(self, message_id: int) -> StoredMessage | None:
+        return await self._pool.runInteraction(_get_txn, message_id)
+
+
+def _row(row: tuple[Any, ...]) -> StoredMessage:
+    mid, from_user, to_user, ts, content, status, bcast, sig, fwd = row
+    return StoredMessage(
+        id=mid,
+        from_user=from_user,
+        to_user=to_user,
+        timestamp=timestamps.from_storage(ts) if ts else timestamps.ZERO_TIME,
+        content=content,
+        status=status,
+        is_broadcast=bool(bcast),
+        signature=sig or None,
+        is_forward_message=bool(fwd),
+    )
+
+
+def _limit(limit: int | None) -> int:
+    return -1 if limit is None else limit  # SQLite: negative means no limit
+
+
+def _add_many_txn(txn: adbapi.Transaction, msgs: list[NewMessage]) -> list[int]:
+    ids = []
+    for m in msgs:
+        try:
+            txn.execute(
+                "INSERT INTO messages (from_user, to_user, timestamp, content,"
+                " status, is_broadcast, signature, is_forward_message, received_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    m.from_user,
+                    m.to_user,
+                    timestamps.to_storage(m.timestamp),
+                    m.content,
+                    PENDING,
+                    int(m.is_broadcast),
+                    m.signature or "",  # the original writes Go's "" for none
+                    int(m.is_forward_message),
+                    m.received_ns,
+                ),
+            )
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"cannot store message from {m.from_user!r}: {e}") from e
+        ids.append(txn.lastrowid)
+    return ids
+
+
+def _mark_delivered_txn(txn: adbapi.Transaction, ids: list[int]) -> None:
+    txn.executemany(
+        "UPDATE messages SET status = ? WHERE id = ? AND status = ?",
+        [(DELIVERED, mid, PENDING) for mid in ids],
+    )
+
+
+def _pending_direct_txn(
+    txn: adbapi.Transaction, user_id: str, limit: int | None
+) -> list[StoredMessage]:
+    txn.execute(
+        f"SELECT {_COLUMNS} FROM messages m"
+        " WHERE m.to_user = ? AND m.status = ? AND m.is_broadcast = 0"
+        " ORDER BY m.id LIMIT ?",
+        (user_id, PENDING, _limit(limit)),
+    )
+    return [_row(r) for r in txn.fetchall()]
+
+
+def _undelivered_broadcasts_txn(
+    txn: adbapi.Transaction, user_id: str, limit: int | None
+) -> list[StoredMessage]:
+    txn.execute(
+        f"SELECT {_COLUMNS} FROM messages m JOIN users u ON u.user_id = ?"
+        " WHERE m.is_broadcast = 1"
+        " AND m.received_ns >= u.registered_ns"
+        " AND m.from_user != u.user_id"
+        " AND NOT EXISTS (SELECT 1 FROM broadcast_deliveries d"
+        "  WHERE d.message_id = m.id AND d.user_id = u.user_id)"
+        " ORDER BY m.id LIMIT ?",
+        (user_id, _limit(limit)),
+    )
+    return [_row(r) for r in txn.fetchall()]
+
+
+def _record_deliveries_txn(
+    txn: adbapi.Transaction, pairs: list[tuple[int, str]]
+) -> None:
+    try:
+        txn.executemany(
+            "INSERT OR IGNORE INTO broadcast_deliveries (message_id, user_id)"
+            " VALUES (?, ?)",
+            pairs,
+        )
+    except sqlite3.IntegrityError as e:
+        raise StoreError(f"cannot record broadcast delivery: {e}") from e
+
+
+def _get_txn(txn: adbapi.Transaction, message_id: int) -> StoredMessage | None:
+    txn.execute(f"SELECT {_COLUMNS} FROM messages m WHERE m.id = ?", (message_id,))
+    row = txn.fetchone()
+    return None if row is None else _row(row)

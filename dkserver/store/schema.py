@@ -1,0 +1,316 @@
+"""The schema and its migrations, in one place, versioned by ``PRAGMA user_version``.
+
+Version 0 is either an empty file or a database written by the original Go
+server (same table and column names, which dkserver keeps so an operator can
+point it at their existing file). Version 1 upgrades that in place:
+
+- ``messages`` is rebuilt without the original's
+  ``FOREIGN KEY(to_user) REFERENCES users(user_id)``: broadcasts are stored
+  with ``to_user = 'broadcast'``, which only worked because the original ran
+  with foreign keys off. Ids and ``sqlite_sequence`` are kept, so ids are
+  never reused.
+- ``messages.received_ns`` and ``users.registered_ns`` (Unix nanoseconds) let
+  the broadcast query compare instants as integers instead of text written
+  with arbitrary UTC offsets and fraction lengths.
+- indexes for the queries the stores run.
+
+Migrations run on the pool's thread, with foreign keys off (a table rebuild
+needs that, and the pragma is a no-op inside a transaction) and all steps in
+one transaction, checked by ``PRAGMA foreign_key_check`` before commit.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from twisted.enterprise import adbapi
+from twisted.logger import Logger
+
+from dkserver import timestamps
+from dkserver.store.errors import DatabaseUnusable, StoreError
+
+log = Logger()
+
+LATEST_VERSION = 1
+
+_COPY_CHUNK = 1000
+
+_USERS = """
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    created_at DATETIME DEFAULT CURRENT_TIMESTAMP,
+    registered_ns INTEGER
+)"""
+
+_MESSAGES = """
+CREATE TABLE {name} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    from_user TEXT NOT NULL,
+    to_user TEXT NOT NULL,
+    timestamp DATETIME DEFAULT CURRENT_TIMESTAMP,
+    content TEXT NOT NULL,
+    status TEXT NOT NULL,
+    is_broadcast BOOLEAN DEFAULT FALSE,
+    signature TEXT,
+    is_forward_message BOOLEAN DEFAULT FALSE,
+    received_ns INTEGER,
+    FOREIGN KEY(from_user) REFERENCES users(user_id)
+)"""
+
+# The original server's definitions, created only where missing.
+_OTHER_TABLES = (
+    """
+CREATE TABLE IF NOT EXISTS broadcast_deliveries (
+    message_id INT,
+    user_id VARCHAR(255),
+    delivered_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (message_id, user_id),
+    FOREIGN KEY (message_id) REFERENCES messages(id)
+)""",
+    """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    start_time DATETIME NOT NULL,
+    end_time DATETIME,
+    duration INTEGER
+)""",
+    """
+CREATE TABLE IF NOT EXISTS message_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    is_broadcast BOOLEAN NOT NULL,
+    timestamp DATETIME DEFAULT CURRENT_TIMESTAMP,
+    FOREIGN KEY(session_id) REFERENCES sessions(session_id)
+)""",
+    """
+CREATE TABLE IF NOT EXISTS user_descriptions (
+    user_id TEXT PRIMARY KEY,
+    descriptions TEXT NOT NULL,
+    FOREIGN KEY(user_id) REFERENCES users(user_id)
+)""",
+)
+
+_INDEXES = (
+    # pending direct messages of a recipient, oldest first
+    "CREATE INDEX IF NOT EXISTS messages_pending_idx ON messages(to_user, status, id)",
+    # broadcasts in id order
+    "CREATE INDEX IF NOT EXISTS messages_broadcast_idx ON messages(is_broadcast, id)",
+    "CREATE INDEX IF NOT EXISTS sessions_user_start_idx"
+    " ON sessions(user_id, start_time)",
+    # sessions left open by a crash, closed at startup
+    "CREATE INDEX IF NOT EXISTS sessions_open_idx"
+    " ON sessions(session_id) WHERE end_time IS NULL",
+    "CREATE INDEX IF NOT EXISTS message_events_timestamp_idx"
+    " ON message_events(timestamp)",
+    "CREATE INDEX IF NOT EXISTS message_events_user_idx"
+    " ON message_events(user_id, timestamp)",
+)
+
+# Columns of the original messages table, with a value for databases written
+# by an older original that lacked the later ones.
+_LEGACY_MESSAGE_COLUMNS = (
+    ("id", None),
+    ("from_user", None),
+    ("to_user", None),
+    ("timestamp", None),
+    ("content", None),
+    ("status", None),
+    ("is_broadcast", "0"),
+    ("signature", "NULL"),
+    ("is_forward_message", "0"),
+)
+
+
+async def migrate(pool: adbapi.ConnectionPool) -> int:
+    """Bring the database to ``LATEST_VERSION``; returns the version found."""
+    return await pool.runWithConnection(_migrate)
+
+
+def _migrate(conn: sqlite3.Connection) -> int:
+    conn.commit()  # PRAGMA foreign_keys is ignored inside a transaction
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # no other process migrates meanwhile
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        _check_version(found)
+        for version in range(found + 1, LATEST_VERSION + 1):
+            log.info("migrating database schema to version {version}", version=version)
+            _STEPS[version](conn)
+        if found < LATEST_VERSION:
+            _check_foreign_keys(conn)
+            conn.execute(f"PRAGMA user_version={LATEST_VERSION:d}")
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
+    return found
+
+
+def _check_version(found: int) -> None:
+    if found > LATEST_VERSION:
+        raise DatabaseUnusable(
+            f"database schema version {found} is newer than this dkserver "
+            f"supports ({LATEST_VERSION}); upgrade dkserver or restore a "
+            "backup taken before the newer version ran"
+        )
+
+
+def preflight(path: str) -> None:
+    """Fail fast, before the reactor runs, if ``path`` cannot be used.
+
+    Blocking is fine here (it runs once, at startup, before anything is
+    served); the migration itself still runs on the pool's thread. Raises
+    `OSError` for a missing or unwritable directory or file, and
+    `DatabaseUnusable` for a file that is not SQLite or has a newer schema.
+    """
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    db = Path(path)
+    directory = db.parent.resolve()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"database directory {directory} does not exist")
+    # WAL mode creates -wal and -shm files beside the database
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(f"database directory {directory} is not writable")
+    if not db.exists():
+        return
+    if not os.access(db, os.R_OK | os.W_OK):
+        raise PermissionError(f"database file {db} is not readable and writable")
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            found = conn.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise DatabaseUnusable(f"{db} is not a usable SQLite database: {e}") from e
+    _check_version(found)
+
+
+def _check_foreign_keys(conn: sqlite3.Connection) -> None:
+    """Fail on violations in tables a migration rebuilt; only warn elsewhere.
+
+    The original server never enforced foreign keys, so an old database may
+    hold stray rows (say, an event of a session that was never written).
+    They do no harm to dkserver and must not stop an operator's upgrade; a
+    violation in ``messages`` would mean the rebuild itself went wrong.
+    """
+    counts: dict[str, int] = {}
+    for table, *_ in conn.execute("PRAGMA foreign_key_check"):
+        counts[table] = counts.get(table, 0) + 1
+    if "messages" in counts:
+        raise StoreError(
+            f"migration left {counts['messages']} messages rows whose from_user "
+            "is not a registered user; the database was not changed"
+        )
+    for table, count in sorted(counts.items()):
+        log.warn(
+            "legacy table {table} has {count} rows with dangling foreign keys",
+            table=table,
+            count=count,
+        )
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {name for (name,) in rows}
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _legacy_ns(text: object) -> int | None:
+    """Unix ns of a timestamp the original wrote (maybe naive, meaning UTC)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return timestamps.parse(text, allow_naive=True).unix_nanos
+    except timestamps.TimestampError:
+        return None
+
+
+def _to_v1(conn: sqlite3.Connection) -> None:
+    tables = _tables(conn)
+    if "users" in tables:
+        _upgrade_users(conn)
+    else:
+        conn.execute(_USERS)
+    if "messages" in tables:
+        _rebuild_messages(conn)
+    else:
+        conn.execute(_MESSAGES.format(name="messages"))
+    for ddl in _OTHER_TABLES:
+        conn.execute(ddl)
+    for ddl in _INDEXES:
+        conn.execute(ddl)
+
+
+def _upgrade_users(conn: sqlite3.Connection) -> None:
+    if "registered_ns" in _columns(conn, "users"):
+        return
+    conn.execute("ALTER TABLE users ADD COLUMN registered_ns INTEGER")
+    rows = conn.execute("SELECT user_id, created_at FROM users").fetchall()
+    # An unreadable created_at offers the user every broadcast rather than none.
+    conn.executemany(
+        "UPDATE users SET registered_ns = ? WHERE user_id = ?",
+        [(_legacy_ns(created) or 0, user_id) for user_id, created in rows],
+    )
+
+
+def _rebuild_messages(conn: sqlite3.Connection) -> None:
+    """The SQLite "12-step" table rebuild: create, copy, drop, rename."""
+    present = _columns(conn, "messages")
+    select = []
+    for column, default in _LEGACY_MESSAGE_COLUMNS:
+        if column in present:
+            select.append(column)
+        elif default is None:
+            raise StoreError(
+                f"table messages has no column {column}; this is not a "
+                "DistributedKnowledge database"
+            )
+        else:
+            select.append(default)
+    conn.execute(_MESSAGES.format(name="messages_v1"))  # ensures sqlite_sequence
+    old_seq = _sequence(conn, "messages")
+    names = ", ".join(column for column, _ in _LEGACY_MESSAGE_COLUMNS)
+    insert = (
+        f"INSERT INTO messages_v1 ({names}, received_ns)"
+        f" VALUES ({', '.join('?' * (len(_LEGACY_MESSAGE_COLUMNS) + 1))})"
+    )
+    query = f"SELECT {', '.join(select)} FROM messages WHERE id > ? ORDER BY id LIMIT ?"
+    last_id = -(2**63)
+    while rows := conn.execute(query, (last_id, _COPY_CHUNK)).fetchall():
+        # received_ns of a legacy row: the sender's instant, the best we know
+        conn.executemany(insert, [(*row, _legacy_ns(row[3])) for row in rows])
+        last_id = rows[-1][0]
+    conn.execute("DROP TABLE messages")
+    conn.execute("ALTER TABLE messages_v1 RENAME TO messages")
+
+    seq = max(old_seq, _sequence(conn, "messages"), last_id, 0)
+    conn.execute(
+        "DELETE FROM sqlite_sequence WHERE name IN ('messages', 'messages_v1')"
+    )
+    conn.execute(
+        "INSERT INTO sqlite_sequence (name, seq) VALUES ('messages', ?)", (seq,)
+    )
+
+
+def _sequence(conn: sqlite3.Connection, table: str) -> int:
+    row = conn.execute(
+        "SELECT MAX(seq) FROM sqlite_sequence WHERE name = ?", (table,)
+    ).fetchone()
+    return int(row[0] or 0)
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_v1}

@@ -1,0 +1,90 @@
+"""Registered users."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.enterprise import adbapi
+
+from dkserver.store.errors import StoreError, UserExists
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    user_id: str
+    username: str
+    public_key: str
+    #: Registration instant (Unix ns); broadcasts older than this are not
+    #: offered to the user. Legacy rows have second precision.
+    registered_ns: int
+
+
+class UserStore:
+    def __init__(
+        self, pool: adbapi.ConnectionPool, clock_ns: Callable[[], int] = time.time_ns
+    ) -> None:
+        self._pool = pool
+        self._clock_ns = clock_ns
+
+    async def create(
+        self,
+        user_id: str,
+        username: str,
+        public_key: str,
+        registered_ns: int | None = None,
+    ) -> None:
+        """Register a user; raises `UserExists` if the id is taken.
+
+        ``registered_ns`` defaults to now; tests pass it to pin the instant.
+        """
+        ns = self._clock_ns() if registered_ns is None else registered_ns
+        await self._pool.runInteraction(_create_txn, user_id, username, public_key, ns)
+
+    async def get(self, user_id: str) -> User | None:
+        return await self._pool.runInteraction(_get_txn, user_id)
+
+    async def exists(self, user_id: str) -> bool:
+        return await self._pool.runInteraction(_exists_txn, user_id)
+
+    async def all_ids(self) -> list[str]:
+        return await self._pool.runInteraction(_all_ids_txn)
+
+
+def _create_txn(
+    txn: adbapi.Transaction, user_id: str, username: str, public_key: str, ns: int
+) -> None:
+    if _exists_txn(txn, user_id):
+        raise UserExists(user_id)
+    # created_at as SQLite's CURRENT_TIMESTAMP writes it, like the original
+    created_at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ns // 1_000_000_000))
+    try:
+        txn.execute(
+            "INSERT INTO users (user_id, username, public_key, created_at,"
+            " registered_ns) VALUES (?, ?, ?, ?, ?)",
+            (user_id, username, public_key, created_at, ns),
+        )
+    except sqlite3.IntegrityError as e:
+        raise StoreError(f"cannot register user: {e}") from e
+
+
+def _get_txn(txn: adbapi.Transaction, user_id: str) -> User | None:
+    txn.execute(
+        "SELECT user_id, username, public_key, COALESCE(registered_ns, 0)"
+        " FROM users WHERE user_id = ?",
+        (user_id,),
+    )
+    row = txn.fetchone()
+    return None if row is None else User(*row)
+
+
+def _exists_txn(txn: adbapi.Transaction, user_id: str) -> bool:
+    txn.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,))
+    return txn.fetchone() is not None
+
+
+def _all_ids_txn(txn: adbapi.Transaction) -> list[str]:
+    txn.execute("SELECT user_id FROM users ORDER BY user_id")
+    return [user_id for (user_id,) in txn.fetchall()]

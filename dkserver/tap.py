@@ -1,0 +1,90 @@
+"""``twistd dkserver``: command-line options and the service they build."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.python import usage
+
+from dkserver.config import Config, ConfigError, from_sources
+
+
+class Options(usage.Options):
+    optParameters = [
+        [
+            "https",
+            None,
+            None,
+            "HTTPS address: host:port, :port or an endpoint "
+            "description [env SERVER_ADDR, default :443]",
+        ],
+        ["http", None, None, "Redirect address, or 'none' [default :80]"],
+        ["db", None, None, "SQLite database file [env DK_DB, default dkserver.db]"],
+        ["cert", None, None, "PEM certificate (chain) [default certs/server.pem]"],
+        ["key", None, None, "PEM private key [default certs/server.key]"],
+        ["rate", None, None, "Messages per second per user [env MESSAGE_RATE_LIMIT]"],
+        ["burst", None, None, "Message burst per user [env MESSAGE_BURST_LIMIT]"],
+        [
+            "login-rate",
+            None,
+            None,
+            "Login requests per second per IP and per user [env LOGIN_RATE_LIMIT]",
+        ],
+        ["login-burst", None, None, "Login burst [env LOGIN_BURST_LIMIT]"],
+        ["admins", None, None, "Comma-separated admin user ids [env DK_ADMIN_USERS]"],
+        [
+            "allowed-origins",
+            None,
+            None,
+            "Comma-separated browser origins allowed on /ws [env DK_ALLOWED_ORIGINS]",
+        ],
+        [
+            "sqlite-synchronous",
+            None,
+            None,
+            "NORMAL or FULL [env DK_SQLITE_SYNCHRONOUS]",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self.config = build_config(self)
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+
+
+def build_config(options) -> Config:
+    return from_sources(
+        {
+            "https": options["https"],
+            "http": options["http"],
+            "db": options["db"],
+            "cert": options["cert"],
+            "key": options["key"],
+            "rate": options["rate"],
+            "burst": options["burst"],
+            "login_rate": options["login-rate"],
+            "login_burst": options["login-burst"],
+            "admins": options["admins"],
+            "allowed_origins": options["allowed-origins"],
+            "sqlite_synchronous": options["sqlite-synchronous"],
+        },
+        os.environ,
+    )
+
+
+def makeService(options: Options):
+    from twisted.internet import reactor
+
+    from dkserver.service import DkService
+    from dkserver.store import preflight
+
+    config = options.config
+    try:
+        preflight(config.db_path)
+        return DkService(config, reactor)
+    except (ConfigError, ValueError, OSError) as e:
+        # twistd turns an exception here into a traceback; one line is clearer.
+        sys.stderr.write(f"dkserver: {e}\n")
+        sys.exit(1)

@@ -1,0 +1,158 @@
+"""The HTTPS site: security headers, no tracebacks, bounded request bodies.
+
+twisted.web buffers whole request bodies and has no size cap of its own, and
+its idle timeout is reset by every byte, so a client trickling a request would
+hold a connection forever.  :class:`DkRequest` refuses bodies over the limit
+before reading them (413) and gives each request a deadline to arrive.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web import http, server
+from twisted.web.resource import IResource
+
+from dkserver.web.responses import error_body
+
+SECURITY_HEADERS = (
+    (b"Strict-Transport-Security", b"max-age=63072000"),
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"Referrer-Policy", b"no-referrer"),
+    (b"X-Frame-Options", b"DENY"),
+)
+
+
+class DkRequest(server.Request):
+    """A request with a body cap, an arrival deadline and security headers."""
+
+    log = Logger()
+    _refused = False
+    _deadline: IDelayedCall | None = None
+    _received = 0
+
+    def __init__(self, channel: http.HTTPChannel, *args, **kwargs) -> None:
+        super().__init__(channel, *args, **kwargs)
+        site = getattr(channel, "site", None)
+        self._max_body: int = getattr(site, "max_body", 1024 * 1024)
+        deadline = getattr(site, "request_deadline", None)
+        if deadline:
+            self._deadline = channel.callLater(deadline, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self.log.info(
+            "request from {peer} too slow; closing", peer=self.getClientAddress()
+        )
+        self._refuse(408, b"Request Timeout", "Request took too long to arrive")
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _refuse(self, code: int, phrase: bytes, message: str) -> None:
+        """Answer before the body is read, then close: the rest is never parsed."""
+        self._refused = True
+        self._cancel_deadline()
+        transport = self.channel.transport
+        if transport is None:
+            return
+        body = error_body(message)
+        head = [b"HTTP/1.1 %d %s" % (code, phrase)]
+        head.append(b"Content-Type: application/json")
+        head.append(b"Content-Length: %d" % len(body))
+        head.append(b"Connection: close")
+        head.extend(k + b": " + v for k, v in SECURITY_HEADERS)
+        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        transport.pauseProducing()
+        self.channel.loseConnection()
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._max_body:
+            self._refuse(413, b"Payload Too Large", "Request body too large")
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._max_body:
+            self._refuse(413, b"Payload Too Large", "Request body too large")
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._cancel_deadline()
+        if self._refused:
+            return
+        super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        for name, value in SECURITY_HEADERS:
+            self.responseHeaders.setRawHeaders(name, [value])
+        in_flight = getattr(self.channel.site, "in_flight", None)
+        if in_flight is not None:
+            in_flight.add(self)
+            self.notifyFinish().addBoth(lambda _: in_flight.discard(self))
+        super().process()
+
+    def processingFailed(self, reason):
+        """Log the failure; the client gets a generic JSON 500, no traceback."""
+        self.log.failure("unhandled error rendering {uri}", reason, uri=self.uri)
+        if self.finished or self._disconnected:
+            return None
+        body = error_body("Internal server error")
+        self.setResponseCode(http.INTERNAL_SERVER_ERROR)
+        self.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        self.write(body)
+        self.finish()
+        return reason
+
+    def connectionLost(self, reason) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+
+class DkSite(server.Site):
+    """The HTTPS site; tracebacks are never shown to clients."""
+
+    displayTracebacks = False
+    requestFactory = DkRequest
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        max_body: int,
+        idle_timeout: float,
+        request_deadline: float,
+        reactor=None,
+    ) -> None:
+        super().__init__(resource, timeout=idle_timeout, reactor=reactor)
+        self.max_body = max_body
+        self.request_deadline = request_deadline
+        #: Requests being processed, so shutdown can let them finish.
+        self.in_flight: set[DkRequest] = set()
+
+    async def drain(self, clock, grace: float) -> int:
+        """Wait up to ``grace`` seconds for in-flight requests; return leftovers."""
+        waited = 0.0
+        while self.in_flight and waited < grace:
+            await deferLater(clock, 0.05)
+            waited += 0.05
+        return len(self.in_flight)
+
+    _access = Logger()
+
+    def log(self, request) -> None:
+        """Access lines go through twisted.logger at debug level, no query."""
+        self._access.debug(
+            "{method} {path} -> {code}",
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("ascii", "replace"),
+            code=request.code,
+        )

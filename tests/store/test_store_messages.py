@@ -1,0 +1,175 @@
+"""MessageStore: batching, pending delivery, broadcasts."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from dkserver import timestamps
+from dkserver.store import NewMessage, StoreError
+
+T0 = 1_800_000_000 * 10**9  # a registration instant, Unix ns
+
+
+def msg(sender, to, content="hi", *, received_ns=T0 + 10, **kw) -> NewMessage:
+    fields = {
+        "timestamp": "2027-01-15T08:00:00.000000123+01:00",
+        "is_broadcast": to == "broadcast",
+        "signature": "c2ln",
+        "is_forward_message": False,
+    }
+    fields.update(kw)
+    return NewMessage(
+        from_user=sender, to_user=to, content=content, received_ns=received_ns, **fields
+    )
+
+
+async def register(store, *user_ids, at=T0):
+    for uid in user_ids:
+        await store.users.create(uid, uid.title(), "a2V5", registered_ns=at)
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_many_returns_ids_in_order_and_pending_lists_them(store):
+    await register(store, "alice", "bob", "carol")
+    ids = await store.messages.add_many(
+        [msg("alice", "bob", "1"), msg("carol", "bob", "2"), msg("bob", "alice", "3")]
+    )
+    assert ids == [1, 2, 3]
+    pending = await store.messages.pending_direct("bob")
+    assert [(m.id, m.from_user, m.content, m.status) for m in pending] == [
+        (1, "alice", "1", "pending"),
+        (2, "carol", "2", "pending"),
+    ]
+    assert [m.id for m in await store.messages.pending_direct("bob", limit=1)] == [1]
+    assert await store.messages.add_many([]) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_mark_delivered_removes_from_pending_only_once(store):
+    await register(store, "alice", "bob")
+    ids = await store.messages.add_many([msg("alice", "bob", str(i)) for i in range(4)])
+    await store.messages.mark_delivered(ids[:2])
+    assert [m.id for m in await store.messages.pending_direct("bob")] == ids[2:]
+    assert (await store.messages.get(ids[0])).status == "delivered"
+    await store.messages.mark_delivered(ids[:3])  # already delivered ids are fine
+    assert [m.id for m in await store.messages.pending_direct("bob")] == ids[3:]
+    await store.messages.mark_delivered([])
+
+
+@pytest_twisted.ensureDeferred
+async def test_timestamp_is_kept_to_the_nanosecond_with_sender_offset(
+    store, sql, db_path
+):
+    await register(store, "alice", "bob")
+    text = "2027-01-15T08:00:00.000000123+01:00"
+    (mid,) = await store.messages.add_many([msg("alice", "bob", timestamp=text)])
+    got = await store.messages.get(mid)
+    assert got.timestamp == text
+    assert (
+        timestamps.parse(got.timestamp).unix_nanos == timestamps.parse(text).unix_nanos
+    )
+    (zmid,) = await store.messages.add_many(
+        [msg("alice", "bob", timestamp="2027-01-15T07:00:00.1Z")]
+    )
+    assert (await store.messages.get(zmid)).timestamp == "2027-01-15T07:00:00.1+00:00"
+    rows = sql(db_path, "SELECT timestamp FROM messages ORDER BY id")
+    assert rows == [
+        ("2027-01-15 08:00:00.000000123+01:00",),
+        ("2027-01-15 07:00:00.1+00:00",),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_to_wire_omits_false_flags_and_empty_signature(store, sql, db_path):
+    await register(store, "alice", "bob")
+    a, b = await store.messages.add_many(
+        [
+            msg("alice", "bob", signature=None),
+            msg("alice", "alice", signature="c2ln", is_forward_message=True),
+        ]
+    )
+    first = await store.messages.get(a)
+    assert first.signature is None
+    assert first.to_wire() == {
+        "id": a,
+        "from": "alice",
+        "to": "bob",
+        "timestamp": "2027-01-15T08:00:00.000000123+01:00",
+        "content": "hi",
+        "status": "pending",
+    }
+    assert (await store.messages.get(b)).to_wire()["is_forward_message"] is True
+    assert "is_broadcast" not in (await store.messages.get(b)).to_wire()
+    # like the Go server, a missing signature is stored as ''
+    assert sql(db_path, "SELECT signature FROM messages WHERE id = ?", (a,)) == [("",)]
+    assert await store.messages.get(999) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_sender_fails_whole_batch(store):
+    await register(store, "alice", "bob")
+    with pytest.raises(StoreError):
+        await store.messages.add_many([msg("alice", "bob"), msg("mallory", "bob")])
+    assert await store.messages.pending_direct("bob") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcast_offered_to_others_until_recorded(store):
+    await register(store, "alice", "bob", "carol")
+    (bid,) = await store.messages.add_many([msg("carol", "broadcast", "all")])
+    (b,) = await store.messages.undelivered_broadcasts("bob")
+    assert (b.id, b.is_broadcast, b.to_wire()["is_broadcast"]) == (bid, True, True)
+    assert await store.messages.undelivered_broadcasts("carol") == []
+    assert await store.messages.pending_direct("bob") == []  # not a direct message
+    await store.messages.record_broadcast_deliveries([(bid, "bob"), (bid, "bob")])
+    await store.messages.record_broadcast_deliveries([(bid, "bob")])  # idempotent
+    assert await store.messages.undelivered_broadcasts("bob") == []
+    assert [m.id for m in await store.messages.undelivered_broadcasts("alice")] == [bid]
+    assert await store.messages.undelivered_broadcasts("nobody") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcasts_before_registration_are_not_offered(store):
+    await register(store, "alice")
+    _old, at_reg, later = await store.messages.add_many(
+        [
+            msg("alice", "broadcast", "old", received_ns=T0 + 99),
+            msg("alice", "broadcast", "same instant", received_ns=T0 + 100),
+            msg("alice", "broadcast", "later", received_ns=T0 + 101),
+        ]
+    )
+    await store.users.create("dave", "Dave", "a2V5", registered_ns=T0 + 100)
+    got = await store.messages.undelivered_broadcasts("dave")
+    assert [m.id for m in got] == [at_reg, later]
+    assert [
+        m.id for m in await store.messages.undelivered_broadcasts("dave", limit=1)
+    ] == [at_reg]
+
+
+@pytest_twisted.ensureDeferred
+async def test_delivery_of_unknown_message_is_an_error(store):
+    await register(store, "alice")
+    with pytest.raises(StoreError):
+        await store.messages.record_broadcast_deliveries([(12345, "alice")])
+
+
+@pytest_twisted.ensureDeferred
+async def test_sql_metacharacters_are_stored_as_data(store):
+    evil = "x'); DROP TABLE messages; --"
+    quote = "q\"'%_\\\0"
+    await store.users.create(evil, quote, "a2V5", registered_ns=T0)
+    await store.users.create(quote, evil, "a2V5", registered_ns=T0)
+    assert sorted(await store.users.all_ids()) == sorted([evil, quote])
+    assert (await store.users.get(quote)).username == evil
+    ids = await store.messages.add_many([msg(evil, quote, content=evil + quote)])
+    (m,) = await store.messages.pending_direct(quote)
+    assert (m.id, m.from_user, m.to_user, m.content) == (
+        ids[0],
+        evil,
+        quote,
+        evil + quote,
+    )
+    assert await store.messages.pending_direct("%") == []
+    await store.descriptions.set(evil, [evil, quote])
+    assert await store.descriptions.get(evil) == [evil, quote]

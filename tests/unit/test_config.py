@@ -1,0 +1,98 @@
+"""Configuration: environment defaults, option overrides, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.python import usage
+
+from dkserver.config import ConfigError, endpoint_description, from_sources, port_of
+from dkserver.tap import Options
+
+
+def test_defaults_match_protocol():
+    config = from_sources({}, {})
+    assert config.https == ":443"
+    assert config.http == ":80"
+    assert config.message_rate == 5.0
+    assert config.message_burst == 10
+    assert config.jwt_secret is None
+    assert config.jwt_secret_path == "dkserver.db.jwt-secret"
+
+
+def test_environment_gives_defaults_and_options_override():
+    env = {
+        "SERVER_ADDR": ":8443",
+        "MESSAGE_RATE_LIMIT": "2.5",
+        "MESSAGE_BURST_LIMIT": "4",
+        "LOGIN_RATE_LIMIT": "100",
+        "LOGIN_BURST_LIMIT": "200",
+        "JWT_SECRET": "s" * 32,
+        "DK_ADMIN_USERS": "root, ops",
+    }
+    config = from_sources({"rate": "7"}, env)
+    assert config.https == ":8443"
+    assert config.message_rate == 7.0
+    assert config.message_burst == 4
+    assert (config.login_rate, config.login_burst) == (100.0, 200)
+    assert config.jwt_secret == "s" * 32
+    assert config.admin_users == frozenset({"root", "ops"})
+
+
+@pytest.mark.parametrize(
+    ("addr", "expected"),
+    [
+        (":443", "tcp:port=443"),
+        ("127.0.0.1:8443", "tcp:port=8443:interface=127.0.0.1"),
+        ("[::1]:8443", r"tcp6:port=8443:interface=\:\:1"),
+        ("tcp6:port=8443", "tcp6:port=8443"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_addresses(addr, expected):
+    assert endpoint_description("https", addr) == expected
+
+
+@pytest.mark.parametrize("addr", ["nonsense", "host:99999", "ssl:port=443", "1.2.3.4"])
+def test_bad_addresses_are_config_errors(addr):
+    with pytest.raises(ConfigError) as info:
+        endpoint_description("https", addr)
+    assert "https" in str(info.value)
+
+
+def test_port_of():
+    assert port_of(":8443") == 8443
+    assert port_of("tcp:port=99:interface=::1") == 99
+    assert port_of("unix:/tmp/x") is None
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"rate": "0"}, "MESSAGE_RATE_LIMIT"),
+        ({"rate": "-1"}, "MESSAGE_RATE_LIMIT"),
+        ({"rate": "nan"}, "MESSAGE_RATE_LIMIT"),
+        ({"burst": "0"}, "MESSAGE_BURST_LIMIT"),
+        ({"burst": "x"}, "MESSAGE_BURST_LIMIT"),
+        ({"https": "bad"}, "https"),
+        ({"http": "bad"}, "http"),
+        ({"sqlite_synchronous": "off"}, "DK_SQLITE_SYNCHRONOUS"),
+    ],
+)
+def test_invalid_settings_name_the_key(options, key):
+    with pytest.raises(ConfigError) as info:
+        from_sources(options, {})
+    assert str(info.value).startswith(key)
+
+
+def test_http_none_disables_redirect():
+    assert from_sources({"http": "none"}, {}).http is None
+
+
+def test_twistd_options_turn_errors_into_usage_errors():
+    with pytest.raises(usage.UsageError, match="MESSAGE_RATE_LIMIT"):
+        Options().parseOptions(["--rate", "0"])
+    options = Options()
+    options.parseOptions(["--https", "127.0.0.1:8443", "--http", "none", "--db", "/tmp/x.db"])
+    assert options.config.https == "127.0.0.1:8443"
+    assert options.config.http is None
+    assert options.config.db_path == "/tmp/x.db"

@@ -93,7 +93,9 @@ def load_context_factory(cert_path: str, key_path: str) -> ssl.CertificateOption
             cert_pem = f.read()
         chain = x509.load_pem_x509_certificates(cert_pem)
     except (OSError, ValueError) as e:
-        raise ConfigError("cert", f"cannot read a PEM certificate from {cert_path}: {e}")
+        raise ConfigError(
+            "cert", f"cannot read a PEM certificate from {cert_path}: {e}"
+        )
     try:
         with open(key_path, "rb") as f:
             key = serialization.load_pem_private_key(f.read(), password=None)

@@ -92,7 +92,9 @@ def test_twistd_options_turn_errors_into_usage_errors():
     with pytest.raises(usage.UsageError, match="MESSAGE_RATE_LIMIT"):
         Options().parseOptions(["--rate", "0"])
     options = Options()
-    options.parseOptions(["--https", "127.0.0.1:8443", "--http", "none", "--db", "/tmp/x.db"])
+    options.parseOptions(
+        ["--https", "127.0.0.1:8443", "--http", "none", "--db", "/tmp/x.db"]
+    )
     assert options.config.https == "127.0.0.1:8443"
     assert options.config.http is None
     assert options.config.db_path == "/tmp/x.db"

@@ -63,7 +63,8 @@ async def test_half_sent_request_is_closed_and_others_served(tmp_path):
     try:
         client = await raw_tls(server)
         client.transport.write(
-            b"POST /auth/login HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"
+            b"POST /auth/login HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Length: 100\r\n\r\n{"
         )
         # Meanwhile another client is served normally.
         assert (await get(server, "/auth/check-userid/x"))[0] == 200
@@ -136,8 +137,9 @@ async def test_http_port_redirects_with_308(server):
 
 @pytest_twisted.ensureDeferred
 async def test_redirect_drops_port_443_and_http_port(tmp_path):
-    from dkserver.web.redirect import RedirectResource
     from twisted.web.test.requesthelper import DummyRequest
+
+    from dkserver.web.redirect import RedirectResource
 
     resource = RedirectResource(lambda: 443)
     request = DummyRequest([b""])

@@ -17,7 +17,7 @@ from twisted.internet import reactor, ssl
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
-from tests.support.client import Identity, get, login, post_json, register
+from tests.support.client import Identity, get, login, register
 from tests.support.server import start_server, stop_server, test_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,7 +21,8 @@ from tests.support.client import Identity, get, login, register
 from tests.support.server import start_server, stop_server, test_config
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+from tests.support.paths import FIXTURES  # noqa: E402
+
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 

@@ -12,8 +12,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from dkserver.store import Store
-
-FIXTURES = Path("/work/shared/fixtures")
+from tests.support.paths import FIXTURES
 
 
 @pytest.fixture

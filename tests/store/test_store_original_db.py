@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest_twisted
 from twisted.internet import reactor
 
 from dkserver import timestamps
 from dkserver.store import NewMessage, Store, preflight
+from tests.support.paths import FIXTURES
 
-FIXTURES = Path("/work/shared/fixtures")
 SENT = json.loads((FIXTURES / "original-server.json").read_text())["sent"]
 
 

@@ -31,6 +31,9 @@ def _has_space_or_control(text: str) -> bool:
     return not text.isprintable() or any(ch.isspace() for ch in text)
 
 
+_URL_BREAKING = frozenset("?#%\\")
+
+
 def validate_user_id(user_id: object) -> str:
     """Return ``user_id`` if it can be registered, else raise ValidationError.
 
@@ -50,6 +53,9 @@ def validate_user_id(user_id: object) -> str:
         )
     if "/" in user_id:
         raise ValidationError("user_id must not contain '/'")
+    if any(c in _URL_BREAKING for c in user_id) or user_id in (".", ".."):
+        # These would change the meaning of /auth/users/{id} and similar URLs.
+        raise ValidationError("user_id must not contain '?', '#', '%' or '\\'")
     if _has_space_or_control(user_id):
         raise ValidationError(
             "user_id must not contain whitespace or control characters"

@@ -123,3 +123,9 @@ def test_real_ed25519_public_key_is_accepted() -> None:
 def test_bad_public_keys_are_rejected(value: object, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         validate_public_key(value)
+
+
+@pytest.mark.parametrize("user_id", ["a?b", "a#b", "100%", "back\\slash", ".", ".."])
+def test_user_ids_that_break_urls_are_refused(user_id):
+    with pytest.raises(ValidationError):
+        validate_user_id(user_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -25,10 +26,15 @@ from dkserver.metrics import Metrics
 from dkserver.periodic import periodic_service
 from dkserver.ratelimit import BucketRegistry, make_refill_service
 from dkserver.store import Store
+from dkserver.store.writer import GroupWriter
 from dkserver.tls import load_context_factory
 from dkserver.web.app import DkApp
 from dkserver.web.redirect import RedirectResource
 from dkserver.web.site import DkSite
+from dkserver.ws.factory import DkWebSocketFactory
+from dkserver.ws.forward import ForwardBroker
+from dkserver.ws.hub import Hub
+from dkserver.ws.sessions import LocalBus
 
 #: Redirect requests carry no meaningful body.
 REDIRECT_MAX_BODY = 64 * 1024
@@ -70,7 +76,25 @@ class DkService(MultiService):
             self.login_user_limits,
             self.metrics,
         )
-        self.app = DkApp(self.store, self.auth)
+        self.writer = GroupWriter(self.store.pool, reactor)
+        self.bus = LocalBus()
+        self.message_limits = BucketRegistry(
+            config.message_rate, config.message_burst, reactor
+        )
+        self.forward = ForwardBroker(reactor, config.forward_timeout)
+        self.hub = Hub(
+            self.store,
+            self.writer,
+            self.bus,
+            self.message_limits,
+            self.forward,
+            self.metrics,
+            reactor,
+        )
+        self.ws_factory = DkWebSocketFactory(config, self.hub, reactor)
+        self.app = DkApp(
+            config, self.store, self.auth, self.hub, self.ws_factory, self.metrics
+        )
         self.site = DkSite(
             self.app.resource(),
             max_body=config.max_body,
@@ -103,8 +127,12 @@ class DkService(MultiService):
 
         self.timers = MultiService()
         self.timers.setName("timers")
-        for registry in (self.login_ip_limits, self.login_user_limits):
-            make_refill_service(registry, 1.0, reactor).setServiceParent(self.timers)
+        for registry in (
+            self.login_ip_limits,
+            self.login_user_limits,
+            self.message_limits,
+        ):
+            make_refill_service(registry, 5.0, reactor).setServiceParent(self.timers)
         periodic_service(
             "challenge-prune", 10.0, self.challenges.prune, reactor
         ).setServiceParent(self.timers)
@@ -117,6 +145,10 @@ class DkService(MultiService):
 
     async def _migrate(self) -> None:
         await self.store.migrate()
+        # Sessions a crash left open end now (their duration is an upper bound).
+        closed = await self.store.analytics.end_open_sessions(self.hub.time_ns())
+        if closed:
+            self.log.info("closed {count} sessions left open", count=closed)
         self.log.info("database {path} ready", path=self.config.db_path)
 
     def _fatal(self, failure) -> None:
@@ -131,6 +163,21 @@ class DkService(MultiService):
         if self.http is not None:
             await self.http.when_listening()
 
+    async def _close_websockets(self) -> None:
+        """Close every session with 1001 and wait (bounded) for them to go."""
+        conns = self.bus.all_connections()
+        if not conns:
+            return
+        self.log.info("closing {count} WebSocket connections", count=len(conns))
+        for conn in conns:
+            conn.going_away()
+        waited = 0.0
+        while self.bus.connection_count() and waited < self.config.shutdown_grace:
+            await deferLater(self.reactor, 0.05)
+            waited += 0.05
+        for conn in self.bus.all_connections():
+            conn.dropConnection(abort=True)
+
     def stopService(self) -> Deferred:
         return Deferred.fromCoroutine(self._stop())
 
@@ -140,9 +187,12 @@ class DkService(MultiService):
         for listener in (self.http, self.https):
             if listener is not None and listener.running:
                 await listener.stopService()
+        await self._close_websockets()
         left = await self.site.drain(self.reactor, self.config.shutdown_grace)
         if left:
             self.log.warn("{count} requests still running at shutdown", count=left)
         await self.timers.stopService()
+        await self.writer.flush()
+        await self.store.analytics.end_open_sessions(self.hub.time_ns())
         await self.store.close()
         self.log.info("shutdown complete")

@@ -48,6 +48,11 @@ class Store:
         self.descriptions = DescriptionStore(pool)
         self.analytics = AnalyticsStore(pool)
 
+    @property
+    def pool(self) -> adbapi.ConnectionPool:
+        """For the group writer (dkserver.store.writer), which shares it."""
+        return self._pool
+
     @classmethod
     def create(cls, path: str, reactor: Any, synchronous: str = "NORMAL") -> Store:
         """Build the store without touching the file; call `migrate` before use.

@@ -94,17 +94,23 @@ class MessageStore:
             await self._pool.runInteraction(_mark_delivered_txn, list(ids))
 
     async def pending_direct(
-        self, user_id: str, limit: int | None = None
+        self, user_id: str, limit: int | None = None, after_id: int = 0
     ) -> list[StoredMessage]:
-        """Direct messages still pending for ``user_id``, oldest first."""
-        return await self._pool.runInteraction(_pending_direct_txn, user_id, limit)
+        """Direct messages still pending for ``user_id``, oldest first.
+
+        ``after_id`` pages through a large backlog without skipping rows that
+        another connection marks delivered meanwhile.
+        """
+        return await self._pool.runInteraction(
+            _pending_direct_txn, user_id, limit, after_id
+        )
 
     async def undelivered_broadcasts(
-        self, user_id: str, limit: int | None = None
+        self, user_id: str, limit: int | None = None, after_id: int = 0
     ) -> list[StoredMessage]:
         """Broadcasts since the user registered, by others, not yet given to them."""
         return await self._pool.runInteraction(
-            _undelivered_broadcasts_txn, user_id, limit
+            _undelivered_broadcasts_txn, user_id, limit, after_id
         )
 
     async def record_broadcast_deliveries(
@@ -171,29 +177,29 @@ def _mark_delivered_txn(txn: adbapi.Transaction, ids: list[int]) -> None:
 
 
 def _pending_direct_txn(
-    txn: adbapi.Transaction, user_id: str, limit: int | None
+    txn: adbapi.Transaction, user_id: str, limit: int | None, after_id: int = 0
 ) -> list[StoredMessage]:
     txn.execute(
         f"SELECT {_COLUMNS} FROM messages m"
         " WHERE m.to_user = ? AND m.status = ? AND m.is_broadcast = 0"
-        " ORDER BY m.id LIMIT ?",
-        (user_id, PENDING, _limit(limit)),
+        " AND m.id > ? ORDER BY m.id LIMIT ?",
+        (user_id, PENDING, after_id, _limit(limit)),
     )
     return [_row(r) for r in txn.fetchall()]
 
 
 def _undelivered_broadcasts_txn(
-    txn: adbapi.Transaction, user_id: str, limit: int | None
+    txn: adbapi.Transaction, user_id: str, limit: int | None, after_id: int = 0
 ) -> list[StoredMessage]:
     txn.execute(
         f"SELECT {_COLUMNS} FROM messages m JOIN users u ON u.user_id = ?"
-        " WHERE m.is_broadcast = 1"
+        " WHERE m.is_broadcast = 1 AND m.id > ?"
         " AND m.received_ns >= u.registered_ns"
         " AND m.from_user != u.user_id"
         " AND NOT EXISTS (SELECT 1 FROM broadcast_deliveries d"
         "  WHERE d.message_id = m.id AND d.user_id = u.user_id)"
         " ORDER BY m.id LIMIT ?",
-        (user_id, _limit(limit)),
+        (user_id, after_id, _limit(limit)),
     )
     return [_row(r) for r in txn.fetchall()]
 

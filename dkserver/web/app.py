@@ -7,6 +7,9 @@ unexpected is logged and answered with a generic 500.
 
 from __future__ import annotations
 
+import ipaddress
+from typing import Any
+
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -14,6 +17,8 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
 from dkserver.auth.handler import AuthHandler
+from dkserver.config import Config
+from dkserver.metrics import CONTENT_TYPE_LATEST, Metrics
 from dkserver.store import Store
 from dkserver.web.responses import (
     ApiError,
@@ -21,9 +26,13 @@ from dkserver.web.responses import (
     NotFound,
     error_response,
     json_response,
+    read_json,
     read_json_object,
     text_response,
 )
+from dkserver.ws.forward import ForwardTimeout, NotConnected
+from dkserver.ws.hub import Hub
+from dkserver.ws.upgrade import UpgradeResource, check_origin
 
 
 def client_ip(request: IRequest) -> str:
@@ -44,9 +53,21 @@ class DkApp:
     app = Klein()
     log = Logger()
 
-    def __init__(self, store: Store, auth: AuthHandler) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        auth: AuthHandler,
+        hub: Hub,
+        ws_factory: Any,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
         self.store = store
         self.auth = auth
+        self.hub = hub
+        self.ws_factory = ws_factory
+        self.metrics = metrics
 
     def resource(self):
         return self.app.resource()
@@ -123,5 +144,106 @@ class DkApp:
         """The user named by the request's bearer token (401 otherwise)."""
         return await self.auth.authenticate(bearer_token(request))
 
+    # -- WebSocket ---------------------------------------------------------------
 
-__all__ = ["BadRequest", "DkApp"]
+    @app.route("/ws", methods=["GET"])
+    async def websocket(self, request: IRequest) -> UpgradeResource:
+        token = request.args.get(b"token", [b""])[0].decode("latin-1")
+        try:
+            user_id = await self.auth.authenticate(token)
+        except ApiError:
+            self.metrics.refused_upgrades.labels(reason="token").inc()
+            self.log.warn(
+                "security event refused_upgrade (token) from {client_ip}",
+                client_ip=client_ip(request),
+                audit=True,
+            )
+            raise
+        try:
+            check_origin(request, self.config.allowed_origins)
+        except ApiError:
+            self.metrics.refused_upgrades.labels(reason="origin").inc()
+            self.log.warn(
+                "security event refused_upgrade (origin {origin!r}) for {user_id}",
+                origin=(request.getHeader(b"origin") or b"").decode("latin-1"),
+                user_id=user_id,
+                audit=True,
+            )
+            raise
+        return UpgradeResource(self.ws_factory, user_id)
+
+    # -- presence and profiles ----------------------------------------------------
+
+    @app.route("/active-users", methods=["GET"])
+    async def active_users(self, request: IRequest) -> bytes:
+        everyone = await self.store.users.all_ids()
+        bus = self.hub.bus
+        online = [u for u in everyone if bus.is_online(u)]
+        offline = [u for u in everyone if not bus.is_online(u)]
+        return json_response(request, {"online": online, "offline": offline})
+
+    @app.route("/user/descriptions", methods=["POST"])
+    async def set_descriptions(self, request: IRequest) -> bytes:
+        user_id = await self.authenticated_user(request)
+        body = read_json(request)
+        if (
+            not isinstance(body, list)
+            or not body
+            or not all(isinstance(item, str) for item in body)
+        ):
+            raise BadRequest("Body must be a non-empty JSON array of strings")
+        await self.store.descriptions.set(user_id, body)
+        return text_response(request, "Descriptions list updated")
+
+    @app.route("/user/descriptions/<string:user_id>", methods=["GET"])
+    async def get_descriptions(self, request: IRequest, user_id: str) -> bytes:
+        return json_response(request, await self.store.descriptions.get(user_id))
+
+    # -- forward API ----------------------------------------------------------------
+
+    @app.route("/direct-message/", methods=["POST"])
+    async def direct_message(self, request: IRequest) -> bytes:
+        user_id = await self.authenticated_user(request)
+        body = read_json(request)
+        if not isinstance(body, dict) or body.get("type") != "forward":
+            raise BadRequest("Field 'type' must be 'forward'")
+        query = body.get("query", body.get("message"))
+        if not isinstance(query, str) or not query:
+            raise BadRequest("A non-empty 'query' (or 'message') string is required")
+        try:
+            answer = await self.hub.ask_forward(user_id, query)
+        except ForwardTimeout:
+            raise ApiError(504, "No answer from your client in time")
+        except NotConnected:
+            raise ApiError(404, "Your client is not connected")
+        return json_response(request, {"success": True, "answer": answer})
+
+    # -- analytics ------------------------------------------------------------------
+
+    @app.route("/stats", methods=["GET"])
+    async def stats(self, request: IRequest) -> bytes:
+        user_id = await self.authenticated_user(request)
+        if user_id not in self.config.admin_users:
+            raise ApiError(403, "Administrators only")
+        stats = await self.store.analytics.stats(self.hub.time_ns())
+        stats["live"] = {
+            "connections": self.hub.bus.connection_count(),
+            "online_users": len(self.hub.bus.online_users()),
+        }
+        return json_response(request, stats)
+
+    @app.route("/metrics", methods=["GET"])
+    async def metrics_text(self, request: IRequest) -> bytes:
+        if not _is_loopback(client_ip(request)):
+            user_id = await self.authenticated_user(request)
+            if user_id not in self.config.admin_users:
+                raise ApiError(403, "Administrators only")
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        return self.metrics.render()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

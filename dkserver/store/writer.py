@@ -1,0 +1,239 @@
+"""Group commit: the one writer of the messaging hot path.
+
+Everything submitted while a transaction is running goes into the next one,
+so under load many frames share one transaction (and one fsync) while a lone
+frame is committed at once, with no fixed delay.  One FIFO keeps causal order:
+a session row is written before its message events, a message before its
+``delivered`` mark.  A message counts as accepted when its batch commits; the
+Deferred returned by :meth:`GroupWriter.submit_message` fires then.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from dkserver import timestamps
+from dkserver.store.analytics import _end_sessions_txn, _storage_text
+from dkserver.store.messages import DELIVERED, PENDING, NewMessage
+
+#: Upper bound on one transaction, so a burst cannot hold the write lock long.
+MAX_BATCH = 2000
+
+
+@dataclass
+class _Batch:
+    sessions_started: list[tuple[str, str, str]] = field(default_factory=list)
+    messages: list[tuple[NewMessage, str | None]] = field(default_factory=list)
+    waiters: list[Deferred] = field(default_factory=list)
+    delivered: list[int] = field(default_factory=list)
+    broadcast_deliveries: list[tuple[int, str]] = field(default_factory=list)
+    sessions_ended: list[tuple[str, int]] = field(default_factory=list)
+    flushed: list[Deferred] = field(default_factory=list)
+
+    def size(self) -> int:
+        return (
+            len(self.sessions_started)
+            + len(self.messages)
+            + len(self.delivered)
+            + len(self.broadcast_deliveries)
+            + len(self.sessions_ended)
+        )
+
+
+class GroupWriter:
+    log = Logger()
+
+    def __init__(self, pool: adbapi.ConnectionPool, clock: Any) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._next = _Batch()
+        self._running = False
+        self.batches = 0
+        self.rows = 0
+
+    # -- submissions -----------------------------------------------------------
+
+    def submit_message(self, message: NewMessage, session_id: str | None) -> Deferred:
+        """Store ``message`` (pending); fires with its id once committed, or with
+        ``None`` when a direct message names a recipient that does not exist."""
+        d: Deferred = Deferred()
+        self._next.messages.append((message, session_id))
+        self._next.waiters.append(d)
+        self._kick()
+        return d
+
+    def mark_delivered(self, message_id: int) -> None:
+        self._next.delivered.append(message_id)
+        self._kick()
+
+    def record_broadcast_delivery(self, message_id: int, user_id: str) -> None:
+        self._next.broadcast_deliveries.append((message_id, user_id))
+        self._kick()
+
+    def start_session(self, session_id: str, user_id: str, start_ns: int) -> None:
+        self._next.sessions_started.append(
+            (session_id, user_id, _storage_text(start_ns))
+        )
+        self._kick()
+
+    def end_session(self, session_id: str, end_ns: int) -> None:
+        self._next.sessions_ended.append((session_id, end_ns))
+        self._kick()
+
+    def flush(self) -> Deferred:
+        """Fires once everything submitted so far is committed."""
+        d: Deferred = Deferred()
+        if not self._running and not self._next.size():
+            d.callback(None)
+            return d
+        self._next.flushed.append(d)
+        self._kick()
+        return d
+
+    # -- the loop --------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if not self._running:
+            self._running = True
+            # Let the rest of this reactor turn add to the batch first.
+            self._clock.callLater(0, self._run)
+
+    def _run(self) -> None:
+        batch, self._next = self._next, _Batch()
+        if not batch.size() and not batch.flushed:
+            self._running = False
+            return
+        if batch.size() > MAX_BATCH:
+            batch, rest = _split(batch, MAX_BATCH)
+            rest.flushed, batch.flushed = batch.flushed, []
+            _prepend(self._next, rest)
+        d = self._pool.runInteraction(_commit_txn, batch)
+        d.addCallbacks(self._committed, self._failed, (batch,), None, (batch,), None)
+        d.addErrback(lambda f: self.log.failure("group writer bookkeeping", f))
+
+    def _committed(self, ids: list[int | None], batch: _Batch) -> None:
+        self.batches += 1
+        self.rows += batch.size()
+        for waiter, message_id in zip(batch.waiters, ids, strict=True):
+            waiter.callback(message_id)
+        self._continue(batch)
+
+    def _failed(self, failure, batch: _Batch) -> None:
+        self.log.failure(
+            "group commit of {count} rows failed", failure, count=batch.size()
+        )
+        for waiter in batch.waiters:
+            waiter.errback(failure)
+        self._continue(batch)
+
+    def _continue(self, batch: _Batch) -> None:
+        for d in batch.flushed:
+            d.callback(None)
+        self._running = False
+        if self._next.size() or self._next.flushed:
+            self._kick()
+
+
+def _split(batch: _Batch, limit: int) -> tuple[_Batch, _Batch]:
+    """First ``limit`` messages now, the rest (and later kinds) next time."""
+    now = _Batch(
+        sessions_started=batch.sessions_started,
+        messages=batch.messages[:limit],
+        waiters=batch.waiters[:limit],
+    )
+    rest = _Batch(
+        messages=batch.messages[limit:],
+        waiters=batch.waiters[limit:],
+        delivered=batch.delivered,
+        broadcast_deliveries=batch.broadcast_deliveries,
+        sessions_ended=batch.sessions_ended,
+    )
+    return now, rest
+
+
+def _prepend(target: _Batch, rest: _Batch) -> None:
+    target.sessions_started[:0] = rest.sessions_started
+    target.messages[:0] = rest.messages
+    target.waiters[:0] = rest.waiters
+    target.delivered[:0] = rest.delivered
+    target.broadcast_deliveries[:0] = rest.broadcast_deliveries
+    target.sessions_ended[:0] = rest.sessions_ended
+    target.flushed[:0] = rest.flushed
+
+
+def _commit_txn(txn: adbapi.Transaction, batch: _Batch) -> list[int | None]:
+    if batch.sessions_started:
+        txn.executemany(
+            "INSERT OR IGNORE INTO sessions (session_id, user_id, start_time)"
+            " VALUES (?, ?, ?)",
+            batch.sessions_started,
+        )
+    known: dict[str, bool] = {}
+    ids: list[int | None] = []
+    events = []
+    for m, session_id in batch.messages:
+        if not m.is_broadcast:
+            exists = known.get(m.to_user)
+            if exists is None:
+                txn.execute("SELECT 1 FROM users WHERE user_id = ?", (m.to_user,))
+                exists = known[m.to_user] = txn.fetchone() is not None
+            if not exists:
+                ids.append(None)
+                continue
+        try:
+            txn.execute(
+                "INSERT INTO messages (from_user, to_user, timestamp, content,"
+                " status, is_broadcast, signature, is_forward_message, received_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    m.from_user,
+                    m.to_user,
+                    timestamps.to_storage(m.timestamp),
+                    m.content,
+                    PENDING,
+                    int(m.is_broadcast),
+                    m.signature or "",
+                    int(m.is_forward_message),
+                    m.received_ns,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            ids.append(None)  # sender vanished; never happens for a live session
+            continue
+        ids.append(txn.lastrowid)
+        if session_id is not None:
+            events.append(
+                (
+                    session_id,
+                    m.from_user,
+                    int(m.is_broadcast),
+                    _storage_text(m.received_ns),
+                )
+            )
+    if events:
+        txn.executemany(
+            "INSERT INTO message_events (session_id, user_id, is_broadcast, timestamp)"
+            " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS"
+            " (SELECT 1 FROM sessions WHERE session_id = ?1)",
+            events,
+        )
+    if batch.delivered:
+        txn.executemany(
+            "UPDATE messages SET status = ? WHERE id = ? AND status = ?",
+            [(DELIVERED, mid, PENDING) for mid in batch.delivered],
+        )
+    if batch.broadcast_deliveries:
+        txn.executemany(
+            "INSERT OR IGNORE INTO broadcast_deliveries (message_id, user_id)"
+            " SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
+            batch.broadcast_deliveries,
+        )
+    for session_id, end_ns in batch.sessions_ended:
+        _end_sessions_txn(txn, session_id, end_ns)
+    return ids

@@ -1,0 +1,51 @@
+"""The WebSocket factory, with every limit set explicitly from configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory
+
+from dkserver.config import Config
+from dkserver.ws.hub import Hub
+from dkserver.ws.outbox import DEFAULT_LIMIT
+from dkserver.ws.protocol import DkServerProtocol
+
+
+class DkWebSocketFactory(WebSocketServerFactory):
+    protocol = DkServerProtocol
+
+    def __init__(self, config: Config, hub: Hub, reactor: Any) -> None:
+        super().__init__(url=None, server="dkserver", reactor=reactor)
+        self.hub = hub
+        hub.factory = self
+        self.queue_limit = DEFAULT_LIMIT
+        self.inbox_limit = 256
+        self.setProtocolOptions(**websocket_options(config))
+
+
+def websocket_options(config: Config) -> dict[str, Any]:
+    """Autobahn options; conformance tests build their echo server from these."""
+    return {
+        "maxFramePayloadSize": config.max_ws_message,
+        "maxMessagePayloadSize": config.max_ws_message,
+        "autoFragmentSize": 0,
+        # Ping every 54 s; a peer silent for 60 s (no frame, no pong) is dropped.
+        "autoPingInterval": config.ws_ping_interval,
+        "autoPingTimeout": max(1.0, config.ws_ping_timeout - config.ws_ping_interval),
+        "autoPingRestartOnAnyTraffic": True,
+        "openHandshakeTimeout": 10.0,
+        "closeHandshakeTimeout": 5.0,
+        # The Origin allowlist is enforced before the upgrade (ws.upgrade), with
+        # a JSON 403; Autobahn is told to accept what reaches it.
+        "allowedOrigins": ["*"],
+        "webStatus": False,
+        "trustXForwardedFor": 0,
+        "utf8validateIncoming": True,
+        "failByDrop": False,
+        "echoCloseCodeReason": False,
+        "perMessageCompressionAccept": lambda offers: None,
+        "requireMaskedClientFrames": True,
+        "maskServerFrames": False,
+        "tcpNoDelay": True,
+    }

@@ -1,0 +1,160 @@
+"""The messaging hub: shared state of all WebSocket sessions, and the rules.
+
+Per-connection state lives on the protocol; everything shared (who is
+connected, rate buckets, the writer, the forward broker) lives here, so the
+protocol stays a thin adapter between Autobahn and these rules.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from autobahn.websocket.protocol import WebSocketServerFactory
+from twisted.logger import Logger
+
+from dkserver import timestamps
+from dkserver.metrics import Metrics
+from dkserver.ratelimit import BucketRegistry
+from dkserver.store import Store
+from dkserver.store.messages import NewMessage, StoredMessage
+from dkserver.store.writer import GroupWriter
+from dkserver.ws import frames
+from dkserver.ws.forward import ForwardBroker
+from dkserver.ws.sessions import LiveBus
+
+#: Rows fetched per query while sending a backlog on connect.
+BACKLOG_PAGE = 500
+
+
+class Hub:
+    log = Logger()
+
+    def __init__(
+        self,
+        store: Store,
+        writer: GroupWriter,
+        bus: LiveBus,
+        limits: BucketRegistry,
+        forward: ForwardBroker,
+        metrics: Metrics,
+        clock: Any,
+        time_ns=time.time_ns,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.bus = bus
+        self.limits = limits
+        self.forward = forward
+        self.metrics = metrics
+        self.clock = clock
+        self.time_ns = time_ns
+        self.factory: WebSocketServerFactory | None = None
+        metrics.track_live(bus.connection_count, lambda: len(bus.online_users()))
+
+    def prepare(self, payload: bytes) -> Any:
+        """Frame a payload once for every recipient (Autobahn PreparedMessage)."""
+        return self.factory.prepareMessage(payload, isBinary=False)
+
+    def confirm(self, acks: list[tuple[str, int, str]]) -> None:
+        """Frames that reached the kernel: record them as delivered."""
+        for kind, message_id, user_id in acks:
+            if kind == "d":
+                self.writer.mark_delivered(message_id)
+            else:
+                self.writer.record_broadcast_delivery(message_id, user_id)
+
+    async def accept(self, conn: Any, message: frames.ClientMessage) -> str | None:
+        """Store then deliver a client's message; an error text if refused."""
+        received_ns = self.time_ns()
+        new = NewMessage(
+            from_user=conn.user_id,
+            to_user=message.to,
+            timestamp=message.timestamp.text,
+            content=message.content,
+            is_broadcast=message.is_broadcast,
+            signature=message.signature or None,
+            is_forward_message=message.is_forward_message,
+            received_ns=received_ns,
+        )
+        message_id = await self.writer.submit_message(new, conn.session_id)
+        if message_id is None:
+            return f"Recipient {message.to!r} does not exist"
+        payload = frames.encode_message(
+            message_id,
+            conn.user_id,
+            message.to,
+            message.timestamp.text,
+            message.content,
+            "pending",
+            is_broadcast=message.is_broadcast,
+            signature=message.signature,
+            is_forward_message=message.is_forward_message,
+        )
+        prepared = self.prepare(payload)
+        if message.is_broadcast:
+            self.metrics.messages.labels(kind="broadcast").inc()
+            self.bus.send_broadcast(conn.user_id, prepared, message_id)
+        else:
+            self.metrics.messages.labels(kind="direct").inc()
+            self.bus.send_direct(message.to, prepared, message_id)
+        return None
+
+    async def ask_forward(self, user_id: str, query: str) -> str:
+        """Ask the user's newest connection; its answer (see ForwardBroker)."""
+
+        def pick(uid: str) -> Any:
+            conns = self.bus.connections(uid)
+            return conns[-1] if conns else None
+
+        def send(conn: Any) -> None:
+            payload = frames.encode_message(
+                0,
+                user_id,
+                user_id,
+                timestamps.now(self.time_ns()).text,
+                frames.forward_request_content(query),
+                "pending",
+                is_forward_message=True,
+            )
+            conn.deliver(self.prepare(payload), None)
+
+        self.metrics.messages.labels(kind="forward").inc()
+        return await self.forward.ask(user_id, pick, send)
+
+    async def backlog_pages(self, user_id: str):
+        """Pending direct messages, then undelivered broadcasts, oldest first."""
+        after = 0
+        while True:
+            page = await self.store.messages.pending_direct(
+                user_id, BACKLOG_PAGE, after_id=after
+            )
+            for m in page:
+                yield m, ("d", m.id, user_id)
+            if len(page) < BACKLOG_PAGE:
+                break
+            after = page[-1].id
+        after = 0
+        while True:
+            page = await self.store.messages.undelivered_broadcasts(
+                user_id, BACKLOG_PAGE, after_id=after
+            )
+            for m in page:
+                yield m, ("b", m.id, user_id)
+            if len(page) < BACKLOG_PAGE:
+                break
+            after = page[-1].id
+
+
+def stored_payload(m: StoredMessage) -> bytes:
+    return frames.encode_message(
+        m.id,
+        m.from_user,
+        m.to_user,
+        m.timestamp,
+        m.content,
+        m.status,
+        is_broadcast=m.is_broadcast,
+        signature=m.signature or "",
+        is_forward_message=m.is_forward_message,
+    )

@@ -1,0 +1,223 @@
+"""One WebSocket session: authenticated before the upgrade, then a thin
+adapter between Autobahn's callbacks and the :class:`~dkserver.ws.hub.Hub`.
+
+Incoming frames of a connection are handled strictly in order (a chain of
+Deferreds), so a sender's messages are stored and relayed in the order sent.
+On open the session streams its backlog (pending direct messages, then
+undelivered broadcasts) before any live message, and a live message that is
+also in the backlog is sent once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import Disconnected
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from dkserver.ws import frames
+from dkserver.ws.hub import Hub, stored_payload
+from dkserver.ws.outbox import Outbox, unflushed_bytes
+
+#: Close code for a reader too slow to keep up (its messages stay pending).
+CLOSE_TOO_SLOW = 4008
+#: Close code sent on shutdown when the library refuses 1001.
+CLOSE_GOING_AWAY = 1001
+
+
+class DkServerProtocol(WebSocketServerProtocol):
+    log = Logger()
+
+    #: Set by the upgrade resource before the handshake is processed.
+    user_id: str = ""
+    hub: Hub
+    _gone = False
+    #: Frames received but not yet handled; past the limit reading pauses.
+    _inflight = 0
+    _reading_paused = False
+
+    def onConnect(self, request):
+        # Token and Origin were checked before the upgrade (dkserver.ws.upgrade).
+        return None
+
+    def onOpen(self) -> None:
+        self.hub = self.factory.hub
+        self.session_id = uuid.uuid4().hex
+        self._inbox: Deferred = succeed(None)
+        self._held: deque[tuple[Any, Any]] = deque()
+        self._backlog_ids: set[int] = set()
+        self._backlog_done = False
+        self._gone = False
+        self.outbox = Outbox(
+            write=self._write_prepared,
+            unflushed=lambda: unflushed_bytes(self.transport),
+            clock=self.hub.clock,
+            on_flushed=self.hub.confirm,
+            on_overflow=self._too_slow,
+            limit=self.factory.queue_limit,
+        )
+        # twisted.web's HTTP channel is still the transport's producer; it is
+        # done with this connection, and dropping it frees its buffers.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self.outbox, True)
+        self.hub.bus.add(self)
+        self.hub.writer.start_session(self.session_id, self.user_id, self.hub.time_ns())
+        self.log.info("user {user_id} connected", user_id=self.user_id)
+        d = Deferred.fromCoroutine(self._send_backlog())
+        d.addErrback(self._backlog_failed)
+
+    # -- outgoing --------------------------------------------------------------
+
+    def _write_prepared(self, prepared: Any) -> None:
+        try:
+            self.sendPreparedMessage(prepared)
+        except Disconnected:
+            self.outbox.close()
+
+    def deliver(self, prepared: Any, ack: Any) -> None:
+        """A live message for this connection (from the bus)."""
+        if self._gone:
+            return
+        if not self._backlog_done:
+            if len(self._held) >= self.outbox.limit:
+                self._too_slow()
+                return
+            self._held.append((prepared, ack))
+            return
+        self.outbox.send(prepared, ack)
+
+    def send_system(self, text: str) -> None:
+        if not self._gone:
+            self.outbox.send(self.hub.prepare(frames.system_frame(self.user_id, text)))
+
+    async def _send_backlog(self) -> None:
+        sent = 0
+        async for message, ack in self.hub.backlog_pages(self.user_id):
+            if self._gone:
+                return
+            if not self.outbox.has_room():
+                if not await self.outbox.wait_writable():
+                    return
+            self._backlog_ids.add(message.id)
+            self.outbox.send(self.hub.prepare(stored_payload(message)), ack)
+            sent += 1
+        if self._gone:
+            return
+        self._backlog_done = True
+        while self._held:
+            prepared, ack = self._held.popleft()
+            if ack is not None and ack[1] in self._backlog_ids and ack[0] == "d":
+                continue
+            if ack is not None and ack[1] in self._backlog_ids and ack[0] == "b":
+                continue
+            self.outbox.send(prepared, ack)
+        self._backlog_ids = set()
+        if sent:
+            self.log.info(
+                "sent {count} stored messages to {user_id}",
+                count=sent,
+                user_id=self.user_id,
+            )
+
+    def _backlog_failed(self, failure) -> None:
+        self.log.failure("backlog for {user_id} failed", failure, user_id=self.user_id)
+        self.dropConnection(abort=True)
+
+    def _too_slow(self) -> None:
+        if self._gone:
+            return
+        self.log.warn(
+            "closing {user_id}'s connection: too slow to keep up", user_id=self.user_id
+        )
+        self.outbox.close()
+        self._held.clear()
+        self.sendClose(
+            CLOSE_TOO_SLOW, "client too slow; undelivered messages stay pending"
+        )
+        self.hub.clock.callLater(2.0, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if self.transport is not None and not self._gone:
+            self.dropConnection(abort=True)
+
+    def going_away(self) -> None:
+        """Shutdown: close with 1001 "going away"."""
+        if self._gone or self.state != self.STATE_OPEN:
+            return
+        self.sendCloseFrame(code=CLOSE_GOING_AWAY, reasonUtf8=b"server shutting down")
+
+    # -- incoming --------------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if not self.hub.limits.try_take(self.user_id):
+            self.hub.metrics.rate_limited.inc()
+            self.send_system(frames.RATE_LIMITED)
+            return
+        if isBinary:
+            self.send_system("Binary frames are not supported; send JSON text")
+            return
+        self._inflight += 1
+        if self._inflight >= self.factory.inbox_limit and not self._reading_paused:
+            # Backpressure on a fast sender: stop reading until we catch up.
+            self._reading_paused = True
+            self.transport.pauseProducing()
+        self._inbox.addCallback(lambda _: self._handle(payload))
+        self._inbox.addErrback(self._handle_failed)
+        self._inbox.addBoth(self._handled)
+
+    def _handled(self, _: object) -> None:
+        self._inflight -= 1
+        if self._reading_paused and self._inflight <= self.factory.inbox_limit // 2:
+            self._reading_paused = False
+            if not self._gone:
+                self.transport.resumeProducing()
+
+    async def _handle_async(self, payload: bytes) -> None:
+        try:
+            message = frames.parse_client_frame(
+                payload, self.user_id, self.hub.time_ns()
+            )
+        except frames.FrameError as e:
+            if "Sender" in str(e):
+                self.log.warn(
+                    "security event spoofed_sender from user {user_id}",
+                    user_id=self.user_id,
+                    audit=True,
+                )
+            self.send_system(str(e))
+            return
+        if frames.is_forward_response(message):
+            answer = frames.forward_answer_text(message.content)
+            if answer is None or not self.hub.forward.answer(self, answer):
+                self.send_system("No forward request is waiting for an answer")
+            return
+        error = await self.hub.accept(self, message)
+        if error:
+            self.send_system(error)
+
+    def _handle(self, payload: bytes) -> Deferred:
+        return Deferred.fromCoroutine(self._handle_async(payload))
+
+    def _handle_failed(self, failure) -> None:
+        self.log.failure("message from {user_id} failed", failure, user_id=self.user_id)
+        self.send_system("Internal error: message not stored; please resend")
+
+    # -- teardown ----------------------------------------------------------------
+
+    def onClose(self, wasClean: bool, code: int, reason: str) -> None:
+        if self._gone or not hasattr(self, "hub"):
+            self._gone = True
+            return
+        self._gone = True
+        self.outbox.close()
+        self._held.clear()
+        self.hub.bus.remove(self)
+        self.hub.forward.connection_lost(self)
+        self.hub.writer.end_session(self.session_id, self.hub.time_ns())
+        self.log.info(
+            "user {user_id} disconnected ({code})", user_id=self.user_id, code=code
+        )

@@ -1,0 +1,87 @@
+"""Group commit on a real SQLite file: many submissions, few transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+
+from dkserver.store.messages import NewMessage
+from dkserver.store.writer import GroupWriter
+
+
+def message(to: str, n: int, sender: str = "alice") -> NewMessage:
+    return NewMessage(
+        from_user=sender,
+        to_user=to,
+        timestamp=f"2026-11-26T01:45:42.{n:09d}-03:00",
+        content=f"m{n}",
+        is_broadcast=to == "broadcast",
+        signature=None,
+        is_forward_message=False,
+        received_ns=1_795_668_342_000_000_000 + n,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_submissions_share_transactions(store, db_path):
+    await store.users.create("alice", "A", "k")
+    await store.users.create("bob", "B", "k")
+    writer = GroupWriter(store.pool, reactor)
+    writer.start_session("s1", "alice", 1_795_668_342_000_000_000)
+    ids = await gatherResults(
+        [writer.submit_message(message("bob", i), "s1") for i in range(500)]
+    )
+    assert ids == sorted(ids) and len(set(ids)) == 500
+    assert writer.batches <= 3  # one reactor turn's submissions → one batch
+    for mid in ids[:10]:
+        writer.mark_delivered(mid)
+    await writer.flush()
+    con = sqlite3.connect(db_path)
+    assert con.execute(
+        "SELECT count(*) FROM messages WHERE status='delivered'"
+    ).fetchone() == (10,)
+    assert con.execute(
+        "SELECT count(*) FROM message_events WHERE session_id='s1'"
+    ).fetchone() == (500,)
+    rows = con.execute("SELECT timestamp FROM messages ORDER BY id LIMIT 1").fetchone()
+    assert rows == ("2026-11-26 01:45:42.000000000-03:00",)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_recipient_is_refused_without_failing_the_batch(store, db_path):
+    await store.users.create("alice", "A", "k")
+    await store.users.create("bob", "B", "k")
+    writer = GroupWriter(store.pool, reactor)
+    results = await gatherResults(
+        [
+            writer.submit_message(message("bob", 1), None),
+            writer.submit_message(message("nobody", 2), None),
+            writer.submit_message(message("broadcast", 3), None),
+        ]
+    )
+    assert results[0] is not None and results[1] is None and results[2] is not None
+    writer.record_broadcast_delivery(results[2], "bob")
+    writer.record_broadcast_delivery(results[2], "bob")
+    await writer.flush()
+    con = sqlite3.connect(db_path)
+    assert con.execute("SELECT count(*) FROM broadcast_deliveries").fetchone() == (1,)
+    assert con.execute("SELECT count(*) FROM messages").fetchone() == (2,)
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_end_is_written_after_its_events(store, db_path):
+    await store.users.create("alice", "A", "k")
+    writer = GroupWriter(store.pool, reactor)
+    start = 1_795_668_342_000_000_000
+    writer.start_session("s2", "alice", start)
+    writer.submit_message(message("broadcast", 1), "s2")
+    writer.end_session("s2", start + 5_500_000_000)
+    await writer.flush()
+    con = sqlite3.connect(db_path)
+    assert con.execute(
+        "SELECT duration FROM sessions WHERE session_id='s2'"
+    ).fetchone() == (5,)
+    assert con.execute("SELECT is_broadcast FROM message_events").fetchall() == [(1,)]

@@ -86,7 +86,7 @@ def test_overflow_closes_and_never_acks_what_was_not_flushed():
 
 
 def test_wait_writable_fires_when_queue_drains():
-    clock, wire, box = make(limit=5)
+    _, _, box = make(limit=5)
     box.pauseProducing()
     box.send("x", ack=None)
     fired = []

@@ -49,7 +49,7 @@ def parse(text: str, *, allow_naive: bool = False) -> Timestamp:
     """
     if not isinstance(text, str):
         raise TimestampError("timestamp must be a string")
-    m = _RFC3339.match(text)
+    m = _RFC3339.fullmatch(text)
     if m is None:
         raise TimestampError(f"timestamp is not RFC 3339: {text[:64]!r}")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])

@@ -21,6 +21,8 @@ class DkWebSocketFactory(WebSocketServerFactory):
         hub.factory = self
         self.queue_limit = DEFAULT_LIMIT
         self.inbox_limit = 256
+        #: Writes within this window are confirmed by one ping (outbox.py).
+        self.proof_delay = 0.05
         self.setProtocolOptions(**websocket_options(config))
 
 

@@ -1,14 +1,20 @@
 """A connection's bounded outgoing queue, and when a frame counts as delivered.
 
-A message is marked ``delivered`` only once its bytes have left Twisted's
-buffers for the kernel; a frame still sitting in memory when the process dies
-or the connection is dropped stays ``pending`` and is sent again on the next
-connect (at least once; a repeat carries the same ``id``).
+Bytes written to a socket are not yet read by the peer: they can sit in
+Twisted's buffer, the kernel's, or the client's, and a dropped connection
+loses them.  So a message is marked ``delivered`` only when the peer has
+*proved* it read it: after writing, the outbox sends a WebSocket ping (every
+client must answer pings, RFC 6455 §5.5.2) and the pong, which the peer can
+only send after reading everything before the ping on the ordered stream,
+confirms all frames written before it.  A clean close that the server started
+confirms everything before its close frame the same way.  A frame that is not
+confirmed stays ``pending`` and is sent again on the next connect (at least
+once; a repeat carries the same ``id``).
 
-The outbox is the transport's streaming producer: when the transport's buffer
-is full it is paused and frames queue here, up to ``limit`` of them.  A reader
-that falls further behind is disconnected (``on_overflow``) rather than let
-memory grow; everything it did not get is still pending.
+The outbox is also the transport's streaming producer: when the transport's
+buffer is full it is paused and frames queue here, up to ``limit`` of them.  A
+reader that falls further behind is disconnected (``on_overflow``) rather than
+let memory grow.
 """
 
 from __future__ import annotations
@@ -24,26 +30,10 @@ from zope.interface import implementer
 #: The original server's per-client send buffer.
 DEFAULT_LIMIT = 256
 
-# How often to look again for buffered bytes that have not reached the kernel.
-_CHECK_DELAYS = (0.0, 0.002, 0.01, 0.05, 0.25)
+#: Writes within this window share one proof ping.
+PROOF_DELAY = 0.05
 
-
-def unflushed_bytes(transport: Any) -> int:
-    """Bytes written to ``transport`` that Twisted has not yet handed to the
-    kernel, through any stack of wrapping transports (TLS over TCP)."""
-    total = 0
-    seen = 0
-    while transport is not None and seen < 8:
-        seen += 1
-        buffered = getattr(transport, "dataBuffer", None)
-        if isinstance(buffered, bytes | bytearray | memoryview):
-            total += len(buffered) - getattr(transport, "offset", 0)
-            total += getattr(transport, "_tempDataLen", 0)
-        app_buffer = getattr(transport, "_appSendBuffer", None)
-        if app_buffer:
-            total += sum(len(chunk) for chunk in app_buffer)
-        transport = getattr(transport, "transport", None)
-    return total
+_PING_PREFIX = b"dk-ack:"
 
 
 @implementer(IPushProducer)
@@ -53,24 +43,29 @@ class Outbox:
     def __init__(
         self,
         write: Callable[[Any], None],
-        unflushed: Callable[[], int],
+        ping: Callable[[bytes], None],
         clock: IReactorTime,
-        on_flushed: Callable[[list[Any]], None],
+        on_confirmed: Callable[[list[Any]], None],
         on_overflow: Callable[[], None],
         limit: int = DEFAULT_LIMIT,
+        proof_delay: float = PROOF_DELAY,
     ) -> None:
         self._write_frame = write
-        self._unflushed = unflushed
+        self._ping = ping
         self._clock = clock
-        self._on_flushed = on_flushed
+        self._on_confirmed = on_confirmed
         self._on_overflow = on_overflow
         self.limit = limit
+        self._proof_delay = proof_delay
         self._queue: deque[tuple[Any, Any]] = deque()
-        self._unconfirmed: list[Any] = []
+        #: Acks of frames written but not yet proven read, oldest first.
+        self._unconfirmed: deque[Any] = deque()
         self._paused = False
         self._closed = False
-        self._check_call: IDelayedCall | None = None
-        self._check_step = 0
+        self._proof_call: IDelayedCall | None = None
+        #: (payload, number of acks it covers) of the ping awaiting its pong.
+        self._proof_pending: tuple[bytes, int] | None = None
+        self._proof_seq = 0
         self._writable_waiters: list[Deferred] = []
 
     def __len__(self) -> int:
@@ -114,45 +109,72 @@ class Outbox:
         self._write_frame(frame)
         if ack is not None:
             self._unconfirmed.append(ack)
-            self._schedule_check(restart=True)
+            self._schedule_proof()
 
     def _overflow(self) -> None:
-        self.close()
+        self.stop()
         self._on_overflow()
 
-    def close(self) -> None:
-        """Stop sending; queued and unconfirmed frames are never acknowledged."""
+    def stop(self) -> None:
+        """Send nothing more; queued frames are dropped (they stay pending),
+        written ones can still be confirmed by a pong or a clean close."""
         if self._closed:
             return
         self._closed = True
         self._queue.clear()
-        self._unconfirmed.clear()
-        if self._check_call is not None and self._check_call.active():
-            self._check_call.cancel()
-        self._check_call = None
+        self._cancel_proof()
         self._wake_writers(False)
 
-    # -- flush tracking --------------------------------------------------------
+    def close(self) -> None:
+        """The connection is gone: whatever was not confirmed stays pending."""
+        self.stop()
+        self._unconfirmed.clear()
+        self._proof_pending = None
 
-    def _schedule_check(self, restart: bool = False) -> None:
-        if restart:
-            self._check_step = 0
-        if self._check_call is not None and self._check_call.active():
-            return
-        delay = _CHECK_DELAYS[min(self._check_step, len(_CHECK_DELAYS) - 1)]
-        self._check_step += 1
-        self._check_call = self._clock.callLater(delay, self._check)
+    def confirm_all(self) -> None:
+        """The peer read everything written (it answered our close frame)."""
+        self._proof_pending = None
+        self._confirm(len(self._unconfirmed))
 
-    def _check(self) -> None:
-        self._check_call = None
-        if self._closed or not self._unconfirmed:
+    # -- proof of reading --------------------------------------------------------
+
+    def _schedule_proof(self) -> None:
+        if self._closed or self._proof_pending is not None:
             return
-        if self._unflushed() == 0:
-            acks, self._unconfirmed = self._unconfirmed, []
-            self._on_flushed(acks)
-        elif not self._paused:
-            self._schedule_check()
-        # While paused, resumeProducing (sent once the buffer drains) checks.
+        if self._proof_call is None or not self._proof_call.active():
+            self._proof_call = self._clock.callLater(
+                self._proof_delay, self._send_proof
+            )
+
+    def _cancel_proof(self) -> None:
+        if self._proof_call is not None and self._proof_call.active():
+            self._proof_call.cancel()
+        self._proof_call = None
+
+    def _send_proof(self) -> None:
+        self._proof_call = None
+        if self._closed or not self._unconfirmed or self._proof_pending is not None:
+            return
+        self._proof_seq += 1
+        payload = _PING_PREFIX + b"%d" % self._proof_seq
+        self._proof_pending = (payload, len(self._unconfirmed))
+        self._ping(payload)
+
+    def on_pong(self, payload: bytes) -> None:
+        """A pong: if it answers our proof ping, the frames before it were read."""
+        pending = self._proof_pending
+        if pending is None or payload != pending[0]:
+            return
+        self._proof_pending = None
+        self._confirm(pending[1])
+        if self._unconfirmed:
+            self._schedule_proof()
+
+    def _confirm(self, count: int) -> None:
+        if count <= 0:
+            return
+        acks = [self._unconfirmed.popleft() for _ in range(count)]
+        self._on_confirmed(acks)
 
     # -- IPushProducer ---------------------------------------------------------
 
@@ -163,8 +185,6 @@ class Outbox:
         if self._closed:
             return
         self._paused = False
-        if self._unconfirmed:
-            self._schedule_check(restart=True)
         while self._queue and not self._paused and not self._closed:
             frame, ack = self._queue.popleft()
             self._write(frame, ack)

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from dkserver.ws import frames
 from dkserver.ws.hub import Hub, stored_payload
-from dkserver.ws.outbox import Outbox, unflushed_bytes
+from dkserver.ws.outbox import Outbox
 
 #: Close code for a reader too slow to keep up (its messages stay pending).
 CLOSE_TOO_SLOW = 4008
@@ -54,11 +54,12 @@ class DkServerProtocol(WebSocketServerProtocol):
         self._gone = False
         self.outbox = Outbox(
             write=self._write_prepared,
-            unflushed=lambda: unflushed_bytes(self.transport),
+            ping=self.sendPing,
             clock=self.hub.clock,
-            on_flushed=self.hub.confirm,
+            on_confirmed=self.hub.confirm,
             on_overflow=self._too_slow,
             limit=self.factory.queue_limit,
+            proof_delay=self.factory.proof_delay,
         )
         # twisted.web's HTTP channel is still the transport's producer; it is
         # done with this connection, and dropping it frees its buffers.
@@ -77,6 +78,9 @@ class DkServerProtocol(WebSocketServerProtocol):
             self.sendPreparedMessage(prepared)
         except Disconnected:
             self.outbox.close()
+
+    def onPong(self, payload: bytes) -> None:
+        self.outbox.on_pong(payload)
 
     def deliver(self, prepared: Any, ack: Any) -> None:
         """A live message for this connection (from the bus)."""
@@ -213,6 +217,9 @@ class DkServerProtocol(WebSocketServerProtocol):
             self._gone = True
             return
         self._gone = True
+        if wasClean and self.closedByMe:
+            # The peer answered our close frame, so it read everything before it.
+            self.outbox.confirm_all()
         self.outbox.close()
         self._held.clear()
         self.hub.bus.remove(self)

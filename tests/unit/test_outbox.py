@@ -1,58 +1,92 @@
-"""The outbox: bounded queue, backpressure, acks only after the kernel has the
-bytes.  Timing with a fake clock; the "transport buffer" is a counter."""
+"""The outbox: bounded queue, backpressure, and acks only once the peer has
+proved it read the frames (a pong to a later ping).  Fake clock, fake wire."""
 
 from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from dkserver.ws.outbox import Outbox, unflushed_bytes
+from dkserver.ws.outbox import Outbox
 
 
 class FakeWire:
     def __init__(self) -> None:
         self.written: list[str] = []
-        self.buffered = 0
-        self.flushed_acks: list[list] = []
+        self.pings: list[bytes] = []
+        self.confirmed: list[list] = []
         self.overflows = 0
 
     def write(self, frame: str) -> None:
         self.written.append(frame)
-        self.buffered += len(frame)
 
 
-def make(limit: int = 3):
+def make(limit: int = 3, delay: float = 0.05):
     clock = Clock()
     wire = FakeWire()
     box = Outbox(
         write=wire.write,
-        unflushed=lambda: wire.buffered,
+        ping=wire.pings.append,
         clock=clock,
-        on_flushed=wire.flushed_acks.append,
+        on_confirmed=wire.confirmed.append,
         on_overflow=lambda: setattr(wire, "overflows", wire.overflows + 1),
         limit=limit,
+        proof_delay=delay,
     )
     return clock, wire, box
 
 
-def test_frames_are_acked_only_once_the_buffer_is_flushed():
+def test_frames_are_confirmed_only_by_the_pong_to_a_later_ping():
     clock, wire, box = make()
-    box.send("aaa", ack=1)
-    box.send("bb", ack=2)
-    assert wire.written == ["aaa", "bb"]
-    clock.advance(0)
-    clock.advance(0.01)
-    assert wire.flushed_acks == []  # still in Twisted's buffer
-    wire.buffered = 0
+    box.send("a", ack=1)
+    box.send("b", ack=2)
+    assert wire.written == ["a", "b"]
+    assert wire.pings == []
+    clock.advance(0.05)
+    assert len(wire.pings) == 1  # one ping covers both writes
+    assert wire.confirmed == []
+    box.on_pong(b"something else")
+    assert wire.confirmed == []
+    box.on_pong(wire.pings[0])
+    assert wire.confirmed == [[1, 2]]
+
+
+def test_frames_written_after_the_ping_wait_for_the_next_one():
+    clock, wire, box = make(limit=10)
+    box.send("a", ack=1)
+    clock.advance(0.05)
+    box.send("b", ack=2)
     clock.advance(1)
-    assert wire.flushed_acks == [[1, 2]]
+    assert len(wire.pings) == 1  # only one proof ping outstanding
+    box.on_pong(wire.pings[0])
+    assert wire.confirmed == [[1]]
+    clock.advance(0.05)
+    assert len(wire.pings) == 2
+    box.on_pong(wire.pings[1])
+    assert wire.confirmed == [[1], [2]]
 
 
-def test_system_frames_without_ack_are_not_reported():
+def test_lost_connection_confirms_nothing():
+    clock, wire, box = make()
+    box.send("a", ack=1)
+    clock.advance(0.05)
+    box.close()
+    box.on_pong(wire.pings[0])
+    assert wire.confirmed == []
+
+
+def test_clean_close_confirms_what_was_written():
+    clock, wire, box = make()
+    box.send("a", ack=1)
+    box.stop()
+    assert not box.send("b", ack=2)
+    box.confirm_all()
+    assert wire.confirmed == [[1]]
+
+
+def test_system_frames_without_ack_need_no_proof():
     clock, wire, box = make()
     box.send("sys")
-    wire.buffered = 0
     clock.advance(1)
-    assert wire.flushed_acks == []
+    assert wire.pings == [] and wire.confirmed == []
 
 
 def test_paused_transport_queues_and_resume_writes_in_order():
@@ -64,25 +98,23 @@ def test_paused_transport_queues_and_resume_writes_in_order():
     assert len(box) == 3
     box.resumeProducing()
     assert wire.written == ["m0", "m1", "m2"]
-    wire.buffered = 0
-    clock.advance(0)
-    assert wire.flushed_acks == [[0, 1, 2]]
+    clock.advance(0.05)
+    box.on_pong(wire.pings[-1])
+    assert wire.confirmed == [[0, 1, 2]]
 
 
-def test_overflow_closes_and_never_acks_what_was_not_flushed():
+def test_overflow_stops_and_never_confirms_the_dropped_frames():
     clock, wire, box = make(limit=2)
-    box.send("written", ack="w")  # in the buffer, not flushed
+    box.send("written", ack="w")
     box.pauseProducing()
     assert box.send("q1", ack="q1")
     assert box.send("q2", ack="q2")
     assert not box.send("q3", ack="q3")
     assert wire.overflows == 1
-    wire.buffered = 0
     box.resumeProducing()
-    clock.advance(1)
-    assert wire.flushed_acks == []
     assert wire.written == ["written"]
-    assert not box.send("late", ack="late")
+    box.confirm_all()  # the peer answered our close: it read "written" only
+    assert wire.confirmed == [["w"]]
 
 
 def test_wait_writable_fires_when_queue_drains():
@@ -104,17 +136,3 @@ def test_wait_writable_reports_close():
     box.wait_writable().addCallback(fired.append)
     box.stopProducing()
     assert fired == [False]
-
-
-def test_unflushed_bytes_walks_wrapped_transports():
-    class Tcp:
-        dataBuffer = b"12345"
-        offset = 2
-        _tempDataLen = 4
-
-    class Tls:
-        _appSendBuffer = [b"ab"]
-        transport = Tcp()
-
-    assert unflushed_bytes(Tls()) == 2 + 3 + 4
-    assert unflushed_bytes(None) == 0

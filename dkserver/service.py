@@ -177,6 +177,18 @@ class DkService(MultiService):
             waited += 0.05
         for conn in self.bus.all_connections():
             conn.dropConnection(abort=True)
+        # An abort finishes on a later reactor turn; wait for the teardown so
+        # no session writes after the database is closed.
+        await self._wait_until(lambda: not self.bus.connection_count(), 2.0)
+
+    async def _wait_until(self, condition, limit: float) -> bool:
+        waited = 0.0
+        while not condition():
+            if waited >= limit:
+                return False
+            await deferLater(self.reactor, 0.02)
+            waited += 0.02
+        return True
 
     def stopService(self) -> Deferred:
         return Deferred.fromCoroutine(self._stop())
@@ -188,11 +200,19 @@ class DkService(MultiService):
             if listener is not None and listener.running:
                 await listener.stopService()
         await self._close_websockets()
+        # Frames read before the close are stored before the database closes.
+        if not await self._wait_until(
+            lambda: not self.hub.unhandled_frames, self.config.shutdown_grace
+        ):
+            self.log.warn(
+                "{count} frames still unhandled at shutdown",
+                count=self.hub.unhandled_frames,
+            )
         left = await self.site.drain(self.reactor, self.config.shutdown_grace)
         if left:
             self.log.warn("{count} requests still running at shutdown", count=left)
         await self.timers.stopService()
-        await self.writer.flush()
+        await self.writer.close()
         await self.store.analytics.end_open_sessions(self.hub.time_ns())
         await self.store.close()
         self.log.info("shutdown complete")

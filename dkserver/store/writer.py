@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from dkserver import timestamps
 from dkserver.store.analytics import _end_sessions_txn, _storage_text
+from dkserver.store.errors import StoreError
 from dkserver.store.messages import DELIVERED, PENDING, NewMessage
 
 #: Upper bound on one transaction, so a burst cannot hold the write lock long.
@@ -54,6 +55,7 @@ class GroupWriter:
         self._clock = clock
         self._next = _Batch()
         self._running = False
+        self._closed = False
         self.batches = 0
         self.rows = 0
 
@@ -63,6 +65,9 @@ class GroupWriter:
         """Store ``message`` (pending); fires with its id once committed, or with
         ``None`` when a direct message names a recipient that does not exist."""
         d: Deferred = Deferred()
+        if self._closed:
+            d.errback(StoreError("the server is shutting down; message not stored"))
+            return d
         self._next.messages.append((message, session_id))
         self._next.waiters.append(d)
         self._kick()
@@ -85,6 +90,11 @@ class GroupWriter:
     def end_session(self, session_id: str, end_ns: int) -> None:
         self._next.sessions_ended.append((session_id, end_ns))
         self._kick()
+
+    def close(self) -> Deferred:
+        """Refuse new messages; fires once everything before is committed."""
+        self._closed = True
+        return self.flush()
 
     def flush(self) -> Deferred:
         """Fires once everything submitted so far is committed."""

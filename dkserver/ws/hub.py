@@ -50,6 +50,9 @@ class Hub:
         self.clock = clock
         self.time_ns = time_ns
         self.factory: WebSocketServerFactory | None = None
+        #: Frames read from sockets but not yet stored or refused; shutdown
+        #: waits for them so nothing read is lost.
+        self.unhandled_frames = 0
         metrics.track_live(bus.connection_count, lambda: len(bus.online_users()))
 
     def prepare(self, payload: bytes) -> Any:

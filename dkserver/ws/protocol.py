@@ -165,6 +165,7 @@ class DkServerProtocol(WebSocketServerProtocol):
             self.send_system("Binary frames are not supported; send JSON text")
             return
         self._inflight += 1
+        self.hub.unhandled_frames += 1
         if self._inflight >= self.factory.inbox_limit and not self._reading_paused:
             # Backpressure on a fast sender: stop reading until we catch up.
             self._reading_paused = True
@@ -175,6 +176,7 @@ class DkServerProtocol(WebSocketServerProtocol):
 
     def _handled(self, _: object) -> None:
         self._inflight -= 1
+        self.hub.unhandled_frames -= 1
         if self._reading_paused and self._inflight <= self.factory.inbox_limit // 2:
             self._reading_paused = False
             if not self._gone:

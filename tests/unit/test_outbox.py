@@ -74,7 +74,7 @@ def test_lost_connection_confirms_nothing():
 
 
 def test_clean_close_confirms_what_was_written():
-    clock, wire, box = make()
+    _, wire, box = make()
     box.send("a", ack=1)
     box.stop()
     assert not box.send("b", ack=2)
@@ -104,7 +104,7 @@ def test_paused_transport_queues_and_resume_writes_in_order():
 
 
 def test_overflow_stops_and_never_confirms_the_dropped_frames():
-    clock, wire, box = make(limit=2)
+    _, wire, box = make(limit=2)
     box.send("written", ack="w")
     box.pauseProducing()
     assert box.send("q1", ack="q1")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest_twisted
 
-from tests.support.server import start_server, stop_server, test_config
+from tests.support.server import make_config, start_server, stop_server
 
 
 @pytest_twisted.async_yield_fixture
 async def server(tmp_path):
-    running = await start_server(test_config(tmp_path))
+    running = await start_server(make_config(tmp_path))
     yield running
     await stop_server(running)

@@ -25,8 +25,7 @@ from tests.support.client import (
     register,
     register_and_login,
 )
-from tests.support.server import start_server, stop_server
-from tests.support.server import test_config as make_config
+from tests.support.server import make_config, start_server, stop_server
 from tests.support.ws import (
     broadcast_frame,
     connect,

@@ -18,8 +18,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 from tests.support.client import Identity, post_json, register_and_login
-from tests.support.server import start_server, stop_server
-from tests.support.server import test_config as make_config
+from tests.support.server import make_config, start_server, stop_server
 from tests.support.ws import connect, direct_frame
 
 NO_WAITING = "No forward request is waiting for an answer"

@@ -57,9 +57,9 @@ async def test_chunked_body_over_limit_is_refused(server):
 
 @pytest_twisted.ensureDeferred
 async def test_half_sent_request_is_closed_and_others_served(tmp_path):
-    from tests.support.server import start_server, stop_server, test_config
+    from tests.support.server import make_config, start_server, stop_server
 
-    server = await start_server(test_config(tmp_path, http_timeout=0.5))
+    server = await start_server(make_config(tmp_path, http_timeout=0.5))
     try:
         client = await raw_tls(server)
         client.transport.write(
@@ -76,9 +76,9 @@ async def test_half_sent_request_is_closed_and_others_served(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_trickled_headers_hit_the_request_deadline(tmp_path):
-    from tests.support.server import start_server, stop_server, test_config
+    from tests.support.server import make_config, start_server, stop_server
 
-    server = await start_server(test_config(tmp_path, http_timeout=0.4))
+    server = await start_server(make_config(tmp_path, http_timeout=0.4))
     try:
         client = await raw_tls(server)
         client.transport.write(b"GET /auth/check-userid/x HTTP/1.1\r\n")

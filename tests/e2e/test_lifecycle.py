@@ -18,7 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from tests.support.client import Identity, get, login, register
-from tests.support.server import start_server, stop_server, test_config
+from tests.support.server import make_config, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
 from tests.support.paths import FIXTURES  # noqa: E402
@@ -34,7 +34,7 @@ def free_port() -> int:
 
 @pytest_twisted.ensureDeferred
 async def test_restart_keeps_users_and_tokens(tmp_path):
-    config = test_config(tmp_path)
+    config = make_config(tmp_path)
     server = await start_server(config)
     alice = Identity("alice")
     assert await register(server, alice) == 201
@@ -54,7 +54,7 @@ async def test_restart_keeps_users_and_tokens(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_shutdown_lets_in_flight_requests_finish(tmp_path):
-    server = await start_server(test_config(tmp_path))
+    server = await start_server(make_config(tmp_path))
     store = server.service.store
     original = store.users.exists
     gate = deferLater(reactor, 0.3, lambda: None)
@@ -84,7 +84,7 @@ async def test_original_server_database_is_upgraded_and_users_log_in(tmp_path):
     seeds = json.loads((FIXTURES / "original-server.json").read_text())[
         "ed25519_seeds_hex"
     ]
-    server = await start_server(test_config(tmp_path))
+    server = await start_server(make_config(tmp_path))
     try:
         for user_id, seed in seeds.items():
             ident = Identity.from_seed_hex(user_id, seed)

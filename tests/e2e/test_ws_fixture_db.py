@@ -17,8 +17,8 @@ import pytest_twisted
 from tests.support.client import Identity, login
 from tests.support.envelope import decrypt_with, rfc3339_unix_nanos
 from tests.support.paths import FIXTURES
+from tests.support.server import make_config as server_config
 from tests.support.server import start_server, stop_server
-from tests.support.server import test_config as server_config
 from tests.support.ws import connect, verify_frame
 
 

@@ -23,8 +23,8 @@ from twisted.internet.task import deferLater
 
 from tests.support.client import Identity, get, register_and_login
 from tests.support.envelope import decrypt_with, rfc3339_unix_nanos
+from tests.support.server import make_config as server_config
 from tests.support.server import start_server, stop_server
-from tests.support.server import test_config as server_config
 from tests.support.ws import (
     HandshakeRefused,
     broadcast_frame,

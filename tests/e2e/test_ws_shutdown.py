@@ -20,8 +20,7 @@ from twisted.internet.task import deferLater
 
 from tests.support.client import Identity, login, post_json, register_and_login
 from tests.support.envelope import decrypt_with
-from tests.support.server import start_server, stop_server
-from tests.support.server import test_config as make_config
+from tests.support.server import make_config, start_server, stop_server
 from tests.support.ws import connect, direct_frame
 
 GOING_AWAY = 1001

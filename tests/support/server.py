@@ -14,7 +14,7 @@ from dkserver.config import Config
 from dkserver.service import DkService
 
 
-def test_config(tmp_path, **overrides) -> Config:
+def make_config(tmp_path, **overrides) -> Config:
     base = Config(
         https="127.0.0.1:0",
         http="127.0.0.1:0",
@@ -79,4 +79,4 @@ async def stop_server(server: RunningServer) -> None:
         await server.service.stopService()
 
 
-__all__ = ["RunningServer", "start_server", "stop_server", "test_config", "treq"]
+__all__ = ["RunningServer", "make_config", "start_server", "stop_server", "treq"]

@@ -53,6 +53,10 @@ class Config:
     #: Browser origins allowed to open /ws; empty means "the server's own".
     allowed_origins: tuple[str, ...] = ()
     forward_timeout: float = 30.0
+    #: Open (or opening) WebSocket connections allowed per client IP and per
+    #: user; past either, /ws answers 429.
+    max_connections_per_ip: int = 1000
+    max_connections_per_user: int = 32
     challenge_ttl: float = 60.0
     max_body: int = 1024 * 1024
     max_ws_message: int = 1024 * 1024
@@ -190,6 +194,14 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
         sqlite_synchronous=sync,
         admin_users=frozenset(_split_list(str(pick("admins", "DK_ADMIN_USERS", "")))),
         allowed_origins=origins,
+        max_connections_per_ip=_positive_int(
+            "DK_MAX_CONNECTIONS_PER_IP",
+            pick("max_connections_per_ip", "DK_MAX_CONNECTIONS_PER_IP", 1000),
+        ),
+        max_connections_per_user=_positive_int(
+            "DK_MAX_CONNECTIONS_PER_USER",
+            pick("max_connections_per_user", "DK_MAX_CONNECTIONS_PER_USER", 32),
+        ),
         forward_timeout=_positive_float(
             "DK_FORWARD_TIMEOUT", pick("forward_timeout", "DK_FORWARD_TIMEOUT", 30.0)
         ),

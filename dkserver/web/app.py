@@ -170,7 +170,23 @@ class DkApp:
                 audit=True,
             )
             raise
-        return UpgradeResource(self.ws_factory, user_id)
+        ip = client_ip(request)
+        if not self.hub.reserve(
+            ip,
+            user_id,
+            self.config.max_connections_per_ip,
+            self.config.max_connections_per_user,
+        ):
+            self.metrics.refused_upgrades.labels(reason="limit").inc()
+            self.log.warn(
+                "security event refused_upgrade (connection limit) for {user_id}"
+                " from {client_ip}",
+                user_id=user_id,
+                client_ip=ip,
+                audit=True,
+            )
+            raise ApiError(429, "Too many connections")
+        return UpgradeResource(self.ws_factory, user_id, (ip, user_id))
 
     # -- presence and profiles ----------------------------------------------------
 

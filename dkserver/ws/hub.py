@@ -53,7 +53,29 @@ class Hub:
         #: Frames read from sockets but not yet stored or refused; shutdown
         #: waits for them so nothing read is lost.
         self.unhandled_frames = 0
+        #: Connections (including handshakes in progress) per IP and per user.
+        self._per_ip: dict[str, int] = {}
+        self._per_user: dict[str, int] = {}
         metrics.track_live(bus.connection_count, lambda: len(bus.online_users()))
+
+    def reserve(self, ip: str, user_id: str, max_ip: int, max_user: int) -> bool:
+        """Count a new connection against its IP's and user's limits."""
+        if (
+            self._per_ip.get(ip, 0) >= max_ip
+            or self._per_user.get(user_id, 0) >= max_user
+        ):
+            return False
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
+        return True
+
+    def release(self, ip: str, user_id: str) -> None:
+        for counts, key in ((self._per_ip, ip), (self._per_user, user_id)):
+            left = counts.get(key, 0) - 1
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
 
     def prepare(self, payload: bytes) -> Any:
         """Frame a payload once for every recipient (Autobahn PreparedMessage)."""

@@ -214,6 +214,17 @@ class DkServerProtocol(WebSocketServerProtocol):
 
     # -- teardown ----------------------------------------------------------------
 
+    #: (ip, user id) counted against the connection limits; released once.
+    reservation: tuple[str, str] | None = None
+
+    def connectionLost(self, reason) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            if self.reservation is not None:
+                self.factory.hub.release(*self.reservation)
+                self.reservation = None
+
     def onClose(self, wasClean: bool, code: int, reason: str) -> None:
         if self._gone or not hasattr(self, "hub"):
             self._gone = True

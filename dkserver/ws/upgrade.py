@@ -38,17 +38,24 @@ def check_origin(request: IRequest, allowed: tuple[str, ...]) -> None:
     raise ApiError(403, "Origin not allowed")
 
 
-def upgrade(request: IRequest, factory, user_id: str) -> int | bytes:
-    """Take over the request's transport for a WebSocket session of ``user_id``."""
+def upgrade(
+    request: IRequest, factory, user_id: str, reservation: tuple[str, str] | None = None
+) -> int | bytes:
+    """Take over the request's transport for a WebSocket session of ``user_id``.
+
+    ``reservation`` (connection-limit counts) is released by the protocol when
+    the connection ends, or here if the upgrade does not happen.
+    """
     channel = request.channel
     transport = channel.transport
-    if transport is None:
-        raise ApiError(426, "WebSocket upgrade required")
     upgrade_header = (request.getHeader(b"upgrade") or b"").lower()
-    if upgrade_header != b"websocket":
+    if transport is None or upgrade_header != b"websocket":
+        if reservation is not None:
+            factory.hub.release(*reservation)
         raise ApiError(426, "WebSocket upgrade required")
     protocol = factory.buildProtocol(transport.getPeer())
     protocol.user_id = user_id
+    protocol.reservation = reservation
     in_flight = getattr(getattr(channel, "site", None), "in_flight", None)
     if in_flight is not None:
         in_flight.discard(request)
@@ -79,10 +86,13 @@ class UpgradeResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, factory, user_id: str) -> None:
+    def __init__(
+        self, factory, user_id: str, reservation: tuple[str, str] | None = None
+    ) -> None:
         super().__init__()
         self._factory = factory
         self._user_id = user_id
+        self._reservation = reservation
 
     def render(self, request: IRequest) -> int | bytes:
-        return upgrade(request, self._factory, self._user_id)
+        return upgrade(request, self._factory, self._user_id, self._reservation)

@@ -55,6 +55,8 @@ class Config:
     forward_timeout: float = 30.0
     #: Open (or opening) WebSocket connections allowed per client IP and per
     #: user; past either, /ws answers 429.
+    #: Where the built client (dk.pyz, scripts/build-client) is served from.
+    client_dir: str = "dist"
     max_connections_per_ip: int = 1000
     max_connections_per_user: int = 32
     challenge_ttl: float = 60.0
@@ -194,6 +196,7 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
         sqlite_synchronous=sync,
         admin_users=frozenset(_split_list(str(pick("admins", "DK_ADMIN_USERS", "")))),
         allowed_origins=origins,
+        client_dir=str(pick("client_dir", "DK_CLIENT_DIR", "dist")),
         max_connections_per_ip=_positive_int(
             "DK_MAX_CONNECTIONS_PER_IP",
             pick("max_connections_per_ip", "DK_MAX_CONNECTIONS_PER_IP", 1000),

@@ -20,6 +20,7 @@ from dkserver.auth.handler import AuthHandler
 from dkserver.config import Config
 from dkserver.metrics import CONTENT_TYPE_LATEST, Metrics
 from dkserver.store import Store
+from dkserver.web.pages import Pages
 from dkserver.web.responses import (
     ApiError,
     BadRequest,
@@ -68,6 +69,7 @@ class DkApp:
         self.hub = hub
         self.ws_factory = ws_factory
         self.metrics = metrics
+        self.pages = Pages(config.client_dir)
 
     def resource(self):
         return self.app.resource()
@@ -256,6 +258,30 @@ class DkApp:
                 raise ApiError(403, "Administrators only")
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
         return self.metrics.render()
+
+    # -- pages and client downloads ---------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def landing(self, request: IRequest) -> bytes:
+        return self.pages.render(request, "index.html", b"text/html; charset=utf-8")
+
+    @app.route("/download", methods=["GET"])
+    def download_page(self, request: IRequest) -> bytes:
+        return self.pages.render(request, "download.html", b"text/html; charset=utf-8")
+
+    @app.route("/install.sh", methods=["GET"])
+    def install_script(self, request: IRequest) -> bytes:
+        return self.pages.render(
+            request, "install.sh", b"text/x-shellscript; charset=utf-8"
+        )
+
+    @app.route("/static/<string:name>", methods=["GET"])
+    def static_file(self, request: IRequest, name: str) -> bytes:
+        return self.pages.static(request, name)
+
+    @app.route("/download/<string:platform>", methods=["GET"])
+    def download(self, request: IRequest, platform: str):
+        return self.pages.artifact(request, platform)
 
 
 def _is_loopback(host: str) -> bool:

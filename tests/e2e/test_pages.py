@@ -92,7 +92,8 @@ async def test_downloads_carry_filename_and_type(tmp_path):
 
 
 USER_AGENTS = {
-    "linux": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36",
+    "linux": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
+    "Chrome/120 Safari/537.36",
     "darwin": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/537.36 "
     "Chrome/120 Safari/537.36",
     "windows": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "

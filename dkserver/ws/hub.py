@@ -57,6 +57,11 @@ class Hub:
         self._per_ip: dict[str, int] = {}
         self._per_user: dict[str, int] = {}
         metrics.track_live(bus.connection_count, lambda: len(bus.online_users()))
+        # Resolved once: prometheus_client's labels() takes a lock per call.
+        self._count = {
+            kind: metrics.messages.labels(kind=kind)
+            for kind in ("direct", "broadcast", "forward")
+        }
 
     def reserve(self, ip: str, user_id: str, max_ip: int, max_user: int) -> bool:
         """Count a new connection against its IP's and user's limits."""
@@ -118,10 +123,10 @@ class Hub:
         )
         prepared = self.prepare(payload)
         if message.is_broadcast:
-            self.metrics.messages.labels(kind="broadcast").inc()
+            self._count["broadcast"].inc()
             self.bus.send_broadcast(conn.user_id, prepared, message_id)
         else:
-            self.metrics.messages.labels(kind="direct").inc()
+            self._count["direct"].inc()
             self.bus.send_direct(message.to, prepared, message_id)
         return None
 
@@ -144,7 +149,7 @@ class Hub:
             )
             conn.deliver(self.prepare(payload), None)
 
-        self.metrics.messages.labels(kind="forward").inc()
+        self._count["forward"].inc()
         return await self.forward.ask(user_id, pick, send)
 
     async def backlog_pages(self, user_id: str):

@@ -85,6 +85,9 @@ class DkApp:
         """Unknown paths (404) and wrong methods (405) from the router."""
         exc: HTTPException = failure.value
         code = exc.code or 500
+        if 300 <= code < 400:
+            # werkzeug "redirects" paths like /a//b; there is no such resource.
+            code = 404
         error = ApiError(code, exc.name if code != 404 else "Not found")
         if code == 405:
             allowed = getattr(exc, "valid_methods", None) or ()

@@ -24,6 +24,10 @@ SECURITY_HEADERS = (
 )
 
 
+#: Seconds a refused request's connection may linger to deliver the answer.
+REFUSED_LINGER = 1.0
+
+
 class DkRequest(server.Request):
     """A request with a body cap, an arrival deadline and security headers."""
 
@@ -68,6 +72,9 @@ class DkRequest(server.Request):
         transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         transport.pauseProducing()
         self.channel.loseConnection()
+        # The TLS close waits for the peer's close_notify, which is never read
+        # now that reading is paused: give the response a moment, then abort.
+        self.channel.callLater(REFUSED_LINGER, transport.abortConnection)
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self._max_body:

@@ -12,11 +12,11 @@ fail() { echo "dk install: $*" >&2; exit 1; }
 PYTHON=""
 for candidate in python3 python; do
   if command -v "$candidate" >/dev/null 2>&1 &&
-     "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null; then
+     "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     PYTHON=$(command -v "$candidate"); break
   fi
 done
-[ -n "$PYTHON" ] || fail "Python 3.9 or newer is required (install python3 first)"
+[ -n "$PYTHON" ] || fail "Python 3.11 or newer is required (install python3 first)"
 
 case "$(uname -s)" in
   Darwin) PLATFORM=darwin ;;

@@ -42,7 +42,7 @@ class Outbox:
 
     def __init__(
         self,
-        write: Callable[[Any], None],
+        write: Callable[[Any], bool | None],
         ping: Callable[[bytes], None],
         clock: IReactorTime,
         on_confirmed: Callable[[list[Any]], None],
@@ -106,7 +106,8 @@ class Outbox:
         return d
 
     def _write(self, frame: Any, ack: Any) -> None:
-        self._write_frame(frame)
+        if self._write_frame(frame) is False:
+            return  # not written (connection closing): the message stays pending
         if ack is not None:
             self._unconfirmed.append(ack)
             self._schedule_proof()

@@ -76,11 +76,17 @@ class DkServerProtocol(WebSocketServerProtocol):
 
     # -- outgoing --------------------------------------------------------------
 
-    def _write_prepared(self, prepared: Any) -> None:
+    def _write_prepared(self, prepared: Any) -> bool:
+        # Autobahn's sendPreparedMessage does not check the state; no data
+        # frame may follow our close frame (RFC 6455 §5.5.1).
+        if self.state != self.STATE_OPEN:
+            return False
         try:
             self.sendPreparedMessage(prepared)
         except Disconnected:
             self.outbox.close()
+            return False
+        return True
 
     def onPong(self, payload: bytes) -> None:
         self.outbox.on_pong(payload)
@@ -157,6 +163,10 @@ class DkServerProtocol(WebSocketServerProtocol):
         """Shutdown: close with 1001 "going away"."""
         if self._gone or self.state != self.STATE_OPEN:
             return
+        # Nothing is written after the close frame: what is queued, or arrives
+        # later, stays pending; the close reply confirms what went before.
+        self.outbox.stop()
+        self._held.clear()
         self.sendCloseFrame(code=CLOSE_GOING_AWAY, reasonUtf8=b"server shutting down")
 
     # -- incoming --------------------------------------------------------------

@@ -1,0 +1,256 @@
+"""The real ``twistd dkserver`` as a subprocess, and a test-side handle on it.
+
+:class:`Daemon` starts, signals and restarts the server on one database,
+certificate and port.  :class:`DaemonHandle` is what ``tests.support.client``
+and ``tests.support.ws`` expect of a server (``https_port``, ``trust``,
+``url()``, ``http``), built from the certificate the daemon generated.
+
+The subprocess imports dkserver from the tree these tests live in (its root
+goes first on ``PYTHONPATH``), so a throwaway copy of the repository runs its
+own copy of the server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from treq.client import HTTPClient
+from twisted.internet import reactor, ssl
+from twisted.internet.task import deferLater
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+ROOT = Path(__file__).resolve().parents[2]
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+class DaemonHandle:
+    """One run of the daemon, as the test-support clients want a server."""
+
+    def __init__(self, https_port: int, cert_path: Path) -> None:
+        self.https_port = https_port
+        self.trust = ssl.Certificate.loadPEM(cert_path.read_bytes())
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.http = HTTPClient(
+            Agent(
+                reactor,
+                contextFactory=BrowserLikePolicyForHTTPS(trustRoot=self.trust),
+                pool=self.pool,
+            )
+        )
+
+    @property
+    def base(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    async def close(self) -> None:
+        await self.pool.closeCachedConnections()
+
+
+class Daemon:
+    """``twistd -n dkserver`` on a fixed port, database and certificate."""
+
+    def __init__(self, directory: Path, **env: str) -> None:
+        self.dir = Path(directory)
+        self.port = free_port()
+        self.db = self.dir / "dk.db"
+        self.cert = self.dir / "server.pem"
+        self.key = self.dir / "server.key"
+        self.log_path = self.dir / "daemon.log"
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+            ),
+            "MESSAGE_RATE_LIMIT": "1e6",
+            "MESSAGE_BURST_LIMIT": "1000000",
+            "LOGIN_RATE_LIMIT": "10000",
+            "LOGIN_BURST_LIMIT": "10000",
+            **env,
+        }
+        self.env.pop("JWT_SECRET", None)  # generated once, kept beside the db
+        self.proc: subprocess.Popen | None = None
+        self.handle: DaemonHandle | None = None
+        self.runs = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self, timeout: float = 15.0) -> DaemonHandle:
+        """Start (or restart) on the same files and port; wait until it serves."""
+        assert self.proc is None or self.proc.poll() is not None, "still running"
+        self.runs += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== run {self.runs} =====\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [
+                    TWISTD,
+                    "-n",
+                    "--pidfile=",
+                    "dkserver",
+                    "--https",
+                    f"127.0.0.1:{self.port}",
+                    "--http",
+                    "none",
+                    "--db",
+                    str(self.db),
+                    "--cert",
+                    str(self.cert),
+                    "--key",
+                    str(self.key),
+                ],
+                cwd=self.dir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"twistd exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"twistd did not start:\n{self.log_tail()}")
+            if self.cert.exists() and self._port_open():
+                handle = DaemonHandle(self.port, self.cert)
+                if await self._serves(handle):
+                    self.handle = handle
+                    return handle
+                await handle.close()
+            await sleep(0.05)
+
+    def _port_open(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    @staticmethod
+    async def _serves(handle: DaemonHandle) -> bool:
+        """True once a request that needs the database is answered."""
+        try:
+            response = await handle.http.get(handle.url("/auth/check-userid/probe"))
+            await response.content()
+            return response.code == 200
+        except Exception:
+            return False
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(sig)
+
+    async def wait_exit(self, timeout: float) -> int | None:
+        """The exit status, or None if it is still running after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            await sleep(0.02)
+        return self.proc.poll()
+
+    async def drop_handle(self) -> None:
+        if self.handle is not None:
+            await self.handle.close()
+            self.handle = None
+
+    async def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM and wait (SIGKILL if it hangs); its exit status."""
+        await self.drop_handle()
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        code = await self.wait_exit(timeout)
+        if code is None:
+            self.kill_now()
+        return code
+
+    def kill_now(self) -> None:
+        """Synchronous last resort for ``finally`` blocks."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    # -- inspection ----------------------------------------------------------
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_text()[-chars:]
+
+    def snapshot_db(self, name: str) -> Path:
+        """Copy the database files as they are now (e.g. right after a crash)."""
+        target = self.dir / name
+        target.mkdir()
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.db) + suffix)
+            if src.exists():
+                shutil.copy(src, target / (self.db.name + suffix))
+        return target / self.db.name
+
+
+def integrity_problems(db_path: Path) -> list[str]:
+    """``PRAGMA integrity_check`` and ``foreign_key_check`` findings (empty: ok)."""
+    conn = sqlite3.connect(db_path)
+    try:
+        problems = [
+            f"integrity_check: {row[0]}"
+            for row in conn.execute("PRAGMA integrity_check")
+            if row[0] != "ok"
+        ]
+        problems += [
+            f"foreign_key_check: {row}"
+            for row in conn.execute("PRAGMA foreign_key_check")
+        ]
+        return problems
+    finally:
+        conn.close()
+
+
+def stored_messages(
+    db_path: Path, read_only: bool = False
+) -> dict[int, tuple[str, str, str, str, int]]:
+    """id -> (from_user, to_user, content, status, is_broadcast) of every row.
+
+    ``read_only`` opens it beside a running server without writing to it.
+    """
+    if read_only:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    else:
+        conn = sqlite3.connect(db_path)
+    try:
+        return {
+            row[0]: tuple(row[1:])
+            for row in conn.execute(
+                "SELECT id, from_user, to_user, content, status, is_broadcast"
+                " FROM messages"
+            )
+        }
+    finally:
+        conn.close()

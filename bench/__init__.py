@@ -1,0 +1,1 @@
+"""dkserver's benchmark suite: ``python -m bench all`` (see bench.runner)."""

@@ -1,0 +1,593 @@
+"""The bench runner: ``python -m bench {all,smoke,logins,relay,ceiling,...}``.
+
+Starts dkserver (``twistd -n dkserver``) on loopback with the rate limits
+lifted and a fresh database and certificate in a temporary directory, starts
+the bare Autobahn relay (``bench.ceiling``) on the same certificate for the
+ceiling runs, runs the scenarios with load generators in their own processes,
+prints a table and one ``BENCH_JSON {...}`` line.  Every child process is
+killed at the end, error or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import orjson
+
+from bench import scenarios, wire
+from bench.procs import ServerProc, free_port, kill_all, raise_nofile
+from bench.scenarios import Bench, log
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULTS = {
+    "logins": {"clients": [1, 4, 16], "duration": 3.0},
+    "relay": {
+        "pairs": [10, 50, 200],
+        # Messages per closed-loop run: ``seconds`` at the last measured rate
+        # of that server (first guess ``guess``), within [min, max]; or a fixed
+        # ``messages`` total.
+        "messages": None,
+        "seconds": 5.0,
+        "guess": {"dk": 5000, "ceiling": 30000},
+        "min": 5000,
+        "max": 250000,
+        "half_s": 5.0,
+        "batch": 1,
+        "window": 32,
+    },
+    "broadcast": {"clients": [100, 1000, 5000], "rounds": 3},
+    "connections": {"conns": [1000, 5000, 10000], "big": 100},
+    "backlog": {"messages": [1000, 5000, 10000]},
+}
+SMOKE = {
+    "logins": {"clients": [1], "duration": 0.3},
+    "relay": {"pairs": [2], "messages": 200, "half_s": 0.5, "batch": 1, "window": 32},
+    "broadcast": {"clients": [3], "rounds": 1},
+    "connections": {"conns": [4, 8], "big": 1},
+    "backlog": {"messages": [20]},
+}
+ORDER = ["logins", "relay", "backlog", "broadcast", "connections"]
+
+# The issue's targets (2-core box, load generator on the same box).
+TARGETS = {
+    "relay_server_cpu_us_per_msg": ("<=", 100),
+    "relay_msgs_per_s": (">=", 10000),
+    "relay_fraction_of_ceiling": (">=", 0.60),
+    "relay_p99_ms_at_half_rate": ("<", 50),
+    "logins_per_s": (">=", 1500),
+    "broadcast_1000_all_held_ms": ("<=", 50),
+    "broadcast_5000_all_held_ms": ("<", 1000),
+    "idle_kib_per_conn_10000": ("<=", 36),
+    "backlog_10000_drain_s": ("<", 1.0),
+}
+
+
+def dkserver_version() -> str:
+    """The commit bench ran against (``+dirty`` with local changes)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "dkserver"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def server_env() -> dict:
+    env = dict(os.environ)
+    env.update(
+        MESSAGE_RATE_LIMIT="1e9",
+        MESSAGE_BURST_LIMIT="1000000000",
+        LOGIN_RATE_LIMIT="1e9",
+        LOGIN_BURST_LIMIT="1000000000",
+        # 10,000 connections come from one loopback address.
+        DK_MAX_CONNECTIONS_PER_IP="1000000",
+    )
+    env.pop("JWT_SECRET", None)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def dkserver_proc(tmp: str) -> ServerProc:
+    port = free_port()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    argv = [
+        twistd,
+        "-n",
+        "--pidfile=",
+        "dkserver",
+        "--https",
+        f"127.0.0.1:{port}",
+        "--http",
+        "none",
+        "--db",
+        os.path.join(tmp, "dk.db"),
+        "--cert",
+        os.path.join(tmp, "c.pem"),
+        "--key",
+        os.path.join(tmp, "k.pem"),
+    ]
+    return ServerProc("dkserver", argv, server_env(), port, os.path.join(tmp, "dk.log"))
+
+
+def ceiling_proc(tmp: str) -> ServerProc:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.ceiling",
+        "--port",
+        str(port),
+        "--cert",
+        os.path.join(tmp, "c.pem"),
+        "--key",
+        os.path.join(tmp, "k.pem"),
+    ]
+    return ServerProc(
+        "ceiling", argv, server_env(), port, os.path.join(tmp, "ceiling.log")
+    )
+
+
+# --- scenario drivers --------------------------------------------------------
+
+
+async def run_logins(b: Bench, cfg: dict) -> list:
+    out = []
+    for c in cfg["clients"]:
+        log(f"logins: {c} concurrent clients, {cfg['duration']} s")
+        out.append(await scenarios.logins(b, c, cfg["duration"]))
+    return out
+
+
+def relay_count(cfg: dict, target: str, pairs: int) -> int:
+    """Messages per pair for one closed-loop run."""
+    total = cfg.get("messages")
+    if not total:
+        rate = cfg["guess"][target]
+        total = min(cfg["max"], max(cfg["min"], int(rate * cfg["seconds"])))
+    return max(10, total // pairs)
+
+
+def _learn(cfg: dict, target: str, run: dict) -> None:
+    if run.get("msgs_per_s") and "guess" in cfg:
+        cfg["guess"][target] = run["msgs_per_s"]
+
+
+async def run_relay(b: Bench, cfg: dict, with_ceiling: bool = True) -> dict:
+    res = {"dk": [], "ceiling": [], "dk_half_rate": []}
+    if with_ceiling and b.ceiling is None:
+        b.ceiling = ceiling_proc(b.tmp)
+        await b.ceiling.start()
+    try:
+        for n in cfg["pairs"]:
+            count = relay_count(cfg, "dk", n)
+            log(f"relay: dkserver, {n} pairs x {count} messages (closed loop)")
+            peak = await scenarios.relay(
+                b, "dk", n, count, batch=cfg["batch"], window=cfg["window"]
+            )
+            res["dk"].append(peak)
+            _learn(cfg, "dk", peak)
+            if with_ceiling:
+                count = relay_count(cfg, "ceiling", n)
+                log(f"relay: ceiling, {n} pairs x {count} messages (closed loop)")
+                ceil = await scenarios.relay(
+                    b, "ceiling", n, count, batch=cfg["batch"], window=cfg["window"]
+                )
+                res["ceiling"].append(ceil)
+                _learn(cfg, "ceiling", ceil)
+                if ceil["msgs_per_s"]:
+                    peak["fraction_of_ceiling"] = round(
+                        peak["msgs_per_s"] / ceil["msgs_per_s"], 3
+                    )
+            half = (peak["msgs_per_s"] or 0) / 2
+            if half > 0:
+                per_pair = max(2, int(half / n * cfg["half_s"]))
+                log(f"relay: dkserver, {n} pairs paced at {half:.0f}/s")
+                res["dk_half_rate"].append(
+                    await scenarios.relay(b, "dk", n, per_pair, rate=half)
+                )
+    finally:
+        if b.ceiling is not None:
+            await b.ceiling.stop()
+            b.ceiling = None
+    return res
+
+
+async def run_ceiling_only(b: Bench, cfg: dict) -> dict:
+    b.ceiling = ceiling_proc(b.tmp)
+    await b.ceiling.start()
+    out = []
+    try:
+        for n in cfg["pairs"]:
+            count = relay_count(cfg, "ceiling", n)
+            log(f"relay: ceiling, {n} pairs x {count} messages")
+            run = await scenarios.relay(
+                b, "ceiling", n, count, batch=cfg["batch"], window=cfg["window"]
+            )
+            out.append(run)
+            _learn(cfg, "ceiling", run)
+    finally:
+        await b.ceiling.stop()
+        b.ceiling = None
+    return {"ceiling": out}
+
+
+async def run_broadcast(b: Bench, cfg: dict) -> list:
+    out = []
+    for c in cfg["clients"]:
+        log(f"broadcast: {c} clients, {cfg['rounds']} rounds")
+        out.append(await scenarios.broadcast(b, c, cfg["rounds"]))
+    return out
+
+
+async def run_connections(b: Bench, cfg: dict) -> dict:
+    log(f"connections: {cfg['conns']} idle WSS, big message through {cfg['big']}")
+    return await scenarios.connections(b, cfg["conns"], cfg["big"])
+
+
+async def run_backlog(b: Bench, cfg: dict) -> list:
+    out = []
+    for m in cfg["messages"]:
+        log(f"backlog: {m} pending messages")
+        out.append(await scenarios.backlog(b, m))
+    return out
+
+
+# --- targets and output ------------------------------------------------------
+
+
+def evaluate(r: dict) -> dict:
+    vals: dict[str, float | None] = {}
+    relay = r.get("relay") or {}
+    dk = [x for x in relay.get("dk", []) if x.get("msgs_per_s")]
+    if dk:
+        best = max(dk, key=lambda x: x["msgs_per_s"])
+        vals["relay_msgs_per_s"] = best["msgs_per_s"]
+        vals["relay_server_cpu_us_per_msg"] = best["server_cpu_us_per_msg"]
+        vals["relay_fraction_of_ceiling"] = best.get("fraction_of_ceiling")
+    half = [x for x in relay.get("dk_half_rate", []) if x.get("p99_ms") is not None]
+    if half:
+        vals["relay_p99_ms_at_half_rate"] = max(x["p99_ms"] for x in half)
+    if r.get("logins"):
+        vals["logins_per_s"] = max(x["logins_per_s"] or 0 for x in r["logins"])
+    for x in r.get("broadcast") or []:
+        if x["clients"] in (1000, 5000):
+            vals[f"broadcast_{x['clients']}_all_held_ms"] = x["all_held_ms_median"]
+    conns = r.get("connections") or {}
+    for s in conns.get("steps", []):
+        if s["conns"] == 10000:
+            vals["idle_kib_per_conn_10000"] = s["kib_per_conn"]
+    for x in r.get("backlog") or []:
+        if x["messages"] == 10000:
+            vals["backlog_10000_drain_s"] = x["drain_s"]
+    out = {}
+    for key, (op, limit) in TARGETS.items():
+        v = vals.get(key)
+        if v is None:
+            continue
+        ok = {"<=": v <= limit, ">=": v >= limit, "<": v < limit}[op]
+        out[key] = {"value": v, "target": f"{op} {limit}", "met": ok}
+    return out
+
+
+def _row(cols, widths):
+    return "  ".join(
+        str(c).rjust(w) if i else str(c).ljust(w)
+        for i, (c, w) in enumerate(zip(cols, widths, strict=False))
+    )
+
+
+def _table(title, header, rows):
+    if not rows:
+        return []
+    rows = [["-" if c is None else c for c in row] for row in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = ["", f"== {title}", _row(header, widths)]
+    lines += [_row(row, widths) for row in rows]
+    return lines
+
+
+def render(r: dict) -> str:
+    lines: list[str] = []
+    lines += _table(
+        "logins (challenge + verify, HTTPS keep-alive)",
+        ["clients", "logins/s", "srv µs/login", "loadgen µs/login"],
+        [
+            [
+                x["clients"],
+                x["logins_per_s"],
+                x["server_cpu_us_per_login"],
+                x["loadgen_cpu_us_per_login"],
+            ]
+            for x in r.get("logins") or []
+        ],
+    )
+    relay = r.get("relay") or {}
+    rows = []
+    for key in ("dk", "ceiling", "dk_half_rate"):
+        for x in relay.get(key, []):
+            rows.append(
+                [
+                    {
+                        "dk": "dkserver",
+                        "ceiling": "ceiling",
+                        "dk_half_rate": "dk @half",
+                    }[key],
+                    x["pairs"],
+                    f"{x['delivered']}/{x['expected']}",
+                    x["msgs_per_s"],
+                    x.get("fraction_of_ceiling"),
+                    x["p50_ms"],
+                    x["p99_ms"],
+                    x["server_cpu_us_per_msg"],
+                    x["server_cpu_cores"],
+                    x["loadgen_cpu_us_per_msg"],
+                ]
+            )
+    lines += _table(
+        "relay (signed direct messages; dkserver persists, ceiling does not)",
+        [
+            "server",
+            "pairs",
+            "delivered",
+            "msgs/s",
+            "of ceil",
+            "p50 ms",
+            "p99 ms",
+            "srv µs/msg",
+            "srv cores",
+            "lg µs/msg",
+        ],
+        rows,
+    )
+    lines += _table(
+        "broadcast fan-out (time until every client holds it)",
+        ["clients", "all held ms (median)", "max", "p50 ms", "srv µs/delivery"],
+        [
+            [
+                x["clients"],
+                x["all_held_ms_median"],
+                x["all_held_ms_max"],
+                x["rounds"][0]["p50_ms"],
+                x["rounds"][0]["server_cpu_us_per_delivery"],
+            ]
+            for x in r.get("broadcast") or []
+        ],
+    )
+    conns = r.get("connections") or {}
+    lines += _table(
+        "idle WSS connections (server RSS)",
+        [
+            "conns",
+            "RSS KiB",
+            "KiB/conn",
+            "connects/s",
+            "srv µs/connect",
+            "srv idle CPU %",
+            "lg KiB/conn",
+            "lg µs/connect",
+        ],
+        [
+            [
+                s["conns"],
+                s["server_rss_kib"],
+                s["kib_per_conn"],
+                s["connects_per_s"],
+                s["server_cpu_us_per_connect"],
+                s["server_idle_cpu_pct"],
+                s["loadgen_kib_per_conn"],
+                s["loadgen_cpu_us_per_connect"],
+            ]
+            for s in conns.get("steps", [])
+        ],
+    )
+    for i, rnd in enumerate(conns.get("big_rounds", [])):
+        lines.append(
+            f"one {conns['big_message_bytes'] // 1024} KiB message through "
+            f"{rnd['conns']} {'other ' if i else ''}connections: server RSS "
+            f"+{rnd['kib_per_conn']} KiB/conn "
+            f"(+{rnd['kib_per_conn_5s_later']} KiB/conn 5 s later)"
+        )
+    lines += _table(
+        "backlog drain (pending messages sent on connect)",
+        ["messages", "drain s", "msgs/s", "first msg s", "srv µs/msg"],
+        [
+            [
+                x["messages"],
+                x["drain_s"],
+                x["msgs_per_s"],
+                x["first_msg_s"],
+                x["server_cpu_us_per_msg"],
+            ]
+            for x in r.get("backlog") or []
+        ],
+    )
+    targets = r.get("targets") or {}
+    lines += _table(
+        "targets",
+        ["target", "value", "wanted", "met"],
+        [
+            [k, v["value"], v["target"], "yes" if v["met"] else "NO"]
+            for k, v in targets.items()
+        ],
+    )
+    return "\n".join(lines)
+
+
+# --- main --------------------------------------------------------------------
+
+
+async def run(args) -> dict:
+    nofile = raise_nofile()
+    cfg = SMOKE if args.cmd == "smoke" else DEFAULTS
+    cfg = {k: dict(v) for k, v in cfg.items()}
+    if args.cmd in ("all", "smoke"):
+        wanted = ORDER
+    elif args.cmd == "ceiling":
+        wanted = ["ceiling"]
+    else:
+        wanted = [args.cmd]
+    _apply_overrides(cfg, args)
+    tmp = tempfile.mkdtemp(prefix="dkbench-")
+    results: dict = {
+        "meta": {
+            "command": " ".join(["python -m bench", *sys.argv[1:]]),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "dkserver_commit": dkserver_version(),
+            "nofile": nofile,
+            "loadgen_procs": args.procs,
+            "mask": wire.MASK_IMPL,
+            "signing": "pre-signed pool (Ed25519 per message before the timed "
+            "phase); latency from per-seq send times kept in the process that "
+            "owns both ends of a pair",
+            "content_bytes": 128,
+            "tmp": tmp,
+        }
+    }
+    dk = dkserver_proc(tmp)
+    b = Bench(tmp=tmp, cafile=os.path.join(tmp, "c.pem"), dk=dk, procs=args.procs)
+    t_start = time.monotonic()
+    ok = False
+    try:
+        log(f"starting dkserver on 127.0.0.1:{dk.port} (tmp {tmp})")
+        await dk.start()
+        results["meta"]["dkserver_pid"] = dk.pid
+        for name in wanted:
+            if name == "logins":
+                results["logins"] = await run_logins(b, cfg["logins"])
+            elif name == "relay":
+                results["relay"] = await run_relay(
+                    b, cfg["relay"], with_ceiling=not args.no_ceiling
+                )
+            elif name == "ceiling":
+                results["relay"] = await run_ceiling_only(b, cfg["relay"])
+            elif name == "broadcast":
+                results["broadcast"] = await run_broadcast(b, cfg["broadcast"])
+            elif name == "connections":
+                results["connections"] = await run_connections(b, cfg["connections"])
+            elif name == "backlog":
+                results["backlog"] = await run_backlog(b, cfg["backlog"])
+            if not dk.alive():
+                raise RuntimeError(f"dkserver died: {dk.tail()}")
+        results["meta"]["dkserver_rss_kib_end"] = dk.rss()
+        ok = True
+    finally:
+        await dk.stop()
+        if b.ceiling is not None:
+            await b.ceiling.stop()
+        kill_all()
+        if not ok:
+            log(f"failed; server and load generator logs are in {tmp}")
+    results["setup"] = b.setup
+    results["meta"]["seconds"] = round(time.monotonic() - t_start, 1)
+    results["targets"] = evaluate(results)
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def _apply_overrides(cfg: dict, args) -> None:
+    if getattr(args, "pairs", None):
+        cfg["relay"]["pairs"] = args.pairs
+    if getattr(args, "messages", None):
+        if args.cmd == "backlog":
+            cfg["backlog"]["messages"] = args.messages
+        else:
+            cfg["relay"]["messages"] = args.messages[0]
+    if getattr(args, "clients", None):
+        key = "logins" if args.cmd == "logins" else "broadcast"
+        cfg[key]["clients"] = args.clients
+    if getattr(args, "conns", None):
+        cfg["connections"]["conns"] = args.conns
+    if getattr(args, "big", None) is not None:
+        cfg["connections"]["big"] = args.big
+    if getattr(args, "batch", None):
+        cfg["relay"]["batch"] = args.batch
+    if getattr(args, "window", None):
+        cfg["relay"]["window"] = args.window
+    if getattr(args, "seconds", None):
+        cfg["relay"]["seconds"] = args.seconds
+    if getattr(args, "rounds", None):
+        cfg["broadcast"]["rounds"] = args.rounds
+    if getattr(args, "duration", None):
+        cfg["logins"]["duration"] = args.duration
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--procs", type=int, default=2, help="load generator processes")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("all", help="every scenario, default sizes")
+    sub.add_parser("smoke", help="every scenario, tiny sizes (seconds)")
+    s = sub.add_parser("logins")
+    s.add_argument("--clients", type=int, action="append")
+    s.add_argument("--duration", type=float)
+    for name in ("relay", "ceiling"):
+        s = sub.add_parser(name)
+        s.add_argument("--pairs", type=int, action="append")
+        s.add_argument(
+            "--messages",
+            type=int,
+            action="append",
+            help="total messages per closed-loop run",
+        )
+        s.add_argument("--no-ceiling", action="store_true")
+        s.add_argument(
+            "--batch",
+            type=int,
+            help="frames per write (default 1: one TLS record each)",
+        )
+    s = sub.add_parser("broadcast")
+    s.add_argument("--clients", type=int, action="append")
+    s.add_argument("--rounds", type=int)
+    s = sub.add_parser("connections")
+    s.add_argument("--conns", type=int, action="append")
+    s.add_argument("--big", type=int)
+    s = sub.add_parser("backlog")
+    s.add_argument("--messages", type=int, action="append")
+    args = p.parse_args(argv)
+    args.no_ceiling = getattr(args, "no_ceiling", False)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.chdir(ROOT)
+    try:
+        results = asyncio.run(run(args))
+    except KeyboardInterrupt:
+        kill_all()
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        kill_all()
+        traceback.print_exc()
+        return 1
+    print(render(results))
+    print("BENCH_JSON " + orjson.dumps(results).decode(), flush=True)
+    return 0

@@ -184,9 +184,9 @@ def _pending_direct_txn(
         # to_user alone excludes broadcasts (to 'broadcast', a reserved id);
         # an is_broadcast term here made the planner pick the broadcast index
         # and scan every message (22 ms at 100k rows instead of 0.1 ms).
-        " WHERE m.to_user = ? AND m.status = ? AND m.id > ?"
+        " WHERE m.to_user = ? AND m.status = 'pending' AND m.id > ?"
         " ORDER BY m.id LIMIT ?",
-        (user_id, PENDING, after_id, _limit(limit)),
+        (user_id, after_id, _limit(limit)),
     )
     return [_row(r) for r in txn.fetchall()]
 

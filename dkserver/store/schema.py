@@ -34,7 +34,7 @@ from dkserver.store.errors import DatabaseUnusable, StoreError
 
 log = Logger()
 
-LATEST_VERSION = 1
+LATEST_VERSION = 2
 
 _COPY_CHUNK = 1000
 
@@ -313,4 +313,28 @@ def _sequence(conn: sqlite3.Connection, table: str) -> int:
     return int(row[0] or 0)
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_v1}
+# Version 2: partial indexes, so each stored message touches as few b-trees
+# as possible (the write path's cost, docs/performance.md).  A direct message
+# enters only the pending index and leaves it when delivered; a broadcast only
+# the broadcast index; message events carry no secondary index (the admin
+# statistics scan them).  Queries must name the literal 'pending' / 1 for
+# SQLite to use these indexes.
+_V2_INDEXES = (
+    "DROP INDEX IF EXISTS messages_pending_idx",
+    "DROP INDEX IF EXISTS messages_broadcast_idx",
+    "DROP INDEX IF EXISTS message_events_timestamp_idx",
+    "DROP INDEX IF EXISTS message_events_user_idx",
+    "CREATE INDEX IF NOT EXISTS messages_pending_v2"
+    " ON messages(to_user, id) WHERE status = 'pending'",
+    "CREATE INDEX IF NOT EXISTS messages_broadcast_v2"
+    " ON messages(id) WHERE is_broadcast = 1",
+)
+
+
+def _to_v2(conn: sqlite3.Connection) -> None:
+    for ddl in _V2_INDEXES:
+        conn.execute(ddl)
+    conn.execute("ANALYZE")
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_v1, 2: _to_v2}

@@ -10,7 +10,6 @@ Deferred returned by :meth:`GroupWriter.submit_message` fires then.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +20,7 @@ from twisted.logger import Logger
 from dkserver import timestamps
 from dkserver.store.analytics import _end_sessions_txn, _storage_text
 from dkserver.store.errors import StoreError
-from dkserver.store.messages import DELIVERED, PENDING, NewMessage
+from dkserver.store.messages import NewMessage
 
 #: Upper bound on one transaction, so a burst cannot hold the write lock long.
 MAX_BATCH = 2000
@@ -184,59 +183,12 @@ def _commit_txn(txn: adbapi.Transaction, batch: _Batch) -> list[int | None]:
             " VALUES (?, ?, ?)",
             batch.sessions_started,
         )
-    known: dict[str, bool] = {}
-    ids: list[int | None] = []
-    events = []
-    for m, session_id in batch.messages:
-        if not m.is_broadcast:
-            exists = known.get(m.to_user)
-            if exists is None:
-                txn.execute("SELECT 1 FROM users WHERE user_id = ?", (m.to_user,))
-                exists = known[m.to_user] = txn.fetchone() is not None
-            if not exists:
-                ids.append(None)
-                continue
-        try:
-            txn.execute(
-                "INSERT INTO messages (from_user, to_user, timestamp, content,"
-                " status, is_broadcast, signature, is_forward_message, received_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    m.from_user,
-                    m.to_user,
-                    timestamps.to_storage(m.timestamp),
-                    m.content,
-                    PENDING,
-                    int(m.is_broadcast),
-                    m.signature or "",
-                    int(m.is_forward_message),
-                    m.received_ns,
-                ),
-            )
-        except sqlite3.IntegrityError:
-            ids.append(None)  # sender vanished; never happens for a live session
-            continue
-        ids.append(txn.lastrowid)
-        if session_id is not None:
-            events.append(
-                (
-                    session_id,
-                    m.from_user,
-                    int(m.is_broadcast),
-                    _storage_text(m.received_ns),
-                )
-            )
-    if events:
-        txn.executemany(
-            "INSERT INTO message_events (session_id, user_id, is_broadcast, timestamp)"
-            " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS"
-            " (SELECT 1 FROM sessions WHERE session_id = ?1)",
-            events,
-        )
+    ids = _insert_messages(txn, batch.messages) if batch.messages else []
     if batch.delivered:
         txn.executemany(
-            "UPDATE messages SET status = ? WHERE id = ? AND status = ?",
-            [(DELIVERED, mid, PENDING) for mid in batch.delivered],
+            "UPDATE messages SET status = 'delivered' WHERE id = ?"
+            " AND status = 'pending'",
+            [(mid,) for mid in batch.delivered],
         )
     if batch.broadcast_deliveries:
         txn.executemany(
@@ -247,3 +199,78 @@ def _commit_txn(txn: adbapi.Transaction, batch: _Batch) -> list[int | None]:
     for session_id, end_ns in batch.sessions_ended:
         _end_sessions_txn(txn, session_id, end_ns)
     return ids
+
+
+def _insert_messages(
+    txn: adbapi.Transaction, messages: list[tuple[NewMessage, str | None]]
+) -> list[int | None]:
+    """Insert a batch with one ``executemany``.
+
+    Ids are assigned here, after the table's AUTOINCREMENT sequence: this
+    pool's single connection is the only writer, so no other insert can take
+    them, and explicit ids keep ``sqlite_sequence`` up to date.
+    """
+    recipients = {m.to_user for m, _ in messages if not m.is_broadcast}
+    existing = _existing_users(txn, recipients)
+    txn.execute(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'),"
+        " 0), COALESCE((SELECT MAX(id) FROM messages), 0))"
+    )
+    next_id = txn.fetchone()[0] + 1
+    ids: list[int | None] = []
+    rows = []
+    events = []
+    for m, session_id in messages:
+        if not m.is_broadcast and m.to_user not in existing:
+            ids.append(None)
+            continue
+        ids.append(next_id)
+        rows.append(
+            (
+                next_id,
+                m.from_user,
+                m.to_user,
+                timestamps.to_storage(m.timestamp),
+                m.content,
+                int(m.is_broadcast),
+                m.signature or "",
+                int(m.is_forward_message),
+                m.received_ns,
+            )
+        )
+        if session_id is not None:
+            events.append(
+                (
+                    session_id,
+                    m.from_user,
+                    int(m.is_broadcast),
+                    _storage_text(m.received_ns),
+                )
+            )
+        next_id += 1
+    if rows:
+        txn.executemany(
+            "INSERT INTO messages (id, from_user, to_user, timestamp, content, status,"
+            " is_broadcast, signature, is_forward_message, received_ns)"
+            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+            rows,
+        )
+    if events:
+        txn.executemany(
+            "INSERT INTO message_events (session_id, user_id, is_broadcast, timestamp)"
+            " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS"
+            " (SELECT 1 FROM sessions WHERE session_id = ?1)",
+            events,
+        )
+    return ids
+
+
+def _existing_users(txn: adbapi.Transaction, user_ids: set[str]) -> set[str]:
+    found: set[str] = set()
+    pending = list(user_ids)
+    for start in range(0, len(pending), 500):
+        chunk = pending[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        txn.execute(f"SELECT user_id FROM users WHERE user_id IN ({marks})", chunk)
+        found.update(row[0] for row in txn.fetchall())
+    return found

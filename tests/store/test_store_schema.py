@@ -76,11 +76,33 @@ async def test_fresh_file_gets_full_schema_at_latest_version(db_path, sql):
         n for (n,) in sql(db_path, "SELECT name FROM sqlite_master WHERE type='index'")
     }
     assert {
-        "messages_pending_idx",
-        "messages_broadcast_idx",
+        "messages_pending_v2",
+        "messages_broadcast_v2",
         "sessions_user_start_idx",
-        "message_events_timestamp_idx",
     } <= indexes
+    # Version 2 replaced the v1 indexes with partial ones.
+    assert not {"messages_pending_idx", "message_events_timestamp_idx"} & indexes
+
+
+def test_queries_use_the_partial_indexes(db_path):
+    import sqlite3
+
+    from dkserver.store import schema
+
+    con = sqlite3.connect(db_path)
+    schema._migrate(con)
+    plan = con.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM messages m WHERE m.to_user = ?"
+        " AND m.status = 'pending' AND m.id > ? ORDER BY m.id",
+        ("bob", 0),
+    ).fetchall()
+    assert "messages_pending_v2" in str(plan)
+    plan = con.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM messages m WHERE m.is_broadcast = 1"
+        " AND m.id > ? ORDER BY m.id",
+        (0,),
+    ).fetchall()
+    assert "messages_broadcast_v2" in str(plan)
 
 
 @pytest_twisted.ensureDeferred
@@ -257,3 +279,24 @@ def test_preflight_rejects_unusable_paths(tmp_path, sql):
     sql(newer, f"PRAGMA user_version={LATEST_VERSION + 1}")
     with pytest.raises(ValueError, match="newer than this dkserver supports"):
         preflight(newer)
+
+
+def test_version_1_database_upgrades_to_partial_indexes(db_path):
+    import sqlite3
+
+    from dkserver.store import schema
+
+    con = sqlite3.connect(db_path)
+    schema._migrate(con)
+    # Make it look like a database left by a version-1 dkserver.
+    for name in ("messages_pending_v2", "messages_broadcast_v2"):
+        con.execute(f"DROP INDEX {name}")
+    con.execute("CREATE INDEX messages_pending_idx ON messages(to_user, status, id)")
+    con.execute("PRAGMA user_version=1")
+    con.commit()
+    assert schema._migrate(con) == 1
+    names = {
+        n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type='index'")
+    }
+    assert "messages_pending_v2" in names and "messages_pending_idx" not in names
+    assert con.execute("PRAGMA user_version").fetchone() == (schema.LATEST_VERSION,)

@@ -10,6 +10,7 @@ Deferred returned by :meth:`GroupWriter.submit_message` fires then.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,9 @@ from dkserver import timestamps
 from dkserver.store.analytics import _end_sessions_txn, _storage_text
 from dkserver.store.errors import StoreError
 from dkserver.store.messages import NewMessage
+
+#: Bound on the recipient cache (user ids), cleared when exceeded.
+MAX_KNOWN_USERS = 200_000
 
 #: Upper bound on one transaction, so a burst cannot hold the write lock long.
 MAX_BATCH = 2000
@@ -55,6 +59,9 @@ class GroupWriter:
         self._next = _Batch()
         self._running = False
         self._closed = False
+        #: Recipients known to exist; touched only on the pool's thread.
+        #: Users are never deleted, so a positive answer stays true.
+        self._known_users: set[str] = set()
         self.batches = 0
         self.rows = 0
 
@@ -122,7 +129,7 @@ class GroupWriter:
             batch, rest = _split(batch, MAX_BATCH)
             rest.flushed, batch.flushed = batch.flushed, []
             _prepend(self._next, rest)
-        d = self._pool.runInteraction(_commit_txn, batch)
+        d = self._pool.runInteraction(_commit_txn, batch, self._known_users)
         d.addCallbacks(self._committed, self._failed, (batch,), None, (batch,), None)
         d.addErrback(lambda f: self.log.failure("group writer bookkeeping", f))
 
@@ -176,14 +183,16 @@ def _prepend(target: _Batch, rest: _Batch) -> None:
     target.flushed[:0] = rest.flushed
 
 
-def _commit_txn(txn: adbapi.Transaction, batch: _Batch) -> list[int | None]:
+def _commit_txn(
+    txn: adbapi.Transaction, batch: _Batch, known_users: set[str]
+) -> list[int | None]:
     if batch.sessions_started:
         txn.executemany(
             "INSERT OR IGNORE INTO sessions (session_id, user_id, start_time)"
             " VALUES (?, ?, ?)",
             batch.sessions_started,
         )
-    ids = _insert_messages(txn, batch.messages) if batch.messages else []
+    ids = _insert_messages(txn, batch.messages, known_users) if batch.messages else []
     if batch.delivered:
         txn.executemany(
             "UPDATE messages SET status = 'delivered' WHERE id = ?"
@@ -202,7 +211,9 @@ def _commit_txn(txn: adbapi.Transaction, batch: _Batch) -> list[int | None]:
 
 
 def _insert_messages(
-    txn: adbapi.Transaction, messages: list[tuple[NewMessage, str | None]]
+    txn: adbapi.Transaction,
+    messages: list[tuple[NewMessage, str | None]],
+    known_users: set[str],
 ) -> list[int | None]:
     """Insert a batch with one ``executemany``.
 
@@ -210,8 +221,16 @@ def _insert_messages(
     pool's single connection is the only writer, so no other insert can take
     them, and explicit ids keep ``sqlite_sequence`` up to date.
     """
-    recipients = {m.to_user for m, _ in messages if not m.is_broadcast}
-    existing = _existing_users(txn, recipients)
+    unknown = {
+        m.to_user
+        for m, _ in messages
+        if not m.is_broadcast and m.to_user not in known_users
+    }
+    if unknown:
+        if len(known_users) > MAX_KNOWN_USERS:
+            known_users.clear()
+        known_users.update(_existing_users(txn, unknown))
+    existing = known_users
     txn.execute(
         "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'),"
         " 0), COALESCE((SELECT MAX(id) FROM messages), 0))"
@@ -256,13 +275,33 @@ def _insert_messages(
             rows,
         )
     if events:
+        _insert_events(txn, events)
+    return ids
+
+
+def _insert_events(txn: adbapi.Transaction, events: list[tuple]) -> None:
+    """Analytics rows; their session rows were written earlier by this writer.
+
+    Should one be missing (its batch failed), the foreign key refuses the
+    whole statement; then only events whose session exists are kept, so the
+    messages of this batch are never lost over analytics.
+    """
+    try:
+        txn.execute("SAVEPOINT events")
+        txn.executemany(
+            "INSERT INTO message_events (session_id, user_id, is_broadcast, timestamp)"
+            " VALUES (?, ?, ?, ?)",
+            events,
+        )
+    except sqlite3.IntegrityError:
+        txn.execute("ROLLBACK TO events")
         txn.executemany(
             "INSERT INTO message_events (session_id, user_id, is_broadcast, timestamp)"
             " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS"
             " (SELECT 1 FROM sessions WHERE session_id = ?1)",
             events,
         )
-    return ids
+    txn.execute("RELEASE events")
 
 
 def _existing_users(txn: adbapi.Transaction, user_ids: set[str]) -> set[str]:

@@ -23,6 +23,10 @@ SYSTEM = "system"
 class FrameError(ValueError):
     """A client frame that is not relayed; the text goes back to the client."""
 
+    def __init__(self, text: str, *, spoofed: bool = False) -> None:
+        super().__init__(text)
+        self.spoofed = spoofed
+
 
 @dataclass(frozen=True, slots=True)
 class ClientMessage:
@@ -47,7 +51,7 @@ def parse_client_frame(payload: bytes, user_id: str, now_ns: int) -> ClientMessa
         raise FrameError("Invalid message format: expected a JSON object")
     sender = obj.get("from")
     if sender not in (None, "", user_id):
-        raise FrameError("Sender does not match the authenticated user")
+        raise FrameError("Sender does not match the authenticated user", spoofed=True)
     to = obj.get("to")
     if not isinstance(to, str) or not to:
         raise FrameError("Invalid message format: 'to' must be a non-empty string")

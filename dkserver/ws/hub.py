@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketServerFactory
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from dkserver import timestamps
@@ -94,9 +95,12 @@ class Hub:
             else:
                 self.writer.record_broadcast_delivery(message_id, user_id)
 
-    async def accept(self, conn: Any, message: frames.ClientMessage) -> str | None:
-        """Store then deliver a client's message; an error text if refused."""
-        received_ns = self.time_ns()
+    def accept(self, conn: Any, message: frames.ClientMessage) -> Deferred:
+        """Store, then deliver, a client's message.
+
+        Fires with ``None``, or with an error text for the sender (unknown
+        recipient).  Synchronous up to the writer, so callers keep order.
+        """
         new = NewMessage(
             from_user=conn.user_id,
             to_user=message.to,
@@ -105,14 +109,20 @@ class Hub:
             is_broadcast=message.is_broadcast,
             signature=message.signature or None,
             is_forward_message=message.is_forward_message,
-            received_ns=received_ns,
+            received_ns=self.time_ns(),
         )
-        message_id = await self.writer.submit_message(new, conn.session_id)
+        d = self.writer.submit_message(new, conn.session_id)
+        d.addCallback(self._stored, conn.user_id, message)
+        return d
+
+    def _stored(
+        self, message_id: int | None, sender: str, message: frames.ClientMessage
+    ) -> str | None:
         if message_id is None:
             return f"Recipient {message.to!r} does not exist"
         payload = frames.encode_message(
             message_id,
-            conn.user_id,
+            sender,
             message.to,
             message.timestamp.text,
             message.content,
@@ -124,7 +134,7 @@ class Hub:
         prepared = self.prepare(payload)
         if message.is_broadcast:
             self._count["broadcast"].inc()
-            self.bus.send_broadcast(conn.user_id, prepared, message_id)
+            self.bus.send_broadcast(sender, prepared, message_id)
         else:
             self._count["direct"].inc()
             self.bus.send_direct(message.to, prepared, message_id)

@@ -1,8 +1,9 @@
 """One WebSocket session: authenticated before the upgrade, then a thin
 adapter between Autobahn's callbacks and the :class:`~dkserver.ws.hub.Hub`.
 
-Incoming frames of a connection are handled strictly in order (a chain of
-Deferreds), so a sender's messages are stored and relayed in the order sent.
+Incoming frames are parsed and submitted to the group writer synchronously,
+in arrival order; the writer commits and calls back in that order, so a
+sender's messages are stored and relayed in the order sent.
 On open the session streams its backlog (pending direct messages, then
 undelivered broadcasts) before any live message, and a live message that is
 also in the backlog is sent once.
@@ -16,7 +17,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import Disconnected
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from dkserver.ws import frames
@@ -50,7 +51,6 @@ class DkServerProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self.hub = self.factory.hub
         self.session_id = uuid.uuid4().hex
-        self._inbox: Deferred = succeed(None)
         self._held: deque[tuple[Any, Any]] = deque()
         self._backlog_ids: set[int] = set()
         self._backlog_done = False
@@ -172,38 +172,18 @@ class DkServerProtocol(WebSocketServerProtocol):
     # -- incoming --------------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if not self.hub.limits.try_take(self.user_id):
-            self.hub.metrics.rate_limited.inc()
+        hub = self.hub
+        if not hub.limits.try_take(self.user_id):
+            hub.metrics.rate_limited.inc()
             self.send_system(frames.RATE_LIMITED)
             return
         if isBinary:
             self.send_system("Binary frames are not supported; send JSON text")
             return
-        self._inflight += 1
-        self.hub.unhandled_frames += 1
-        if self._inflight >= self.factory.inbox_limit and not self._reading_paused:
-            # Backpressure on a fast sender: stop reading until we catch up.
-            self._reading_paused = True
-            self.transport.pauseProducing()
-        self._inbox.addCallback(lambda _: self._handle(payload))
-        self._inbox.addErrback(self._handle_failed)
-        self._inbox.addBoth(self._handled)
-
-    def _handled(self, _: object) -> None:
-        self._inflight -= 1
-        self.hub.unhandled_frames -= 1
-        if self._reading_paused and self._inflight <= self.factory.inbox_limit // 2:
-            self._reading_paused = False
-            if not self._gone:
-                self.transport.resumeProducing()
-
-    async def _handle_async(self, payload: bytes) -> None:
         try:
-            message = frames.parse_client_frame(
-                payload, self.user_id, self.hub.time_ns()
-            )
+            message = frames.parse_client_frame(payload, self.user_id, hub.time_ns())
         except frames.FrameError as e:
-            if "Sender" in str(e):
+            if e.spoofed:
                 self.dklog.warn(
                     "security event spoofed_sender from user {user_id}",
                     user_id=self.user_id,
@@ -213,21 +193,39 @@ class DkServerProtocol(WebSocketServerProtocol):
             return
         if frames.is_forward_response(message):
             answer = frames.forward_answer_text(message.content)
-            if answer is None or not self.hub.forward.answer(self, answer):
+            if answer is None or not hub.forward.answer(self, answer):
                 self.send_system("No forward request is waiting for an answer")
             return
-        error = await self.hub.accept(self, message)
+        # Submitted synchronously, in arrival order: the writer commits and
+        # calls back in that order, so a sender's messages stay in order.
+        d = hub.accept(self, message)
+        self._inflight += 1
+        hub.unhandled_frames += 1
+        if self._inflight >= self.factory.inbox_limit and not self._reading_paused:
+            # Backpressure on a fast sender: stop reading until we catch up.
+            self._reading_paused = True
+            self.transport.pauseProducing()
+        d.addCallbacks(self._accepted, self._accept_failed)
+
+    def _accepted(self, error: str | None) -> None:
+        self._handled()
         if error:
             self.send_system(error)
 
-    def _handle(self, payload: bytes) -> Deferred:
-        return Deferred.fromCoroutine(self._handle_async(payload))
-
-    def _handle_failed(self, failure) -> None:
+    def _accept_failed(self, failure) -> None:
+        self._handled()
         self.dklog.failure(
             "message from {user_id} failed", failure, user_id=self.user_id
         )
         self.send_system("Internal error: message not stored; please resend")
+
+    def _handled(self) -> None:
+        self._inflight -= 1
+        self.hub.unhandled_frames -= 1
+        if self._reading_paused and self._inflight <= self.factory.inbox_limit // 2:
+            self._reading_paused = False
+            if not self._gone:
+                self.transport.resumeProducing()
 
     # -- teardown ----------------------------------------------------------------
 

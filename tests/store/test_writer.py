@@ -85,3 +85,23 @@ async def test_session_end_is_written_after_its_events(store, db_path):
         "SELECT duration FROM sessions WHERE session_id='s2'"
     ).fetchone() == (5,)
     assert con.execute("SELECT is_broadcast FROM message_events").fetchall() == [(1,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_session_costs_only_its_analytics_row(store, db_path):
+    await store.users.create("alice", "A", "k")
+    await store.users.create("bob", "B", "k")
+    writer = GroupWriter(store.pool, reactor)
+    writer.start_session("real", "alice", 1_795_668_342_000_000_000)
+    ids = await gatherResults(
+        [
+            writer.submit_message(message("bob", 1), "real"),
+            writer.submit_message(message("bob", 2), "never-started"),
+        ]
+    )
+    assert all(ids)
+    con = sqlite3.connect(db_path)
+    assert con.execute("SELECT count(*) FROM messages").fetchone() == (2,)
+    assert con.execute("SELECT session_id FROM message_events").fetchall() == [
+        ("real",)
+    ]

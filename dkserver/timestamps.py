@@ -52,8 +52,10 @@ def parse(text: str, *, allow_naive: bool = False) -> Timestamp:
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise TimestampError(f"timestamp is not RFC 3339: {text[:64]!r}")
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    frac, zulu, sign, off_h, off_m = m.groups()[6:]
+    g = m.groups()
+    year, month, day = int(g[0]), int(g[1]), int(g[2])
+    hour, minute, second = int(g[3]), int(g[4]), int(g[5])
+    frac, zulu, sign, off_h, off_m = g[6], g[7], g[8], g[9], g[10]
     if not (zulu or sign) and not allow_naive:
         raise TimestampError("timestamp has no time zone offset")
     if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60):
@@ -104,7 +106,14 @@ def now(clock_ns: int | None = None) -> Timestamp:
     return from_unix_nanos(ns)
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def from_unix_nanos(ns: int) -> Timestamp:
+    global _last_second
     secs, frac = divmod(ns, 1_000_000_000)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    cached_secs, base = _last_second  # one tuple: safe across threads
+    if cached_secs != secs:
+        base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        _last_second = (secs, base)
     return Timestamp(ns, f"{base}.{frac:09d}Z")

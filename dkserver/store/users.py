@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,12 +23,27 @@ class User:
     registered_ns: int
 
 
+#: Users kept in memory; a login or token check for them needs no query.
+CACHE_SIZE = 50_000
+
+
 class UserStore:
+    """Users are never changed or deleted once registered, so a cached
+    ``User`` stays correct; the cache only saves the trip to the database
+    thread on every login, token check and key lookup."""
+
     def __init__(
         self, pool: adbapi.ConnectionPool, clock_ns: Callable[[], int] = time.time_ns
     ) -> None:
         self._pool = pool
         self._clock_ns = clock_ns
+        self._cache: OrderedDict[str, User] = OrderedDict()
+
+    def _remember(self, user: User) -> None:
+        self._cache[user.user_id] = user
+        self._cache.move_to_end(user.user_id)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
 
     async def create(
         self,
@@ -44,10 +60,19 @@ class UserStore:
         await self._pool.runInteraction(_create_txn, user_id, username, public_key, ns)
 
     async def get(self, user_id: str) -> User | None:
-        return await self._pool.runInteraction(_get_txn, user_id)
+        user = self._cache.get(user_id)
+        if user is not None:
+            self._cache.move_to_end(user_id)
+            return user
+        user = await self._pool.runInteraction(_get_txn, user_id)
+        if user is not None:
+            self._remember(user)
+        return user
 
     async def exists(self, user_id: str) -> bool:
-        return await self._pool.runInteraction(_exists_txn, user_id)
+        if user_id in self._cache:
+            return True
+        return await self.get(user_id) is not None
 
     async def all_ids(self) -> list[str]:
         return await self._pool.runInteraction(_all_ids_txn)

@@ -57,9 +57,11 @@ class Outbox:
         self._on_overflow = on_overflow
         self.limit = limit
         self._proof_delay = proof_delay
-        self._queue: deque[tuple[Any, Any]] = deque()
+        # Both start empty and small: most connections are idle, and an empty
+        # deque costs ~600 bytes each (memory per connection matters at 10k).
+        self._queue: deque[tuple[Any, Any]] | tuple = ()
         #: Acks of frames written but not yet proven read, oldest first.
-        self._unconfirmed: deque[Any] = deque()
+        self._unconfirmed: list[Any] = []
         self._paused = False
         self._closed = False
         self._proof_call: IDelayedCall | None = None
@@ -83,6 +85,8 @@ class Outbox:
             if len(self._queue) >= self.limit:
                 self._overflow()
                 return False
+            if not self._queue:
+                self._queue = deque()
             self._queue.append((frame, ack))
             return True
         self._write(frame, ack)
@@ -122,7 +126,7 @@ class Outbox:
         if self._closed:
             return
         self._closed = True
-        self._queue.clear()
+        self._queue = ()
         self._cancel_proof()
         self._wake_writers(False)
 
@@ -174,7 +178,8 @@ class Outbox:
     def _confirm(self, count: int) -> None:
         if count <= 0:
             return
-        acks = [self._unconfirmed.popleft() for _ in range(count)]
+        acks = self._unconfirmed[:count]
+        del self._unconfirmed[:count]
         self._on_confirmed(acks)
 
     # -- IPushProducer ---------------------------------------------------------

@@ -12,7 +12,6 @@ also in the backlog is sent once.
 from __future__ import annotations
 
 import uuid
-from collections import deque
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -51,7 +50,7 @@ class DkServerProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self.hub = self.factory.hub
         self.session_id = uuid.uuid4().hex
-        self._held: deque[tuple[Any, Any]] = deque()
+        self._held: list[tuple[Any, Any]] = []
         self._backlog_ids: set[int] = set()
         self._backlog_done = False
         self._gone = False
@@ -68,6 +67,11 @@ class DkServerProtocol(WebSocketServerProtocol):
         # done with this connection, and dropping it frees its buffers.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self.outbox, True)
+        # Autobahn keeps the handshake's raw request, response and headers (for
+        # its test suite); an idle connection does not need them (~5 KiB).
+        self.http_request_data = self.http_response_data = None
+        self.http_headers = {}
+        self.http_request_params = {}
         self.hub.bus.add(self)
         self.hub.writer.start_session(self.session_id, self.user_id, self.hub.time_ns())
         self.dklog.info("user {user_id} connected", user_id=self.user_id)
@@ -131,12 +135,10 @@ class DkServerProtocol(WebSocketServerProtocol):
         if self._gone:
             return
         self._backlog_done = True
-        while self._held:
-            prepared, ack = self._held.popleft()
-            if ack is not None and ack[1] in self._backlog_ids and ack[0] == "d":
-                continue
-            if ack is not None and ack[1] in self._backlog_ids and ack[0] == "b":
-                continue
+        held, self._held = self._held, []
+        for prepared, ack in held:
+            if ack is not None and ack[1] in self._backlog_ids:
+                continue  # already sent from the backlog
             self.outbox.send(prepared, ack)
         self._backlog_ids = set()
         if sent:

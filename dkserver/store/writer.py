@@ -11,12 +11,14 @@ Deferred returned by :meth:`GroupWriter.submit_message` fires then.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dkserver import timestamps
 from dkserver.store.analytics import _end_sessions_txn, _storage_text
@@ -34,7 +36,10 @@ MAX_BATCH = 2000
 class _Batch:
     sessions_started: list[tuple[str, str, str]] = field(default_factory=list)
     messages: list[tuple[NewMessage, str | None]] = field(default_factory=list)
-    waiters: list[Deferred] = field(default_factory=list)
+    #: One per message: called as ``done(message_id, failure)``.
+    waiters: list[Callable[[int | None, Failure | None], None]] = field(
+        default_factory=list
+    )
     delivered: list[int] = field(default_factory=list)
     broadcast_deliveries: list[tuple[int, str]] = field(default_factory=list)
     sessions_ended: list[tuple[str, int]] = field(default_factory=list)
@@ -71,13 +76,31 @@ class GroupWriter:
         """Store ``message`` (pending); fires with its id once committed, or with
         ``None`` when a direct message names a recipient that does not exist."""
         d: Deferred = Deferred()
-        if self._closed:
-            d.errback(StoreError("the server is shutting down; message not stored"))
-            return d
-        self._next.messages.append((message, session_id))
-        self._next.waiters.append(d)
-        self._kick()
+
+        def done(message_id: int | None, failure: Failure | None) -> None:
+            if failure is None:
+                d.callback(message_id)
+            else:
+                d.errback(failure)
+
+        self.submit(message, session_id, done)
         return d
+
+    def submit(
+        self,
+        message: NewMessage,
+        session_id: str | None,
+        done: Callable[[int | None, Failure | None], None],
+    ) -> None:
+        """Like :meth:`submit_message` with a plain callback: the messaging hot
+        path, where a Deferred and its callback chain per message is a
+        measurable share of the CPU.  ``done`` must not raise."""
+        if self._closed:
+            done(None, Failure(StoreError("the server is shutting down; not stored")))
+            return
+        self._next.messages.append((message, session_id))
+        self._next.waiters.append(done)
+        self._kick()
 
     def mark_delivered(self, message_id: int) -> None:
         self._next.delivered.append(message_id)
@@ -136,16 +159,22 @@ class GroupWriter:
     def _committed(self, ids: list[int | None], batch: _Batch) -> None:
         self.batches += 1
         self.rows += batch.size()
-        for waiter, message_id in zip(batch.waiters, ids, strict=True):
-            waiter.callback(message_id)
+        for done, message_id in zip(batch.waiters, ids, strict=True):
+            try:
+                done(message_id, None)
+            except Exception:
+                self.log.failure("delivering message {id} failed", id=message_id)
         self._continue(batch)
 
     def _failed(self, failure, batch: _Batch) -> None:
         self.log.failure(
             "group commit of {count} rows failed", failure, count=batch.size()
         )
-        for waiter in batch.waiters:
-            waiter.errback(failure)
+        for done in batch.waiters:
+            try:
+                done(None, failure)
+            except Exception:
+                self.log.failure("reporting a failed commit failed")
         self._continue(batch)
 
     def _continue(self, batch: _Batch) -> None:

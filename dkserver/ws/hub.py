@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketServerFactory
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dkserver import timestamps
 from dkserver.metrics import Metrics
@@ -95,12 +95,11 @@ class Hub:
             else:
                 self.writer.record_broadcast_delivery(message_id, user_id)
 
-    def accept(self, conn: Any, message: frames.ClientMessage) -> Deferred:
-        """Store, then deliver, a client's message.
-
-        Fires with ``None``, or with an error text for the sender (unknown
-        recipient).  Synchronous up to the writer, so callers keep order.
-        """
+    def accept(self, conn: Any, message: frames.ClientMessage) -> None:
+        """Store, then deliver, a client's message; then tell the sender's
+        connection: ``conn.accepted(error_text_or_None)`` or
+        ``conn.accept_failed(failure)``.  Synchronous up to the writer, so
+        callers keep their order."""
         new = NewMessage(
             from_user=conn.user_id,
             to_user=message.to,
@@ -111,9 +110,14 @@ class Hub:
             is_forward_message=message.is_forward_message,
             received_ns=self.time_ns(),
         )
-        d = self.writer.submit_message(new, conn.session_id)
-        d.addCallback(self._stored, conn.user_id, message)
-        return d
+
+        def done(message_id: int | None, failure: Failure | None) -> None:
+            if failure is not None:
+                conn.accept_failed(failure)
+                return
+            conn.accepted(self._stored(message_id, conn.user_id, message))
+
+        self.writer.submit(new, conn.session_id, done)
 
     def _stored(
         self, message_id: int | None, sender: str, message: frames.ClientMessage

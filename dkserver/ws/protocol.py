@@ -218,21 +218,21 @@ class DkServerProtocol(WebSocketServerProtocol):
             return
         # Submitted synchronously, in arrival order: the writer commits and
         # calls back in that order, so a sender's messages stay in order.
-        d = hub.accept(self, message)
         self._inflight += 1
         hub.unhandled_frames += 1
         if self._inflight >= self.factory.inbox_limit and not self._reading_paused:
             # Backpressure on a fast sender: stop reading until we catch up.
             self._reading_paused = True
             self.transport.pauseProducing()
-        d.addCallbacks(self._accepted, self._accept_failed)
+        hub.accept(self, message)
 
-    def _accepted(self, error: str | None) -> None:
+    def accepted(self, error: str | None) -> None:
+        """The hub stored (and relayed) a message of ours, or refused it."""
         self._handled()
         if error:
             self.send_system(error)
 
-    def _accept_failed(self, failure) -> None:
+    def accept_failed(self, failure) -> None:
         self._handled()
         self.dklog.failure(
             "message from {user_id} failed", failure, user_id=self.user_id

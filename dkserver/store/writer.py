@@ -28,7 +28,13 @@ from dkserver.store.messages import NewMessage
 #: Bound on the recipient cache (user ids), cleared when exceeded.
 MAX_KNOWN_USERS = 200_000
 
-#: Upper bound on one transaction, so a burst cannot hold the write lock long.
+#: A commit waits this long for more submissions.  Each transaction and each
+#: trip to the database thread has a fixed cost; at moderate load 2 ms turns
+#: many one-message commits into one, for at most 2 ms of added latency.
+GROUP_DELAY = 0.002
+
+#: Messages in one transaction at most, so deliveries after a burst start
+#: within one bounded transaction's time.
 MAX_BATCH = 2000
 
 
@@ -58,9 +64,13 @@ class _Batch:
 class GroupWriter:
     log = Logger()
 
-    def __init__(self, pool: adbapi.ConnectionPool, clock: Any) -> None:
+    def __init__(
+        self, pool: adbapi.ConnectionPool, clock: Any, delay: float = GROUP_DELAY
+    ) -> None:
         self._pool = pool
         self._clock = clock
+        #: How long the first submission waits for company before a commit.
+        self.delay = delay
         self._next = _Batch()
         self._running = False
         self._closed = False
@@ -141,17 +151,22 @@ class GroupWriter:
         if not self._running:
             self._running = True
             # Let the rest of this reactor turn add to the batch first.
-            self._clock.callLater(0, self._run)
+            self._clock.callLater(self.delay, self._run)
 
     def _run(self) -> None:
         batch, self._next = self._next, _Batch()
         if not batch.size() and not batch.flushed:
             self._running = False
             return
-        if batch.size() > MAX_BATCH:
-            batch, rest = _split(batch, MAX_BATCH)
+        if len(batch.messages) > MAX_BATCH:
+            # The rest of the messages go first in the next batch (which is
+            # empty: it was created just above); flush() waiters wait for them.
+            rest = self._next
+            rest.messages = batch.messages[MAX_BATCH:]
+            rest.waiters = batch.waiters[MAX_BATCH:]
+            del batch.messages[MAX_BATCH:]
+            del batch.waiters[MAX_BATCH:]
             rest.flushed, batch.flushed = batch.flushed, []
-            _prepend(self._next, rest)
         d = self._pool.runInteraction(_commit_txn, batch, self._known_users)
         d.addCallbacks(self._committed, self._failed, (batch,), None, (batch,), None)
         d.addErrback(lambda f: self.log.failure("group writer bookkeeping", f))
@@ -183,33 +198,6 @@ class GroupWriter:
         self._running = False
         if self._next.size() or self._next.flushed:
             self._kick()
-
-
-def _split(batch: _Batch, limit: int) -> tuple[_Batch, _Batch]:
-    """First ``limit`` messages now, the rest (and later kinds) next time."""
-    now = _Batch(
-        sessions_started=batch.sessions_started,
-        messages=batch.messages[:limit],
-        waiters=batch.waiters[:limit],
-    )
-    rest = _Batch(
-        messages=batch.messages[limit:],
-        waiters=batch.waiters[limit:],
-        delivered=batch.delivered,
-        broadcast_deliveries=batch.broadcast_deliveries,
-        sessions_ended=batch.sessions_ended,
-    )
-    return now, rest
-
-
-def _prepend(target: _Batch, rest: _Batch) -> None:
-    target.sessions_started[:0] = rest.sessions_started
-    target.messages[:0] = rest.messages
-    target.waiters[:0] = rest.waiters
-    target.delivered[:0] = rest.delivered
-    target.broadcast_deliveries[:0] = rest.broadcast_deliveries
-    target.sessions_ended[:0] = rest.sessions_ended
-    target.flushed[:0] = rest.flushed
 
 
 def _commit_txn(

@@ -8,7 +8,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 
 from dkserver.config import Config
 from dkserver.ws.hub import Hub
-from dkserver.ws.outbox import DEFAULT_LIMIT
+from dkserver.ws.outbox import DEFAULT_LIMIT, PROOF_DELAY, PROOF_INTERVAL
 from dkserver.ws.protocol import DkServerProtocol
 
 
@@ -22,7 +22,8 @@ class DkWebSocketFactory(WebSocketServerFactory):
         self.queue_limit = DEFAULT_LIMIT
         self.inbox_limit = 256
         #: Writes within this window are confirmed by one ping (outbox.py).
-        self.proof_delay = 0.05
+        self.proof_delay = PROOF_DELAY
+        self.proof_interval = PROOF_INTERVAL
         self.setProtocolOptions(**websocket_options(config))
 
 

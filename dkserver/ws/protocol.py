@@ -62,6 +62,7 @@ class DkServerProtocol(WebSocketServerProtocol):
             on_overflow=self._too_slow,
             limit=self.factory.queue_limit,
             proof_delay=self.factory.proof_delay,
+            proof_interval=self.factory.proof_interval,
         )
         # twisted.web's HTTP channel is still the transport's producer; it is
         # done with this connection, and dropping it frees its buffers.

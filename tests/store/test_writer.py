@@ -105,3 +105,27 @@ async def test_missing_session_costs_only_its_analytics_row(store, db_path):
     assert con.execute("SELECT session_id FROM message_events").fetchall() == [
         ("real",)
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_larger_than_one_batch_keeps_order_and_bookkeeping(
+    store, db_path, monkeypatch
+):
+    from dkserver.store import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "MAX_BATCH", 7)
+    await store.users.create("alice", "A", "k")
+    await store.users.create("bob", "B", "k")
+    writer = GroupWriter(store.pool, reactor)
+    first = await writer.submit_message(message("bob", 0), None)
+    writer.mark_delivered(first)
+    ids = await gatherResults(
+        [writer.submit_message(message("bob", i), None) for i in range(1, 30)]
+    )
+    assert ids == list(range(first + 1, first + 30))
+    await writer.flush()
+    assert writer.batches >= 5  # 29 messages in batches of 7
+    con = sqlite3.connect(db_path)
+    assert con.execute(
+        "SELECT status FROM messages WHERE id = ?", (first,)
+    ).fetchone() == ("delivered",)

@@ -136,3 +136,29 @@ def test_wait_writable_reports_close():
     box.wait_writable().addCallback(fired.append)
     box.stopProducing()
     assert fired == [False]
+
+
+def test_proof_pings_are_prompt_when_sparse_and_rate_limited_when_busy():
+    clock = Clock()
+    wire = FakeWire()
+    box = Outbox(
+        write=wire.write,
+        ping=wire.pings.append,
+        clock=clock,
+        on_confirmed=wire.confirmed.append,
+        on_overflow=lambda: None,
+        limit=10,
+        proof_delay=0.02,
+        proof_interval=0.5,
+    )
+    box.send("a", ack=1)
+    clock.advance(0.02)
+    assert len(wire.pings) == 1  # prompt after a quiet period
+    box.on_pong(wire.pings[0])
+    box.send("b", ack=2)
+    clock.advance(0.1)
+    assert len(wire.pings) == 1  # busy: waits for the interval
+    clock.advance(0.4)  # 0.5 s after the first ping
+    assert len(wire.pings) == 2
+    box.on_pong(wire.pings[1])
+    assert wire.confirmed == [[1], [2]]

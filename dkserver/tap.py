@@ -77,13 +77,15 @@ def build_config(options) -> Config:
 def makeService(options: Options):
     from twisted.internet import reactor
 
-    from dkserver.service import DkService
+    from dkserver.service import DkService, tune_gc
     from dkserver.store import preflight
 
     config = options.config
     try:
         preflight(config.db_path)
-        return DkService(config, reactor)
+        service = DkService(config, reactor)
+        tune_gc()
+        return service
     except (ConfigError, ValueError, OSError) as e:
         # twistd turns an exception here into a traceback; one line is clearer.
         sys.stderr.write(f"dkserver: {e}\n")

@@ -25,6 +25,15 @@ class DkWebSocketFactory(WebSocketServerFactory):
         self.proof_delay = PROOF_DELAY
         self.proof_interval = PROOF_INTERVAL
         self.setProtocolOptions(**websocket_options(config))
+        # Autobahn copies every option from the factory onto each protocol
+        # instance unless the protocol already has it; a per-factory subclass
+        # holding them as class attributes saves ~40 dict entries (~1.5 KiB)
+        # per connection, and keeps factories with other options independent.
+        self.protocol = type(
+            "DkServerProtocol",
+            (DkServerProtocol,),
+            {attr: getattr(self, attr) for attr in DkServerProtocol.CONFIG_ATTRS},
+        )
 
 
 def websocket_options(config: Config) -> dict[str, Any]:

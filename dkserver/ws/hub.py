@@ -167,27 +167,21 @@ class Hub:
         return await self.forward.ask(user_id, pick, send)
 
     async def backlog_pages(self, user_id: str):
-        """Pending direct messages, then undelivered broadcasts, oldest first."""
-        after = 0
-        while True:
-            page = await self.store.messages.pending_direct(
-                user_id, BACKLOG_PAGE, after_id=after
-            )
-            for m in page:
-                yield m, ("d", m.id, user_id)
-            if len(page) < BACKLOG_PAGE:
-                break
-            after = page[-1].id
-        after = 0
-        while True:
-            page = await self.store.messages.undelivered_broadcasts(
-                user_id, BACKLOG_PAGE, after_id=after
-            )
-            for m in page:
-                yield m, ("b", m.id, user_id)
-            if len(page) < BACKLOG_PAGE:
-                break
-            after = page[-1].id
+        """Pending direct messages, then undelivered broadcasts, oldest first,
+        with the acknowledgement each one needs once the client read it."""
+        messages = self.store.messages
+        for kind, fetch in (
+            ("d", messages.pending_direct),
+            ("b", messages.undelivered_broadcasts),
+        ):
+            after = 0
+            while True:
+                page = await fetch(user_id, BACKLOG_PAGE, after_id=after)
+                for m in page:
+                    yield m, (kind, m.id, user_id)
+                if len(page) < BACKLOG_PAGE:
+                    break
+                after = page[-1].id
 
 
 def stored_payload(m: StoredMessage) -> bytes:

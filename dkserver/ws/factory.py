@@ -32,8 +32,18 @@ class DkWebSocketFactory(WebSocketServerFactory):
         self.protocol = type(
             "DkServerProtocol",
             (DkServerProtocol,),
-            {attr: getattr(self, attr) for attr in DkServerProtocol.CONFIG_ATTRS},
+            {
+                attr: _as_class_attribute(getattr(self, attr))
+                for attr in DkServerProtocol.CONFIG_ATTRS
+            },
         )
+
+
+def _as_class_attribute(value: Any) -> Any:
+    # A function stored on a class would become a method (e.g. the
+    # perMessageCompressionAccept callback would receive the protocol as an
+    # extra first argument).
+    return staticmethod(value) if callable(value) else value
 
 
 def websocket_options(config: Config) -> dict[str, Any]:

@@ -48,3 +48,12 @@ async def test_connections_per_ip_are_limited(tmp_path):
             c.close()
     finally:
         await stop_server(server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_compression_offer_is_declined_not_fatal(server):
+    """Clients such as `websockets` offer permessage-deflate; dkserver keeps
+    compression off and must still accept the connection."""
+    token = await register_and_login(server, Identity("deflate"))
+    offer = "permessage-deflate; client_max_window_bits"
+    assert await upgrade_status(server, token, extensions=offer) == 101

@@ -290,7 +290,11 @@ class _StatusProbe(Protocol):
 
 
 async def upgrade_status(
-    server, token: str | None, origin: str | None = None, timeout: float = 5.0
+    server,
+    token: str | None,
+    origin: str | None = None,
+    timeout: float = 5.0,
+    extensions: str | None = None,
 ) -> int:
     """HTTP status of a raw WebSocket upgrade request (101 on success)."""
     headers = [
@@ -303,6 +307,8 @@ async def upgrade_status(
     ]
     if origin is not None:
         headers.append(f"Origin: {origin}")
+    if extensions is not None:
+        headers.append(f"Sec-WebSocket-Extensions: {extensions}")
     probe = _StatusProbe(("\r\n".join(headers) + "\r\n\r\n").encode("latin-1"))
     await connectProtocol(_tls(server), probe)
     return await _with_timeout(probe.status, timeout, "upgrade_status")

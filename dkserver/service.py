@@ -156,6 +156,7 @@ class DkService(MultiService):
         self.timers.setServiceParent(self)
 
     def startService(self) -> None:
+        self._started_ns = self.hub.time_ns()
         self._ready = Deferred.fromCoroutine(self._migrate())
         self._ready.addErrback(self._fatal)
         super().startService()
@@ -163,7 +164,9 @@ class DkService(MultiService):
     async def _migrate(self) -> None:
         await self.store.migrate()
         # Sessions a crash left open end now (their duration is an upper bound).
-        closed = await self.store.analytics.end_open_sessions(self.hub.time_ns())
+        closed = await self.store.analytics.end_open_sessions(
+            self.hub.time_ns(), started_before_ns=self._started_ns
+        )
         if closed:
             self.log.info("closed {count} sessions left open", count=closed)
         self.log.info("database {path} ready", path=self.config.db_path)
@@ -212,6 +215,7 @@ class DkService(MultiService):
 
     async def _stop(self) -> None:
         self.running = 0
+        self.hub.closing = True
         self.log.info("shutting down: closing listeners")
         for listener in (self.http, self.https):
             if listener is not None and listener.running:

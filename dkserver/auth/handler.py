@@ -14,6 +14,7 @@ from dkserver.auth.challenges import ChallengeStore
 from dkserver.auth.signatures import decode_b64_strict, verify_challenge
 from dkserver.auth.tokens import InvalidToken, TokenIssuer
 from dkserver.auth.validation import (
+    MAX_USER_ID_LENGTH,
     ValidationError,
     validate_public_key,
     validate_user_id,
@@ -76,7 +77,14 @@ class AuthHandler:
         self.log.info("registered user {user_id}", user_id=user_id)
 
     def challenge(self, user_id: str) -> str:
-        """Issue a challenge, for unknown users too (no user enumeration)."""
+        """Issue a challenge, for unknown users too (no user enumeration).
+
+        Ids longer than any registrable one are refused rather than kept in
+        memory for the challenge's lifetime; that reveals nothing, since no
+        such user can exist.
+        """
+        if len(user_id) > MAX_USER_ID_LENGTH:
+            raise BadRequest(f"user_id must be at most {MAX_USER_ID_LENGTH} characters")
         return self._challenges.issue(user_id)
 
     async def verify(self, user_id: str, signature: str, client_ip: str) -> str:
@@ -114,6 +122,8 @@ class AuthHandler:
         return user_id
 
     def _audit(self, event: str, client_ip: str | None, user_id: str | None) -> None:
+        if user_id is not None and len(user_id) > MAX_USER_ID_LENGTH:
+            user_id = user_id[:MAX_USER_ID_LENGTH] + "…"
         self.log.warn(
             "security event {event} from {client_ip} for user {user_id!r}",
             event=event,

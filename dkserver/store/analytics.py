@@ -42,9 +42,17 @@ class AnalyticsStore:
         """Close the session (no-op if unknown or already closed)."""
         await self._pool.runInteraction(_end_sessions_txn, session_id, end_ns)
 
-    async def end_open_sessions(self, end_ns: int) -> int:
-        """Close every session left open (shutdown, or a crash before); count."""
-        return await self._pool.runInteraction(_end_sessions_txn, None, end_ns)
+    async def end_open_sessions(
+        self, end_ns: int, started_before_ns: int | None = None
+    ) -> int:
+        """Close sessions left open (shutdown, or a crash before); count.
+
+        With ``started_before_ns``, only those that started earlier: at startup
+        the listeners are already up, and a session opened meanwhile is live.
+        """
+        return await self._pool.runInteraction(
+            _end_sessions_txn, None, end_ns, started_before_ns
+        )
 
     async def record_message_events(
         self, rows: Sequence[tuple[str, str, bool, int]]
@@ -80,7 +88,10 @@ def _start_session_txn(
 
 
 def _end_sessions_txn(
-    txn: adbapi.Transaction, session_id: str | None, end_ns: int
+    txn: adbapi.Transaction,
+    session_id: str | None,
+    end_ns: int,
+    started_before_ns: int | None = None,
 ) -> int:
     if session_id is None:
         txn.execute(
@@ -99,6 +110,8 @@ def _end_sessions_txn(
         except timestamps.TimestampError:
             duration = None
         else:
+            if started_before_ns is not None and start_ns >= started_before_ns:
+                continue  # opened after this process started: live
             # whole seconds, truncated, as the original's int(d.Seconds())
             duration = max(0, (end_ns - start_ns) // _NS)
         updates.append((_storage_text(end_ns), duration, sid))

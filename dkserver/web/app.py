@@ -96,7 +96,8 @@ class DkApp:
 
     @app.handle_errors(Exception)
     def unexpected_error(self, request: IRequest, failure: Failure) -> bytes:
-        self.log.failure("unexpected error on {uri}", failure, uri=request.uri)
+        # The path only: /ws carries the token in the query string.
+        self.log.failure("unexpected error on {path}", failure, path=request.path)
         return error_response(request, ApiError(500, "Internal server error"))
 
     # -- authentication --------------------------------------------------------
@@ -153,6 +154,8 @@ class DkApp:
 
     @app.route("/ws", methods=["GET"])
     async def websocket(self, request: IRequest) -> UpgradeResource:
+        if self.hub.closing:
+            raise ApiError(503, "Server is shutting down")
         token = request.args.get(b"token", [b""])[0].decode("latin-1")
         try:
             user_id = await self.auth.authenticate(token)

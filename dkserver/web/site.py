@@ -108,7 +108,8 @@ class DkRequest(server.Request):
 
     def processingFailed(self, reason):
         """Log the failure; the client gets a generic JSON 500, no traceback."""
-        self.log.failure("unhandled error rendering {uri}", reason, uri=self.uri)
+        # The path only: /ws carries the token in the query string.
+        self.log.failure("unhandled error rendering {path}", reason, path=self.path)
         if self.finished or self._disconnected:
             return None
         body = error_body("Internal server error")

@@ -54,6 +54,8 @@ class Hub:
         #: Frames read from sockets but not yet stored or refused; shutdown
         #: waits for them so nothing read is lost.
         self.unhandled_frames = 0
+        #: Set when shutdown starts: no new WebSocket sessions.
+        self.closing = False
         #: Connections (including handshakes in progress) per IP and per user.
         self._per_ip: dict[str, int] = {}
         self._per_user: dict[str, int] = {}

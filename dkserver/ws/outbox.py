@@ -38,6 +38,12 @@ PROOF_DELAY = 0.02
 #: marked delivered up to this much later, and a crash in that window sends
 #: it again (same id).  Sparse traffic is confirmed within PROOF_DELAY.
 PROOF_INTERVAL = 0.5
+#: A peer that leaves a proof ping unanswered this long, or lets more than
+#: UNCONFIRMED_FACTOR x limit written frames go unconfirmed, is treated like a
+#: reader too slow to keep up: without proofs nothing it got counts, and the
+#: list of what to confirm must not grow without bound.
+PROOF_TIMEOUT = 60.0
+UNCONFIRMED_FACTOR = 64
 
 _PING_PREFIX = b"dk-ack:"
 
@@ -56,6 +62,7 @@ class Outbox:
         limit: int = DEFAULT_LIMIT,
         proof_delay: float = PROOF_DELAY,
         proof_interval: float = PROOF_INTERVAL,
+        proof_timeout: float = PROOF_TIMEOUT,
     ) -> None:
         self._write_frame = write
         self._ping = ping
@@ -65,6 +72,8 @@ class Outbox:
         self.limit = limit
         self._proof_delay = proof_delay
         self._proof_interval = proof_interval
+        self._proof_timeout = proof_timeout
+        self._proof_deadline: IDelayedCall | None = None
         self._last_proof = float("-inf")
         # Both start empty and small: most connections are idle, and an empty
         # deque costs ~600 bytes each (memory per connection matters at 10k).
@@ -123,6 +132,9 @@ class Outbox:
             return  # not written (connection closing): the message stays pending
         if ack is not None:
             self._unconfirmed.append(ack)
+            if len(self._unconfirmed) > UNCONFIRMED_FACTOR * self.limit:
+                self._overflow()
+                return
             self._schedule_proof()
 
     def _overflow(self) -> None:
@@ -155,16 +167,26 @@ class Outbox:
     def _schedule_proof(self) -> None:
         if self._closed or self._proof_pending is not None:
             return
-        if self._proof_call is None or not self._proof_call.active():
-            wait = self._last_proof + self._proof_interval - self._clock.seconds()
-            self._proof_call = self._clock.callLater(
-                max(self._proof_delay, wait), self._send_proof
-            )
+        # A busy stream with a full window is confirmed in chunks, not once
+        # per interval (the unconfirmed list stays short).
+        full = len(self._unconfirmed) >= self.limit
+        call = self._proof_call
+        if call is not None and call.active():
+            if full and call.getTime() > self._clock.seconds() + self._proof_delay:
+                call.reset(self._proof_delay)
+            return
+        wait = self._last_proof + self._proof_interval - self._clock.seconds()
+        if full:
+            wait = 0.0
+        self._proof_call = self._clock.callLater(
+            max(self._proof_delay, wait), self._send_proof
+        )
 
     def _cancel_proof(self) -> None:
-        if self._proof_call is not None and self._proof_call.active():
-            self._proof_call.cancel()
-        self._proof_call = None
+        for call in (self._proof_call, self._proof_deadline):
+            if call is not None and call.active():
+                call.cancel()
+        self._proof_call = self._proof_deadline = None
 
     def _send_proof(self) -> None:
         self._proof_call = None
@@ -174,7 +196,15 @@ class Outbox:
         self._last_proof = self._clock.seconds()
         payload = _PING_PREFIX + b"%d" % self._proof_seq
         self._proof_pending = (payload, len(self._unconfirmed))
+        self._proof_deadline = self._clock.callLater(
+            self._proof_timeout, self._proof_expired, payload
+        )
         self._ping(payload)
+
+    def _proof_expired(self, payload: bytes) -> None:
+        self._proof_deadline = None
+        if self._proof_pending is not None and self._proof_pending[0] == payload:
+            self._overflow()
 
     def on_pong(self, payload: bytes) -> None:
         """A pong: if it answers our proof ping, the frames before it were read."""
@@ -182,6 +212,9 @@ class Outbox:
         if pending is None or payload != pending[0]:
             return
         self._proof_pending = None
+        if self._proof_deadline is not None and self._proof_deadline.active():
+            self._proof_deadline.cancel()
+        self._proof_deadline = None
         self._confirm(pending[1])
         if self._unconfirmed:
             self._schedule_proof()

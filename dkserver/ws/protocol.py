@@ -161,8 +161,8 @@ class DkServerProtocol(WebSocketServerProtocol):
         self.dklog.warn(
             "closing {user_id}'s connection: too slow to keep up", user_id=self.user_id
         )
-        self.outbox.close()
-        self._held.clear()
+        self.outbox.stop()  # written frames can still be confirmed by the close reply
+        self._held = []
         self.sendClose(
             CLOSE_TOO_SLOW, "client too slow; undelivered messages stay pending"
         )

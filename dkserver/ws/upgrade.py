@@ -49,10 +49,16 @@ def upgrade(
     channel = request.channel
     transport = channel.transport
     upgrade_header = (request.getHeader(b"upgrade") or b"").lower()
-    if transport is None or upgrade_header != b"websocket":
+    refusal = None
+    if factory.hub.closing:
+        # Authenticated before shutdown began; too late to open a session.
+        refusal = ApiError(503, "Server is shutting down")
+    elif transport is None or upgrade_header != b"websocket":
+        refusal = ApiError(426, "WebSocket upgrade required")
+    if refusal is not None:
         if reservation is not None:
             factory.hub.release(*reservation)
-        raise ApiError(426, "WebSocket upgrade required")
+        raise refusal
     protocol = factory.buildProtocol(transport.getPeer())
     protocol.user_id = user_id
     protocol.reservation = reservation

@@ -187,3 +187,12 @@ async def test_unknown_path_and_wrong_method_are_json(server):
 async def test_token_works_after_login_for_registered_user(server):
     token = await register_and_login(server, Identity("erin"))
     assert await server.service.auth.authenticate(token) == "erin"
+
+
+@pytest_twisted.ensureDeferred
+async def test_overlong_user_id_gets_no_challenge_and_is_not_kept(server):
+    code, body = await post_json(server, "/auth/login", {"user_id": "x" * 5000})
+    assert code == 400 and body["error"] is True
+    assert len(server.service.challenges) == 0
+    code, _ = await post_json(server, "/auth/login", {"user_id": "x" * 128})
+    assert code == 200

@@ -57,3 +57,14 @@ async def test_compression_offer_is_declined_not_fatal(server):
     token = await register_and_login(server, Identity("deflate"))
     offer = "permessage-deflate; client_max_window_bits"
     assert await upgrade_status(server, token, extensions=offer) == 101
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_new_sessions_once_shutdown_has_begun(server):
+    token = await register_and_login(server, Identity("late"))
+    server.service.hub.closing = True
+    try:
+        assert await upgrade_status(server, token) == 503
+    finally:
+        server.service.hub.closing = False
+    assert server.service.bus.connection_count() == 0

@@ -1046,13 +1046,15 @@ async def test_login_and_registration_floods_are_limited_per_user_id(tmp_path):
             assert_json_error(body, 429)
         code, body = await _verify(server, "target", "AAAA")
         assert code == 429 and "token" not in body
-        # The per-user key is capped, so a very long id cannot dodge it.
+        # The per-user key is capped, so a very long id cannot dodge it; and
+        # an id longer than any registrable one gets no challenge at all.
         long_id = "L" * 128
         codes = [
             (await post_json(server, "/auth/login", {"user_id": long_id + str(i)}))[0]
             for i in range(6)
         ]
-        assert codes == [200, 200, 200, 200, 429, 429]
+        assert codes == [400, 400, 400, 400, 429, 429]
+        assert len(server.service.challenges) == 0
         # Other user ids are unaffected.
         await assert_serves_normal_client(server)
     finally:

@@ -155,3 +155,20 @@ async def test_legacy_session_text_with_offset_is_filtered_by_instant(
     )
     stats = await store.analytics.stats(NOW)
     assert (stats["daily_active_users"], stats["weekly_active_users"]) == (2, 3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_startup_closes_only_sessions_older_than_the_process(store, db_path):
+    import sqlite3
+
+    await store.users.create("u", "U", "k")
+    await store.analytics.start_session("old", "u", NOW - 10 * 10**9)
+    await store.analytics.start_session("new", "u", NOW + 10**9)
+    assert (
+        await store.analytics.end_open_sessions(NOW + 2 * 10**9, started_before_ns=NOW)
+        == 1
+    )
+    rows = dict(
+        sqlite3.connect(db_path).execute("SELECT session_id, end_time FROM sessions")
+    )
+    assert rows["old"] is not None and rows["new"] is None

@@ -162,3 +162,58 @@ def test_proof_pings_are_prompt_when_sparse_and_rate_limited_when_busy():
     assert len(wire.pings) == 2
     box.on_pong(wire.pings[1])
     assert wire.confirmed == [[1], [2]]
+
+
+def test_unanswered_proof_ping_counts_as_too_slow():
+    clock = Clock()
+    wire = FakeWire()
+    box = Outbox(
+        write=wire.write,
+        ping=wire.pings.append,
+        clock=clock,
+        on_confirmed=wire.confirmed.append,
+        on_overflow=lambda: setattr(wire, "overflows", wire.overflows + 1),
+        limit=10,
+        proof_timeout=60.0,
+    )
+    box.send("a", ack=1)
+    clock.advance(0.02)
+    assert len(wire.pings) == 1
+    clock.advance(59)
+    assert wire.overflows == 0
+    clock.advance(2)
+    assert wire.overflows == 1
+    assert wire.confirmed == []
+
+
+def test_answered_proof_ping_cancels_its_deadline():
+    clock, wire, box = make(limit=10)
+    box.send("a", ack=1)
+    clock.advance(0.05)
+    box.on_pong(wire.pings[0])
+    clock.advance(120)
+    assert wire.overflows == 0 and wire.confirmed == [[1]]
+
+
+def test_unconfirmed_frames_are_bounded():
+    from dkserver.ws.outbox import UNCONFIRMED_FACTOR
+
+    _, wire, box = make(limit=2)
+    cap = UNCONFIRMED_FACTOR * 2
+    for i in range(cap):
+        assert box.send(f"m{i}", ack=i)  # the peer reads, but never pongs
+    assert wire.overflows == 0
+    box.send("over", ack=cap)  # one more than the cap
+    assert wire.overflows == 1
+    assert not box.send("after", ack=cap + 1)
+
+
+def test_a_full_window_of_unconfirmed_frames_is_proved_at_once():
+    clock, wire, box = make(limit=3, delay=0.02)
+    box.send("a", ack=1)
+    clock.advance(0.02)
+    box.on_pong(wire.pings[0])  # the interval now applies
+    for i in range(3):
+        box.send(f"b{i}", ack=10 + i)
+    clock.advance(0.02)
+    assert len(wire.pings) == 2  # not 0.5 s later: the window is full

@@ -125,15 +125,6 @@ def endpoint_description(key: str, addr: str) -> str:
     )
 
 
-def port_of(addr: str) -> int | None:
-    """The TCP port named by an address, if it names one."""
-    m = _HOST_PORT.match(addr.strip())
-    if m:
-        return int(m.group("port"))
-    m = re.search(r"(?:^tcp6?:|:port=)(\d+)", addr)
-    return int(m.group(1)) if m else None
-
-
 def _split_list(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 

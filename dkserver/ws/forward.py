@@ -41,10 +41,6 @@ class ForwardBroker:
         self._locks: dict[str, DeferredLock] = {}
         self._waiting: dict[str, _Waiting] = {}
 
-    def waiting_on(self, connection: Any) -> bool:
-        waiting = self._waiting.get(connection.user_id)
-        return waiting is not None and waiting.connection is connection
-
     async def ask(self, user_id: str, pick_connection, send) -> str:
         """Send a request to one of the user's connections; return its answer.
 

@@ -35,7 +35,6 @@ class ClientMessage:
     timestamp: timestamps.Timestamp
     signature: str
     is_forward_message: bool
-    declared_broadcast: bool
 
     @property
     def is_broadcast(self) -> bool:
@@ -73,7 +72,8 @@ def parse_client_frame(payload: bytes, user_id: str, now_ns: int) -> ClientMessa
     broadcast = obj.get("is_broadcast", False)
     if not isinstance(forward, bool) or not isinstance(broadcast, bool):
         raise FrameError("Invalid message format: flags must be booleans")
-    return ClientMessage(to, content, ts, signature, forward, broadcast)
+    # is_broadcast is type-checked but not trusted: `to` decides.
+    return ClientMessage(to, content, ts, signature, forward)
 
 
 def encode_message(

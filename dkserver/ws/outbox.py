@@ -91,10 +91,6 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._queue)
 
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
     def send(self, frame: Any, ack: Any = None) -> bool:
         """Write now, or queue while the transport is busy; False if dropped."""
         if self._closed:

@@ -145,7 +145,6 @@ def parse_or_refuse(payload: bytes) -> frames.ClientMessage | None:
     assert isinstance(message.signature, str)
     assert isinstance(message.timestamp, timestamps.Timestamp)
     assert type(message.is_forward_message) is bool
-    assert type(message.declared_broadcast) is bool
     assert message.is_broadcast == (message.to == frames.BROADCAST)
     # Whatever was accepted can be encoded back into a server frame.
     json.loads(
@@ -193,7 +192,7 @@ def test_parser_on_frames_with_known_keys_of_any_type(obj, ascii_only):
     assert obj.get("from") in (None, "", USER)
     assert message.to == obj["to"] and message.content == obj["content"]
     assert message.is_forward_message == obj.get("is_forward_message", False)
-    assert message.declared_broadcast == obj.get("is_broadcast", False)
+    assert message.is_broadcast == (obj["to"] == "broadcast")
     raw_ts = obj.get("timestamp")
     if raw_ts in (None, "", timestamps.ZERO_TIME):
         assert message.timestamp.unix_nanos == NOW_NS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.python import usage
 
-from dkserver.config import ConfigError, endpoint_description, from_sources, port_of
+from dkserver.config import ConfigError, endpoint_description, from_sources
 from dkserver.tap import Options
 
 
@@ -57,12 +57,6 @@ def test_bad_addresses_are_config_errors(addr):
     with pytest.raises(ConfigError) as info:
         endpoint_description("https", addr)
     assert "https" in str(info.value)
-
-
-def test_port_of():
-    assert port_of(":8443") == 8443
-    assert port_of("tcp:port=99:interface=::1") == 99
-    assert port_of("unix:/tmp/x") is None
 
 
 @pytest.mark.parametrize(

@@ -194,6 +194,11 @@ def _pending_direct_txn(
 def _undelivered_broadcasts_txn(
     txn: adbapi.Transaction, user_id: str, limit: int | None, after_id: int = 0
 ) -> list[StoredMessage]:
+    txn.execute("SELECT broadcast_floor FROM users WHERE user_id = ?", (user_id,))
+    row = txn.fetchone()
+    if row is None:
+        return []
+    floor = row[0]
     txn.execute(
         f"SELECT {_COLUMNS} FROM messages m JOIN users u ON u.user_id = ?"
         " WHERE m.is_broadcast = 1 AND m.id > ?"
@@ -202,9 +207,25 @@ def _undelivered_broadcasts_txn(
         " AND NOT EXISTS (SELECT 1 FROM broadcast_deliveries d"
         "  WHERE d.message_id = m.id AND d.user_id = u.user_id)"
         " ORDER BY m.id LIMIT ?",
-        (user_id, after_id, _limit(limit)),
+        (user_id, max(after_id, floor), _limit(limit)),
     )
-    return [_row(r) for r in txn.fetchall()]
+    found = [_row(r) for r in txn.fetchall()]
+    if after_id <= floor:
+        # Everything below the first broadcast still to send is done: raise
+        # the floor so the next connect skips it (see schema v3).
+        if found:
+            new_floor = found[0].id - 1
+        else:
+            txn.execute(
+                "SELECT COALESCE(MAX(id), 0) FROM messages WHERE is_broadcast = 1"
+            )
+            new_floor = txn.fetchone()[0]
+        if new_floor > floor:
+            txn.execute(
+                "UPDATE users SET broadcast_floor = ? WHERE user_id = ?",
+                (new_floor, user_id),
+            )
+    return found
 
 
 def _record_deliveries_txn(

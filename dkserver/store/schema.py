@@ -34,7 +34,7 @@ from dkserver.store.errors import DatabaseUnusable, StoreError
 
 log = Logger()
 
-LATEST_VERSION = 2
+LATEST_VERSION = 3
 
 _COPY_CHUNK = 1000
 
@@ -337,4 +337,20 @@ def _to_v2(conn: sqlite3.Connection) -> None:
     conn.execute("ANALYZE")
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_v1, 2: _to_v2}
+def _to_v3(conn: sqlite3.Connection) -> None:
+    """``users.broadcast_floor``: every broadcast with an id at or below it is
+    done for the user (delivered, their own, or older than their
+    registration), so a connect looks only at newer ones instead of every
+    broadcast since registration.  It only ever grows: deliveries are never
+    undone and new broadcasts always get higher ids."""
+    if "broadcast_floor" not in _columns(conn, "users"):
+        conn.execute(
+            "ALTER TABLE users ADD COLUMN broadcast_floor INTEGER NOT NULL DEFAULT 0"
+        )
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _to_v1,
+    2: _to_v2,
+    3: _to_v3,
+}

@@ -173,3 +173,54 @@ async def test_sql_metacharacters_are_stored_as_data(store):
     assert await store.messages.pending_direct("%") == []
     await store.descriptions.set(evil, [evil, quote])
     assert await store.descriptions.get(evil) == [evil, quote]
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcast_floor_skips_done_broadcasts_but_never_a_pending_one(
+    store, db_path
+):
+    import sqlite3
+
+    from dkserver.store.messages import NewMessage as NM
+
+    await store.users.create("sender", "S", "k", registered_ns=0)
+    await store.users.create("reader", "R", "k", registered_ns=0)
+
+    def broadcast(n: int) -> NM:
+        return NM(
+            "sender",
+            "broadcast",
+            f"2026-11-26T00:00:0{n % 10}Z",
+            f"b{n}",
+            True,
+            None,
+            False,
+            n + 1,
+        )
+
+    ids = await store.messages.add_many([broadcast(i) for i in range(5)])
+    # The first three were delivered, the fourth not, the fifth was.
+    await store.messages.record_broadcast_deliveries(
+        [(ids[0], "reader"), (ids[1], "reader"), (ids[2], "reader"), (ids[4], "reader")]
+    )
+    got = await store.messages.undelivered_broadcasts("reader")
+    assert [m.id for m in got] == [ids[3]]
+    floor = (
+        sqlite3.connect(db_path)
+        .execute("SELECT broadcast_floor FROM users WHERE user_id = 'reader'")
+        .fetchone()[0]
+    )
+    assert floor == ids[3] - 1  # not past the one still pending
+    await store.messages.record_broadcast_deliveries([(ids[3], "reader")])
+    assert await store.messages.undelivered_broadcasts("reader") == []
+    floor = (
+        sqlite3.connect(db_path)
+        .execute("SELECT broadcast_floor FROM users WHERE user_id = 'reader'")
+        .fetchone()[0]
+    )
+    assert floor == ids[4]
+    # A new broadcast is above the floor and is offered.
+    (new,) = await store.messages.add_many([broadcast(7)])
+    assert [m.id for m in await store.messages.undelivered_broadcasts("reader")] == [
+        new
+    ]

@@ -91,7 +91,7 @@ class MessageStore:
     async def mark_delivered(self, ids: Sequence[int]) -> None:
         """Mark pending messages delivered; ids already delivered are left alone."""
         if ids:
-            await self._pool.runInteraction(_mark_delivered_txn, list(ids))
+            await self._pool.runInteraction(mark_delivered_txn, list(ids))
 
     async def pending_direct(
         self, user_id: str, limit: int | None = None, after_id: int = 0
@@ -143,36 +143,54 @@ def _limit(limit: int | None) -> int:
     return -1 if limit is None else limit  # SQLite: negative means no limit
 
 
-def _add_many_txn(txn: adbapi.Transaction, msgs: list[NewMessage]) -> list[int]:
-    ids = []
-    for m in msgs:
-        try:
-            txn.execute(
-                "INSERT INTO messages (from_user, to_user, timestamp, content,"
-                " status, is_broadcast, signature, is_forward_message, received_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    m.from_user,
-                    m.to_user,
-                    timestamps.to_storage(m.timestamp),
-                    m.content,
-                    PENDING,
-                    int(m.is_broadcast),
-                    m.signature or "",  # the original writes Go's "" for none
-                    int(m.is_forward_message),
-                    m.received_ns,
-                ),
+def insert_messages_txn(
+    txn: adbapi.Transaction, msgs: Sequence[NewMessage]
+) -> list[int]:
+    """Insert messages as ``pending`` with one ``executemany``; their ids.
+
+    Ids are assigned here, after the table's AUTOINCREMENT sequence: the
+    pool's single connection is the only writer, so no other insert can take
+    them, and explicit ids keep ``sqlite_sequence`` up to date.
+    """
+    txn.execute(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'),"
+        " 0), COALESCE((SELECT MAX(id) FROM messages), 0))"
+    )
+    first = txn.fetchone()[0] + 1
+    ids = list(range(first, first + len(msgs)))
+    txn.executemany(
+        "INSERT INTO messages (id, from_user, to_user, timestamp, content, status,"
+        " is_broadcast, signature, is_forward_message, received_ns)"
+        " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+        [
+            (
+                mid,
+                m.from_user,
+                m.to_user,
+                timestamps.to_storage(m.timestamp),
+                m.content,
+                int(m.is_broadcast),
+                m.signature or "",  # the original writes Go's "" for none
+                int(m.is_forward_message),
+                m.received_ns,
             )
-        except sqlite3.IntegrityError as e:
-            raise StoreError(f"cannot store message from {m.from_user!r}: {e}") from e
-        ids.append(txn.lastrowid)
+            for mid, m in zip(ids, msgs, strict=True)
+        ],
+    )
     return ids
 
 
-def _mark_delivered_txn(txn: adbapi.Transaction, ids: list[int]) -> None:
+def _add_many_txn(txn: adbapi.Transaction, msgs: list[NewMessage]) -> list[int]:
+    try:
+        return insert_messages_txn(txn, msgs)
+    except sqlite3.IntegrityError as e:
+        raise StoreError(f"cannot store messages: {e}") from e
+
+
+def mark_delivered_txn(txn: adbapi.Transaction, ids: Sequence[int]) -> None:
     txn.executemany(
-        "UPDATE messages SET status = ? WHERE id = ? AND status = ?",
-        [(DELIVERED, mid, PENDING) for mid in ids],
+        "UPDATE messages SET status = 'delivered' WHERE id = ? AND status = 'pending'",
+        [(mid,) for mid in ids],
     )
 
 

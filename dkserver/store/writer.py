@@ -21,10 +21,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dkserver import timestamps
 from dkserver.store.analytics import _end_sessions_txn, _storage_text
 from dkserver.store.errors import StoreError
-from dkserver.store.messages import NewMessage
+from dkserver.store.messages import NewMessage, insert_messages_txn, mark_delivered_txn
 
 #: Bound on the recipient cache (user ids), cleared when exceeded.
 MAX_KNOWN_USERS = 200_000
@@ -212,11 +211,7 @@ def _commit_txn(
         )
     ids = _insert_messages(txn, batch.messages, known_users) if batch.messages else []
     if batch.delivered:
-        txn.executemany(
-            "UPDATE messages SET status = 'delivered' WHERE id = ?"
-            " AND status = 'pending'",
-            [(mid,) for mid in batch.delivered],
-        )
+        mark_delivered_txn(txn, batch.delivered)
     if batch.broadcast_deliveries:
         txn.executemany(
             "INSERT OR IGNORE INTO broadcast_deliveries (message_id, user_id)"
@@ -233,12 +228,8 @@ def _insert_messages(
     messages: list[tuple[NewMessage, str | None]],
     known_users: set[str],
 ) -> list[int | None]:
-    """Insert a batch with one ``executemany``.
-
-    Ids are assigned here, after the table's AUTOINCREMENT sequence: this
-    pool's single connection is the only writer, so no other insert can take
-    them, and explicit ids keep ``sqlite_sequence`` up to date.
-    """
+    """Insert the batch's messages to existing recipients, with their
+    analytics rows; ``None`` in place of an id for an unknown recipient."""
     unknown = {
         m.to_user
         for m, _ in messages
@@ -249,32 +240,15 @@ def _insert_messages(
             known_users.clear()
         known_users.update(_existing_users(txn, unknown))
     existing = known_users
-    txn.execute(
-        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'),"
-        " 0), COALESCE((SELECT MAX(id) FROM messages), 0))"
-    )
-    next_id = txn.fetchone()[0] + 1
     ids: list[int | None] = []
-    rows = []
+    accepted: list[NewMessage] = []
     events = []
     for m, session_id in messages:
         if not m.is_broadcast and m.to_user not in existing:
             ids.append(None)
             continue
-        ids.append(next_id)
-        rows.append(
-            (
-                next_id,
-                m.from_user,
-                m.to_user,
-                timestamps.to_storage(m.timestamp),
-                m.content,
-                int(m.is_broadcast),
-                m.signature or "",
-                int(m.is_forward_message),
-                m.received_ns,
-            )
-        )
+        ids.append(len(accepted))  # position; replaced by the id below
+        accepted.append(m)
         if session_id is not None:
             events.append(
                 (
@@ -284,14 +258,9 @@ def _insert_messages(
                     _storage_text(m.received_ns),
                 )
             )
-        next_id += 1
-    if rows:
-        txn.executemany(
-            "INSERT INTO messages (id, from_user, to_user, timestamp, content, status,"
-            " is_broadcast, signature, is_forward_message, received_ns)"
-            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
-            rows,
-        )
+    if accepted:
+        stored = insert_messages_txn(txn, accepted)
+        ids = [None if i is None else stored[i] for i in ids]
     if events:
         _insert_events(txn, events)
     return ids

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.internet import defer, error, protocol, reactor
-from twisted.internet.task import deferLater
+
+from tests.support.waiting import sleep
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_CMD = (sys.executable, "-m", "dkserver.client")
@@ -130,10 +131,6 @@ class Dk:
         result = await self.run(*args, stdin=stdin)
         assert result.code == 0, str(result)
         return result
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
 
 
 async def wait_online(server, user_id: str, timeout: float = 20.0) -> None:

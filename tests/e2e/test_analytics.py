@@ -15,7 +15,6 @@ import time
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from tests.support.client import (
     Identity,
@@ -26,6 +25,7 @@ from tests.support.client import (
     register_and_login,
 )
 from tests.support.server import make_config, start_server, stop_server
+from tests.support.waiting import sleep
 from tests.support.ws import (
     broadcast_frame,
     connect,
@@ -38,10 +38,6 @@ STORAGE_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{1,9})?\+00:00$"
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
 
 
 def db_rows(server, sql: str, args=()) -> list[tuple]:

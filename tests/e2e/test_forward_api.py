@@ -15,10 +15,10 @@ import sqlite3
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
 
 from tests.support.client import Identity, post_json, register_and_login
 from tests.support.server import make_config, start_server, stop_server
+from tests.support.waiting import sleep
 from tests.support.ws import connect, direct_frame
 
 NO_WAITING = "No forward request is waiting for an answer"
@@ -26,10 +26,6 @@ NO_WAITING = "No forward request is waiting for an answer"
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
 
 
 def ask(server, token: str, body) -> defer.Deferred:

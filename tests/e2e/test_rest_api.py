@@ -13,9 +13,9 @@ import json
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from tests.support.client import Identity, get, post_json, register_and_login
+from tests.support.waiting import sleep
 from tests.support.ws import connect
 
 DESCRIPTIONS_UPDATED = "Descriptions list updated"
@@ -23,10 +23,6 @@ DESCRIPTIONS_UPDATED = "Descriptions list updated"
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
 
 
 async def active_users(server) -> dict[str, list[str]]:

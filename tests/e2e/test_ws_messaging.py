@@ -8,7 +8,6 @@ read here, to check what the server stored.
 
 from __future__ import annotations
 
-import inspect
 import json
 import sqlite3
 import time
@@ -19,12 +18,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 
 from tests.support.client import Identity, get, register_and_login
 from tests.support.envelope import decrypt_with, rfc3339_unix_nanos
 from tests.support.server import make_config as server_config
 from tests.support.server import start_server, stop_server
+from tests.support.waiting import sleep, wait_for
 from tests.support.ws import (
     HandshakeRefused,
     broadcast_frame,
@@ -43,24 +42,6 @@ SYSTEM_FIELDS = {"id", "from", "to", "timestamp", "content", "status"}
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for(predicate, what: str, timeout: float = 5.0, interval=0.02):
-    """Poll ``predicate`` (sync or async) until truthy; its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await sleep(interval)
 
 
 def db_rows(server, sql: str, *params) -> list[tuple]:

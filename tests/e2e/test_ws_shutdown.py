@@ -16,18 +16,14 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 
 from tests.support.client import Identity, login, post_json, register_and_login
 from tests.support.envelope import decrypt_with
 from tests.support.server import make_config, start_server, stop_server
+from tests.support.waiting import sleep
 from tests.support.ws import connect, direct_frame
 
 GOING_AWAY = 1001
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
 
 
 def db_rows(path: str, sql: str, args=()) -> list[tuple]:

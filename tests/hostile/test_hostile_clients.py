@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import gc
-import inspect
 import itertools
 import json
 import os
@@ -28,12 +27,12 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from dkserver.config import Config, ConfigError, from_sources
 from tests.support.client import Identity, get, post_json, register, register_and_login
 from tests.support.server import make_config, start_server, stop_server
+from tests.support.waiting import sleep, wait_for
 from tests.support.ws import (
     HandshakeRefused,
     connect,
@@ -49,24 +48,6 @@ ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for(predicate, what: str, timeout: float = 5.0, interval=0.02):
-    """Poll ``predicate`` (sync or async) until truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await sleep(interval)
 
 
 def rss_bytes() -> int:

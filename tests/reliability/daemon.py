@@ -24,8 +24,9 @@ from pathlib import Path
 
 from treq.client import HTTPClient
 from twisted.internet import reactor, ssl
-from twisted.internet.task import deferLater
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+from tests.support.waiting import sleep
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -35,10 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
 
 
 class DaemonHandle:

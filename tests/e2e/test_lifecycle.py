@@ -15,10 +15,9 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor, ssl
 from twisted.internet.task import deferLater
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from tests.support.client import Identity, get, login, register
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.server import make_config, start_server, stop_server, trusting_client
 
 ROOT = Path(__file__).resolve().parents[2]
 from tests.support.paths import FIXTURES  # noqa: E402
@@ -112,9 +111,7 @@ async def _wait_for_port(port: int, proc: subprocess.Popen) -> None:
 
 def _client_for(cert_path) -> treq.client.HTTPClient:
     trust = ssl.Certificate.loadPEM(Path(cert_path).read_bytes())
-    return treq.client.HTTPClient(
-        Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust))
-    )
+    return trusting_client(trust)
 
 
 async def _exercise_running_daemon(proc, https, http, cert_path):

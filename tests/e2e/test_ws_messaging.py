@@ -9,7 +9,6 @@ read here, to check what the server stored.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from tests.support.client import Identity, get, register_and_login
+from tests.support.db import db_rows
 from tests.support.envelope import decrypt_with, rfc3339_unix_nanos
 from tests.support.server import make_config as server_config
 from tests.support.server import start_server, stop_server
@@ -42,16 +42,6 @@ SYSTEM_FIELDS = {"id", "from", "to", "timestamp", "content", "status"}
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def db_rows(server, sql: str, *params) -> list[tuple]:
-    """Read the server's SQLite file (a separate, read-only connection)."""
-    uri = Path(server.config.db_path).resolve().as_uri() + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=5)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def message_count(server) -> int:

@@ -15,9 +15,7 @@ import itertools
 import json
 import os
 import random
-import sqlite3
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -31,6 +29,7 @@ from zope.interface import implementer
 
 from dkserver.config import Config, ConfigError, from_sources
 from tests.support.client import Identity, get, post_json, register, register_and_login
+from tests.support.db import db_rows
 from tests.support.server import make_config, start_server, stop_server
 from tests.support.waiting import sleep, wait_for
 from tests.support.ws import (
@@ -63,15 +62,6 @@ def settled_rss() -> int:
     for _ in range(3):
         gc.collect()
     return rss_bytes()
-
-
-def db_rows(server, sql: str, *params) -> list[tuple]:
-    uri = Path(server.config.db_path).resolve().as_uri() + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=5)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def live_tls_protocols(server) -> int:

@@ -22,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from treq.client import HTTPClient
 from twisted.internet import reactor, ssl
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 
+from tests.support.server import trusting_client
 from tests.support.waiting import sleep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,13 +45,7 @@ class DaemonHandle:
         self.https_port = https_port
         self.trust = ssl.Certificate.loadPEM(cert_path.read_bytes())
         self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.http = HTTPClient(
-            Agent(
-                reactor,
-                contextFactory=BrowserLikePolicyForHTTPS(trustRoot=self.trust),
-                pool=self.pool,
-            )
-        )
+        self.http = trusting_client(self.trust, self.pool)
 
     @property
     def base(self) -> str:

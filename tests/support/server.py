@@ -28,6 +28,17 @@ def make_config(tmp_path, **overrides) -> Config:
     return dataclasses.replace(base, **overrides)
 
 
+def trusting_client(trust: ssl.Certificate, pool=None) -> HTTPClient:
+    """A treq client that trusts exactly ``trust`` (the server's dev cert)."""
+    return HTTPClient(
+        Agent(
+            reactor,
+            contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust),
+            pool=pool,
+        )
+    )
+
+
 class RunningServer:
     """A started DkService plus HTTPS clients that trust its certificate."""
 
@@ -38,13 +49,7 @@ class RunningServer:
             self.cert_pem = f.read()
         self.trust = ssl.Certificate.loadPEM(self.cert_pem)
         self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.http = HTTPClient(
-            Agent(
-                reactor,
-                contextFactory=BrowserLikePolicyForHTTPS(trustRoot=self.trust),
-                pool=self.pool,
-            )
-        )
+        self.http = trusting_client(self.trust, self.pool)
 
     @property
     def https_port(self) -> int:

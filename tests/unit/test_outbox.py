@@ -19,7 +19,7 @@ class FakeWire:
         self.written.append(frame)
 
 
-def make(limit: int = 3, delay: float = 0.05):
+def make(limit: int = 3, delay: float = 0.05, **options):
     clock = Clock()
     wire = FakeWire()
     box = Outbox(
@@ -30,6 +30,7 @@ def make(limit: int = 3, delay: float = 0.05):
         on_overflow=lambda: setattr(wire, "overflows", wire.overflows + 1),
         limit=limit,
         proof_delay=delay,
+        **options,
     )
     return clock, wire, box
 
@@ -139,18 +140,7 @@ def test_wait_writable_reports_close():
 
 
 def test_proof_pings_are_prompt_when_sparse_and_rate_limited_when_busy():
-    clock = Clock()
-    wire = FakeWire()
-    box = Outbox(
-        write=wire.write,
-        ping=wire.pings.append,
-        clock=clock,
-        on_confirmed=wire.confirmed.append,
-        on_overflow=lambda: None,
-        limit=10,
-        proof_delay=0.02,
-        proof_interval=0.5,
-    )
+    clock, wire, box = make(limit=10, delay=0.02, proof_interval=0.5)
     box.send("a", ack=1)
     clock.advance(0.02)
     assert len(wire.pings) == 1  # prompt after a quiet period
@@ -165,17 +155,7 @@ def test_proof_pings_are_prompt_when_sparse_and_rate_limited_when_busy():
 
 
 def test_unanswered_proof_ping_counts_as_too_slow():
-    clock = Clock()
-    wire = FakeWire()
-    box = Outbox(
-        write=wire.write,
-        ping=wire.pings.append,
-        clock=clock,
-        on_confirmed=wire.confirmed.append,
-        on_overflow=lambda: setattr(wire, "overflows", wire.overflows + 1),
-        limit=10,
-        proof_timeout=60.0,
-    )
+    clock, wire, box = make(limit=10, delay=0.02, proof_timeout=60.0)
     box.send("a", ack=1)
     clock.advance(0.02)
     assert len(wire.pings) == 1

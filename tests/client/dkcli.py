@@ -17,7 +17,7 @@ from twisted.internet import defer, error, protocol, reactor
 from tests.support.waiting import sleep
 
 REPO = Path(__file__).resolve().parents[2]
-MODULE_CMD = (sys.executable, "-m", "dkserver.client")
+MODULE_CMD = (sys.executable, "-m", "dkclient")
 
 
 @dataclass

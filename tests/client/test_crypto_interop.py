@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from dkserver.client import crypto
-from dkserver.client.account import Client, forward_query
-from dkserver.client.keys import Home, Identity
+from dkclient import crypto
+from dkclient.account import Client, forward_query
+from dkclient.keys import Home, Identity
 from dkserver.ws import frames as server_frames
 from tests.support import envelope as independent
 

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from dkserver.client.account import Client, NotInitialised, token_claims
-from dkserver.client.api import normalize_server
-from dkserver.client.keys import Home, Identity, KeyFileError, validate_user_id
-from dkserver.client.session import Backoff, ws_url
+from dkclient.account import Client, NotInitialised, token_claims
+from dkclient.api import normalize_server
+from dkclient.keys import Home, Identity, KeyFileError, validate_user_id
+from dkclient.session import Backoff, ws_url
 
 
 def test_identity_file_is_private_and_round_trips(tmp_path):

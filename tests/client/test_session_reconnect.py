@@ -8,7 +8,7 @@ import socket
 import pytest_twisted
 from twisted.internet import threads
 
-from dkserver.client import Backoff, Client, Home, Identity, Session, make_ssl_context
+from dkclient import Backoff, Client, Home, Identity, Session, make_ssl_context
 from tests.client.dkcli import Dk, wait_online
 from tests.support.server import make_config, start_server, stop_server
 

@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dkserver.client import crypto
-from dkserver.client.api import Api, ApiError, ClientError
-from dkserver.client.keys import Home, Identity, KeyFileError
+from dkclient import crypto
+from dkclient.api import Api, ApiError, ClientError
+from dkclient.keys import Home, Identity, KeyFileError
 
 DEFAULT_SERVER = "https://localhost:8443"
 #: A stored token this close to its expiry is replaced before use.

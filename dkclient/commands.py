@@ -1,4 +1,4 @@
-"""The ``dk`` commands (see :mod:`dkserver.client.cli` for the parser)."""
+"""The ``dk`` commands (see :mod:`dkclient.cli` for the parser)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import sys
 import time
 from argparse import Namespace
 
-from dkserver.client import cli, crypto
-from dkserver.client.account import Client, Message, UnknownUser, token_claims
-from dkserver.client.api import ApiError, ClientError, make_ssl_context
-from dkserver.client.keys import Home, Identity, validate_user_id, write_private
-from dkserver.client.session import Session, SessionClosed
+from dkclient import cli, crypto
+from dkclient.account import Client, Message, UnknownUser, token_claims
+from dkclient.api import ApiError, ClientError, make_ssl_context
+from dkclient.keys import Home, Identity, validate_user_id, write_private
+from dkclient.session import Session, SessionClosed
 
 #: Read at most this much of a message from stdin.
 MAX_STDIN = 2**20

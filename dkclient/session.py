@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from dkserver.client.account import AuthError, Client, Message
-from dkserver.client.api import ApiError, ClientError, Unreachable
+from dkclient.account import AuthError, Client, Message
+from dkclient.api import ApiError, ClientError, Unreachable
 
 log = logging.getLogger("dk.session")
 

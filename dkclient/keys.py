@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from dkserver.client.crypto import b64d, b64e
+from dkclient.crypto import b64d, b64e
 
 IDENTITY_FILE = "identity.json"
 TOKEN_FILE = "token"  # noqa: S105 - a file name

@@ -3,7 +3,7 @@
 Only the standard library is imported here, so a missing native dependency
 (pynacl, cryptography) is reported with the command that installs it rather
 than a traceback; the commands themselves live in
-:mod:`dkserver.client.commands`.
+:mod:`dkclient.commands`.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         sys.stderr.write(dependency_help(missing))
         return EXIT_MISSING_DEPENDENCY
-    from dkserver.client import commands
+    from dkclient import commands
 
     return commands.run(args)
 

@@ -75,6 +75,14 @@ def check_columns(sql, db_path: str, ids: list[int]) -> None:
     assert rows == [(column, text if kept else None) for text, column, kept in CASES]
     for column, _ in rows:
         assert GO_COLUMN.fullmatch(column), column
+    # The original's broadcast query compares datetime(m.timestamp): SQLite
+    # must still read every column dkserver writes.
+    assert sql(
+        db_path,
+        f"SELECT COUNT(*) FROM messages WHERE id IN ({marks})"
+        " AND datetime(timestamp) IS NOT NULL",
+        tuple(ids),
+    ) == [(len(ids),)]
 
 
 @pytest_twisted.ensureDeferred

@@ -1,11 +1,13 @@
-"""Message timestamps kept exact to the nanosecond.
+"""Message timestamps kept exact to the nanosecond, and to the character.
 
 Signatures cover the sender's instant as Unix nanoseconds, and Python's
 ``datetime`` keeps only microseconds, so dkserver never round-trips a message
 timestamp through ``datetime``.  It keeps the client's text, stores it in the
-original Go server's column format (``2026-11-26 01:45:42.123456789-03:00``)
-and turns it back into RFC 3339 on the way out; both forms name the same
-instant.
+original Go server's column format (``2026-11-26 01:45:42.123456789-03:00``,
+which the original must still be able to read) and, where rendering that
+column would not give back the client's exact text (``+00:00`` instead of
+``Z``, a space or lower-case ``t``/``z``), also keeps the text itself.  Rows
+without the client's text are rendered as the original renders them.
 """
 
 from __future__ import annotations
@@ -87,17 +89,45 @@ def to_storage(text: str) -> str:
     return out
 
 
+def storage_columns(text: str) -> tuple[str, str | None]:
+    """The ``timestamp`` and ``client_timestamp`` columns of a parsed text.
+
+    The second is ``None`` when :func:`from_storage` of the first gives back
+    ``text`` exactly (``T``, and ``Z`` or a non-zero offset: what clients
+    send), so most rows carry no copy.  This runs for every stored message,
+    so it compares characters instead of rendering: ``text`` passed `parse`
+    without ``allow_naive``, so it ends in ``Z``/``z`` or ``±HH:MM``.
+    """
+    rendered_alike = text[10] == "T" and (
+        text[-1] == "Z" or (text[-6] in "+-" and text[-5:] != "00:00")
+    )
+    return to_storage(text), None if rendered_alike else text
+
+
+#: What the original's SQLite driver may have written (mattn/go-sqlite3's
+#: ``SQLiteTimestampFormats``, plus a trailing ``Z`` it strips before parsing).
+_STORED = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})"
+    r"(?:[Tt ]([0-9]{2}:[0-9]{2})(:[0-9]{2}(?:\.[0-9]+)?)?)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
+
+
 def from_storage(text: str) -> str:
-    """Turn a stored timestamp back into RFC 3339 text for clients."""
-    if len(text) > 10 and text[10] in " t":
-        text = text[:10] + "T" + text[11:]
-    if not (text.endswith(("Z", "z")) or _has_offset(text)):
-        text += "Z"
-    return text
+    """Render a stored ``timestamp`` column as the original server does.
 
-
-def _has_offset(text: str) -> bool:
-    return len(text) > 19 and text[-6] in "+-" and text[-3] == ":"
+    ``T`` between date and time, the stored fraction as stored, the stored
+    offset, and ``Z`` for a zero or missing offset (naive values are UTC;
+    Go's RFC 3339 layout writes ``Z`` for any zero offset).  Text in no
+    known form is handed on unchanged.
+    """
+    m = _STORED.fullmatch(text)
+    if m is None:
+        return text
+    date, hour_minute, seconds, zone = m.groups()
+    if zone is None or zone in ("Z", "z", "+00:00", "-00:00"):
+        zone = "Z"
+    return f"{date}T{hour_minute or '00:00'}{seconds or ':00'}{zone}"
 
 
 def now(clock_ns: int | None = None) -> Timestamp:

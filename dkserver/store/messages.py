@@ -21,7 +21,7 @@ DELIVERED = "delivered"
 
 _COLUMNS = (
     "m.id, m.from_user, m.to_user, m.timestamp, m.content, m.status,"
-    " m.is_broadcast, m.signature, m.is_forward_message"
+    " m.is_broadcast, m.signature, m.is_forward_message, m.client_timestamp"
 )
 
 
@@ -125,12 +125,18 @@ class MessageStore:
 
 
 def _row(row: tuple[Any, ...]) -> StoredMessage:
-    mid, from_user, to_user, ts, content, status, bcast, sig, fwd = row
+    mid, from_user, to_user, ts, content, status, bcast, sig, fwd, client_ts = row
+    if client_ts:
+        text = client_ts  # the sender's exact text (schema v4)
+    elif ts:
+        text = timestamps.from_storage(ts)  # as the original renders its rows
+    else:
+        text = timestamps.ZERO_TIME
     return StoredMessage(
         id=mid,
         from_user=from_user,
         to_user=to_user,
-        timestamp=timestamps.from_storage(ts) if ts else timestamps.ZERO_TIME,
+        timestamp=text,
         content=content,
         status=status,
         is_broadcast=bool(bcast),
@@ -150,7 +156,10 @@ def insert_messages_txn(
 
     Ids are assigned here, after the table's AUTOINCREMENT sequence: the
     pool's single connection is the only writer, so no other insert can take
-    them, and explicit ids keep ``sqlite_sequence`` up to date.
+    them, and explicit ids keep ``sqlite_sequence`` up to date.  ``timestamp`` is
+    written in the original's format (it reads this file too), and
+    ``client_timestamp`` only when rendering that would not give back the
+    client's text (see `timestamps.storage_columns`).
     """
     txn.execute(
         "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'),"
@@ -160,21 +169,24 @@ def insert_messages_txn(
     ids = list(range(first, first + len(msgs)))
     txn.executemany(
         "INSERT INTO messages (id, from_user, to_user, timestamp, content, status,"
-        " is_broadcast, signature, is_forward_message, received_ns)"
-        " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+        " is_broadcast, signature, is_forward_message, received_ns,"
+        " client_timestamp)"
+        " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
         [
             (
                 mid,
                 m.from_user,
                 m.to_user,
-                timestamps.to_storage(m.timestamp),
+                stored_ts,
                 m.content,
                 int(m.is_broadcast),
                 m.signature or "",  # the original writes Go's "" for none
                 int(m.is_forward_message),
                 m.received_ns,
+                client_ts,
             )
             for mid, m in zip(ids, msgs, strict=True)
+            for stored_ts, client_ts in (timestamps.storage_columns(m.timestamp),)
         ],
     )
     return ids

@@ -34,7 +34,7 @@ from dkserver.store.errors import DatabaseUnusable, StoreError
 
 log = Logger()
 
-LATEST_VERSION = 3
+LATEST_VERSION = 4
 
 _COPY_CHUNK = 1000
 
@@ -349,8 +349,19 @@ def _to_v3(conn: sqlite3.Connection) -> None:
         )
 
 
+def _to_v4(conn: sqlite3.Connection) -> None:
+    """``messages.client_timestamp``: the sender's exact timestamp text, kept
+    only where rendering the ``timestamp`` column (the original's format,
+    which it parses and so must keep) would not give it back, say ``Z``
+    sent and ``+00:00`` stored.  NULL in every older row, which is then
+    rendered as the original renders it."""
+    if "client_timestamp" not in _columns(conn, "messages"):
+        conn.execute("ALTER TABLE messages ADD COLUMN client_timestamp TEXT")
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _to_v1,
     2: _to_v2,
     3: _to_v3,
+    4: _to_v4,
 }

@@ -3,7 +3,7 @@
 ``tests/fixtures/original-server.db`` holds two encrypted, signed direct
 messages from alice to bob and a broadcast from carol, all pending (see
 tests/fixtures/README.md).  After dkserver upgrades the file in place, bob
-must get all three exactly as the clients sent them, once.
+must get all three exactly as the clients sent them (timestamp text too), once.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ def _check_relayed(frame: dict, sent: dict, sender: Identity) -> None:
         sent["content"],
     )
     assert frame["signature"] == sent["signature"]
+    # The original's rows have no client text: rendered as the original
+    # renders them, which is the text the clients sent ("…Z" for "+00:00").
+    assert frame["timestamp"] == sent["timestamp"]
     assert rfc3339_unix_nanos(frame["timestamp"]) == sent["unix_nanos"]
     assert verify_frame(frame, sender.public_key_b64)
     assert isinstance(frame["id"], int) and frame["id"] > 0

@@ -72,11 +72,11 @@ async def test_timestamp_is_kept_to_the_nanosecond_with_sender_offset(
     (zmid,) = await store.messages.add_many(
         [msg("alice", "bob", timestamp="2027-01-15T07:00:00.1Z")]
     )
-    assert (await store.messages.get(zmid)).timestamp == "2027-01-15T07:00:00.1+00:00"
-    rows = sql(db_path, "SELECT timestamp FROM messages ORDER BY id")
+    assert (await store.messages.get(zmid)).timestamp == "2027-01-15T07:00:00.1Z"
+    rows = sql(db_path, "SELECT timestamp, client_timestamp FROM messages ORDER BY id")
     assert rows == [
-        ("2027-01-15 08:00:00.000000123+01:00",),
-        ("2027-01-15 07:00:00.1+00:00",),
+        ("2027-01-15 08:00:00.000000123+01:00", None),
+        ("2027-01-15 07:00:00.1+00:00", None),
     ]
 
 

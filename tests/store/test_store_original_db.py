@@ -41,7 +41,8 @@ async def test_original_database_upgrades_in_place_and_delivers(original_db, sql
             "id": 2,
             "from": "alice",
             "to": "bob",
-            "timestamp": "2026-11-26T04:45:43.000000001+00:00",
+            # as the original renders its own row, and as alice sent it
+            "timestamp": "2026-11-26T04:45:43.000000001Z",
             "content": SENT[1]["content"],
             "status": "pending",
             "signature": SENT[1]["signature"],
@@ -57,6 +58,7 @@ async def test_original_database_upgrades_in_place_and_delivers(original_db, sql
                 True,
             )
             assert timestamps.parse(b.timestamp).unix_nanos == carol["unix_nanos"]
+            assert b.timestamp == carol["timestamp"]
             assert (b.content, b.signature) == (carol["content"], carol["signature"])
         assert await store.messages.undelivered_broadcasts("carol") == []
 
@@ -110,9 +112,18 @@ async def test_original_database_upgrades_in_place_and_delivers(original_db, sql
     assert sql(
         original_db, "SELECT seq FROM sqlite_sequence WHERE name='messages'"
     ) == [(4,)]
-    # the new row is stored in the original's format
-    assert sql(original_db, "SELECT timestamp, status FROM messages WHERE id = 4") == [
-        ("2026-11-26 05:00:00.5+00:00", "pending")
+    # the new row is stored in the original's format; its text needs no copy
+    assert sql(
+        original_db,
+        "SELECT timestamp, status, client_timestamp FROM messages WHERE id = 4",
+    ) == [("2026-11-26 05:00:00.5+00:00", "pending", None)]
+    # the original's rows are untouched
+    assert sql(
+        original_db, "SELECT timestamp, client_timestamp FROM messages WHERE id < 4"
+    ) == [
+        ("2026-11-26 01:45:42.123456789-03:00", None),
+        ("2026-11-26 04:45:43.000000001+00:00", None),
+        ("2026-11-26 10:15:44.987654321+05:30", None),
     ]
 
 

@@ -62,6 +62,7 @@ async def test_fresh_file_gets_full_schema_at_latest_version(db_path, sql):
         "signature",
         "is_forward_message",
         "received_ns",
+        "client_timestamp",
     ]
     assert columns(db_path, "users") == [
         "user_id",

@@ -121,7 +121,8 @@ async def test_trackers_replace_all_and_public_list_newest_first(server):
     # one row per (user, name) on disk
     assert db_rows(
         server,
-        "SELECT user_id, tracker_name FROM user_trackers ORDER BY user_id, tracker_name",
+        "SELECT user_id, tracker_name FROM user_trackers"
+        " ORDER BY user_id, tracker_name",
     ) == [("alice", "a"), ("alice", "c"), ("bob", "b")]
 
 

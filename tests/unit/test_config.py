@@ -124,3 +124,11 @@ def test_missing_operator_folder_is_a_config_error(tmp_path, key):
 def test_bad_write_limits_are_config_errors(key, raw):
     with pytest.raises(ConfigError, match=key):
         from_sources({}, {key: raw})
+
+
+def test_missing_operator_folder_stops_twistd_with_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("DK_APP_DIR", str(tmp_path / "nope"))
+    with pytest.raises(usage.UsageError) as info:
+        Options().parseOptions([])
+    assert str(info.value).startswith("DK_APP_DIR: ")
+    assert "\n" not in str(info.value)

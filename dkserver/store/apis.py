@@ -17,6 +17,7 @@ from twisted.enterprise import adbapi
 
 from dkserver import timestamps
 from dkserver.store.errors import StoreError
+from dkserver.store.schema import utc_time_or_null
 
 
 class TooManyApis(StoreError):
@@ -165,7 +166,7 @@ def _for_user_txn(txn: adbapi.Transaction, user_id: str) -> list[Api]:
 SELECT_EVERYONE = (
     f"SELECT {_COLUMNS}, u.username FROM user_apis a"
     " JOIN users u ON u.user_id = a.user_id"
-    " ORDER BY a.updated_at DESC, a.id DESC"
+    f" ORDER BY {utc_time_or_null('a.updated_at')} DESC, a.id DESC"
 )
 
 

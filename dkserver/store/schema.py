@@ -402,16 +402,30 @@ def _to_v5(conn: sqlite3.Connection) -> None:
     conn.execute(_USER_APIS)
     for table, name_column in _NAMED_TABLES:
         _normalize_times(conn, table)
+        # Unreadable times (NULL after normalizing) count as the oldest.
         conn.execute(
             f"DELETE FROM {table} WHERE id IN (SELECT id FROM ("
             f"  SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id, {name_column}"
-            "   ORDER BY updated_at DESC, id DESC) AS rank"
+            f"   ORDER BY {utc_time_or_null('updated_at')} DESC, id DESC) AS rank"
             f"  FROM {table}) WHERE rank > 1)"
         )
         conn.execute(
             f"CREATE UNIQUE INDEX IF NOT EXISTS {table}_user_name"
             f" ON {table}(user_id, {name_column})"
         )
+
+
+def utc_time_or_null(column: str) -> str:
+    """SQL: ``column`` if it holds the normalized UTC form, else NULL.
+
+    Sorting on this puts rows whose time the original wrote as something
+    unreadable last in ``DESC`` order instead of first (letters sort after
+    digits).
+    """
+    return (
+        f"CASE WHEN {column} LIKE '____-__-__ __:__:__._________+00:00'"
+        f" THEN {column} END"
+    )
 
 
 def _normalize_times(conn: sqlite3.Connection, table: str) -> None:

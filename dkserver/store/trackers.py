@@ -24,6 +24,7 @@ from twisted.enterprise import adbapi
 
 from dkserver import timestamps
 from dkserver.store.errors import StoreError
+from dkserver.store.schema import utc_time_or_null
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +208,7 @@ def _for_user_txn(txn: adbapi.Transaction, user_id: str) -> list[Tracker]:
 SELECT_EVERYONE = (
     f"SELECT {_COLUMNS}, u.username FROM user_trackers t"
     " JOIN users u ON u.user_id = t.user_id"
-    " ORDER BY t.updated_at DESC, t.id DESC"
+    f" ORDER BY {utc_time_or_null('t.updated_at')} DESC, t.id DESC"
 )
 
 

@@ -113,19 +113,27 @@ async def test_original_rows_collapse_to_newest_and_names_become_unique(
 
 
 @pytest_twisted.ensureDeferred
-async def test_unreadable_legacy_time_survives_the_migration(original_db, sql):
-    sql(
-        original_db,
-        TRACKER_INSERT,
+async def test_unreadable_legacy_time_survives_and_counts_as_oldest(original_db, sql):
+    for row in (
         ("alice", "odd", "", "", "", "yesterday", None),
-    )
+        ("alice", "dup", "kept", "", "", "2026-01-01 00:00:00", "2026-01-01 00:00:00"),
+        ("alice", "dup", "dropped", "", "", "soon", "soon"),
+        ("bob", "x", "", "", "", "2020-01-01 00:00:00", "2020-01-01 00:00:00"),
+    ):
+        sql(original_db, TRACKER_INSERT, row)
     store = await Store.open(original_db, reactor)
     try:
-        (odd,) = await store.trackers.for_user("alice")
+        mine = {t.name: t for t in await store.trackers.for_user("alice")}
+        assert mine["dup"].info.description == "kept"
+        odd = mine["odd"]
         assert (odd.created_at, odd.updated_at) == ("0001-01-01T00:00:00Z",) * 2
+        everyone = await store.trackers.everyone()
+        assert [t.name for t in everyone] == ["dup", "x", "odd"]
     finally:
         await store.close()
-    assert sql(original_db, "SELECT created_at FROM user_trackers") == [("yesterday",)]
+    assert sql(
+        original_db, "SELECT created_at FROM user_trackers WHERE tracker_name = 'odd'"
+    ) == [("yesterday",)]
 
 
 @pytest_twisted.ensureDeferred

@@ -178,9 +178,16 @@ async def test_apis_upsert_get_and_public_list(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_missing_or_invalid_token_is_401_json(server):
+async def test_missing_invalid_or_unknown_users_token_is_401_json(server):
+    # a correctly signed token for a user that is not registered
+    ghost = {"Authorization": f"Bearer {server.service.tokens.issue('ghost')}"}
     for path in ("/user/trackers", "/user/apis"):
-        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "x"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer nope"},
+            {"Authorization": "x"},
+            ghost,
+        ):
             assert_json_error(*await get(server, path, headers), 401)
             assert_json_error(
                 *await post_json(server, path, {"api_name": "x"}, headers), 401

@@ -14,6 +14,10 @@ point it at their existing file). Version 1 upgrades that in place:
   with arbitrary UTC offsets and fraction lengths.
 - indexes for the queries the stores run.
 
+Version 5 (see ``_to_v5``) adds the original's ``user_trackers`` and
+``user_apis`` where missing and makes each name unique per user, keeping the
+newest of any duplicates the original wrote.
+
 Migrations run on the pool's thread, with foreign keys off (a table rebuild
 needs that, and the pragma is a no-op inside a transaction) and all steps in
 one transaction, checked by ``PRAGMA foreign_key_check`` before commit.

@@ -305,7 +305,11 @@ class DkApp:
         """The token's user, if their REST-write bucket has a token (429 if not)."""
         user_id = await self.authenticated_user(request)
         if not self.write_limits.try_take(user_id):
-            self.log.info("rest write rate-limited for {user_id}", user_id=user_id)
+            self.log.warn(
+                "security event rate_limited (rest write) for user {user_id!r}",
+                user_id=user_id,
+                audit=True,
+            )
             raise TooManyRequests()
         return user_id
 

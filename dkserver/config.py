@@ -25,6 +25,12 @@ DEFAULT_KEY = os.path.join("certs", "server.key")
 DEFAULT_LOGIN_RATE = 1.0
 DEFAULT_LOGIN_BURST = 20
 
+# Per user, for REST writes (/user/trackers, /user/apis).  The desktop app
+# posts its tracker list every 10 s (0.1/s); a person saving APIs by hand
+# never reaches 20 in a row.
+DEFAULT_WRITE_RATE = 1.0
+DEFAULT_WRITE_BURST = 20
+
 
 class ConfigError(Exception):
     """A setting is invalid; the message names it."""
@@ -45,6 +51,8 @@ class Config:
     message_burst: int = 10
     login_rate: float = DEFAULT_LOGIN_RATE
     login_burst: int = DEFAULT_LOGIN_BURST
+    write_rate: float = DEFAULT_WRITE_RATE
+    write_burst: int = DEFAULT_WRITE_BURST
     jwt_secret: str | None = field(default=None, repr=False)
     #: Where a generated JWT secret is kept when JWT_SECRET is unset.
     jwt_secret_path: str = ""
@@ -57,6 +65,10 @@ class Config:
     #: user; past either, /ws answers 429.
     #: Where the built client (dk.pyz, scripts/build-client) is served from.
     client_dir: str = "dist"
+    #: Operator folders: tracker packages (/tracker-apps, /tracker-folder/*)
+    #: and desktop app binaries (/download/app/*); None means those are 404.
+    tracker_dir: str | None = None
+    app_dir: str | None = None
     max_connections_per_ip: int = 1000
     max_connections_per_user: int = 32
     challenge_ttl: float = 60.0
@@ -125,6 +137,19 @@ def endpoint_description(key: str, addr: str) -> str:
     )
 
 
+def _folder(key: str, raw: object) -> str | None:
+    """An operator folder: unset is fine (the routes answer 404), a typo is not.
+
+    Checked once at startup; a folder removed later just makes the routes 404.
+    """
+    if raw is None:
+        return None
+    path = str(raw)
+    if not os.path.isdir(path):
+        raise ConfigError(key, f"{path!r} is not an existing directory")
+    return path
+
+
 def _split_list(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
@@ -182,12 +207,24 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
             "LOGIN_BURST_LIMIT",
             pick("login_burst", "LOGIN_BURST_LIMIT", DEFAULT_LOGIN_BURST),
         ),
+        write_rate=_positive_float(
+            "DK_WRITE_RATE_LIMIT",
+            pick("write_rate", "DK_WRITE_RATE_LIMIT", DEFAULT_WRITE_RATE),
+        ),
+        write_burst=_positive_int(
+            "DK_WRITE_BURST_LIMIT",
+            pick("write_burst", "DK_WRITE_BURST_LIMIT", DEFAULT_WRITE_BURST),
+        ),
         jwt_secret=environ.get("JWT_SECRET") or None,
         jwt_secret_path=str(pick("jwt_secret_file", "DK_JWT_SECRET_FILE", "")),
         sqlite_synchronous=sync,
         admin_users=frozenset(_split_list(str(pick("admins", "DK_ADMIN_USERS", "")))),
         allowed_origins=origins,
         client_dir=str(pick("client_dir", "DK_CLIENT_DIR", "dist")),
+        tracker_dir=_folder(
+            "DK_TRACKER_DIR", pick("tracker_dir", "DK_TRACKER_DIR", None)
+        ),
+        app_dir=_folder("DK_APP_DIR", pick("app_dir", "DK_APP_DIR", None)),
         max_connections_per_ip=_positive_int(
             "DK_MAX_CONNECTIONS_PER_IP",
             pick("max_connections_per_ip", "DK_MAX_CONNECTIONS_PER_IP", 1000),

@@ -109,8 +109,17 @@ class DkService(MultiService):
             reactor,
         )
         self.ws_factory = DkWebSocketFactory(config, self.hub, reactor)
+        self.write_limits = BucketRegistry(
+            config.write_rate, config.write_burst, reactor
+        )
         self.app = DkApp(
-            config, self.store, self.auth, self.hub, self.ws_factory, self.metrics
+            config,
+            self.store,
+            self.auth,
+            self.hub,
+            self.ws_factory,
+            self.metrics,
+            write_limits=self.write_limits,
         )
         self.site = DkSite(
             self.app.resource(),
@@ -148,6 +157,7 @@ class DkService(MultiService):
             self.login_ip_limits,
             self.login_user_limits,
             self.message_limits,
+            self.write_limits,
         ):
             make_refill_service(registry, 5.0, reactor).setServiceParent(self.timers)
         periodic_service(

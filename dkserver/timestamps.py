@@ -13,6 +13,7 @@ without the client's text are rendered as the original renders them.
 from __future__ import annotations
 
 import calendar
+import datetime
 import re
 import time
 from dataclasses import dataclass
@@ -147,3 +148,38 @@ def from_unix_nanos(ns: int) -> Timestamp:
         base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
         _last_second = (secs, base)
     return Timestamp(ns, f"{base}.{frac:09d}Z")
+
+
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def utc_storage_text(ns: int) -> str | None:
+    """``ns`` as fixed-width UTC column text (``2026-11-26 04:45:42.123456789+00:00``).
+
+    Fixed width and one offset make the text sort in time order, so ``ORDER
+    BY updated_at`` needs no parsing.  ``None`` outside years 1-9999.
+    """
+    secs, frac = divmod(ns, 1_000_000_000)
+    try:
+        base = (_EPOCH + datetime.timedelta(seconds=secs)).isoformat(" ")
+    except OverflowError:
+        return None
+    return f"{base}.{frac:09d}+00:00"
+
+
+def stored_to_rfc3339(text: object) -> str:
+    """A row's time column as Go's ``time.Time`` marshals it, in UTC.
+
+    Go writes RFC 3339 with the fraction's trailing zeros trimmed.  Legacy
+    text (naive, any offset) is accepted; NULL or text that is no timestamp
+    becomes Go's zero time, as a failed scan into ``time.Time`` would leave it.
+    """
+    try:
+        ns = parse(text, allow_naive=True).unix_nanos  # type: ignore[arg-type]
+    except TimestampError:
+        return ZERO_TIME
+    stored = utc_storage_text(ns)
+    if stored is None:
+        return ZERO_TIME
+    day_time, frac = stored[:19], stored[20:29].rstrip("0")
+    return f"{day_time[:10]}T{day_time[11:]}{'.' + frac if frac else ''}Z"

@@ -13,15 +13,19 @@ from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
 from dkserver.store.analytics import AnalyticsStore
+from dkserver.store.apis import Api, ApiStore, TooManyApis
 from dkserver.store.descriptions import DescriptionStore
 from dkserver.store.errors import DatabaseUnusable, StoreError, UserExists
 from dkserver.store.messages import MessageStore, NewMessage, StoredMessage
 from dkserver.store.pool import open_pool
 from dkserver.store.schema import LATEST_VERSION, migrate, preflight
+from dkserver.store.trackers import Tracker, TrackerInfo, TrackerStore
 from dkserver.store.users import User, UserStore
 
 __all__ = [
     "AnalyticsStore",
+    "Api",
+    "ApiStore",
     "DatabaseUnusable",
     "DescriptionStore",
     "MessageStore",
@@ -29,6 +33,10 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredMessage",
+    "TooManyApis",
+    "Tracker",
+    "TrackerInfo",
+    "TrackerStore",
     "User",
     "UserExists",
     "UserStore",
@@ -47,6 +55,8 @@ class Store:
         self.messages = MessageStore(pool)
         self.descriptions = DescriptionStore(pool)
         self.analytics = AnalyticsStore(pool)
+        self.trackers = TrackerStore(pool)
+        self.apis = ApiStore(pool)
 
     @property
     def pool(self) -> adbapi.ConnectionPool:

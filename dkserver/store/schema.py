@@ -14,6 +14,10 @@ point it at their existing file). Version 1 upgrades that in place:
   with arbitrary UTC offsets and fraction lengths.
 - indexes for the queries the stores run.
 
+Version 5 (see ``_to_v5``) adds the original's ``user_trackers`` and
+``user_apis`` where missing and makes each name unique per user, keeping the
+newest of any duplicates the original wrote.
+
 Migrations run on the pool's thread, with foreign keys off (a table rebuild
 needs that, and the pragma is a no-op inside a transaction) and all steps in
 one transaction, checked by ``PRAGMA foreign_key_check`` before commit.
@@ -34,7 +38,7 @@ from dkserver.store.errors import DatabaseUnusable, StoreError
 
 log = Logger()
 
-LATEST_VERSION = 4
+LATEST_VERSION = 5
 
 _COPY_CHUNK = 1000
 
@@ -359,9 +363,99 @@ def _to_v4(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE messages ADD COLUMN client_timestamp TEXT")
 
 
+# Version 5: the original's tracker and API tables, one row per name.
+_USER_TRACKERS = """
+CREATE TABLE IF NOT EXISTS user_trackers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    tracker_name TEXT NOT NULL,
+    tracker_description TEXT,
+    tracker_version TEXT,
+    tracker_documents TEXT,  -- JSON object with datasets and templates maps
+    created_at DATETIME DEFAULT CURRENT_TIMESTAMP,
+    updated_at DATETIME DEFAULT CURRENT_TIMESTAMP,
+    FOREIGN KEY(user_id) REFERENCES users(user_id)
+)"""
+
+_USER_APIS = """
+CREATE TABLE IF NOT EXISTS user_apis (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    api_name TEXT NOT NULL,
+    documents TEXT,  -- JSON array of document names
+    policy TEXT,
+    created_at DATETIME DEFAULT CURRENT_TIMESTAMP,
+    updated_at DATETIME DEFAULT CURRENT_TIMESTAMP,
+    FOREIGN KEY(user_id) REFERENCES users(user_id)
+)"""
+
+#: table -> the column that names a row within one user's rows
+_NAMED_TABLES = (("user_trackers", "tracker_name"), ("user_apis", "api_name"))
+
+
+def _to_v5(conn: sqlite3.Connection) -> None:
+    """Create the tables where the original never did; make names unique.
+
+    The original checked for an existing name and then inserted, so two
+    concurrent requests could leave two rows of one name.  Its timestamps are
+    Go's local-time text (``2026-11-26 01:45:42.123456789-03:00``) or SQLite's
+    naive UTC ``CURRENT_TIMESTAMP``; they are rewritten as UTC in one fixed
+    format first, so that ``ORDER BY updated_at`` (newest first, and "newest
+    duplicate wins" here) compares instants, not text.  Text that is no
+    timestamp is left alone; it reads as Go's zero time.
+    """
+    conn.execute(_USER_TRACKERS)
+    conn.execute(_USER_APIS)
+    for table, name_column in _NAMED_TABLES:
+        _normalize_times(conn, table)
+        # Unreadable times (NULL after normalizing) count as the oldest.
+        conn.execute(
+            f"DELETE FROM {table} WHERE id IN (SELECT id FROM ("
+            f"  SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id, {name_column}"
+            f"   ORDER BY {utc_time_or_null('updated_at')} DESC, id DESC) AS rank"
+            f"  FROM {table}) WHERE rank > 1)"
+        )
+        conn.execute(
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {table}_user_name"
+            f" ON {table}(user_id, {name_column})"
+        )
+
+
+def utc_time_or_null(column: str) -> str:
+    """SQL: ``column`` if it holds the normalized UTC form, else NULL.
+
+    Sorting on this puts rows whose time the original wrote as something
+    unreadable last in ``DESC`` order instead of first (letters sort after
+    digits).
+    """
+    return (
+        f"CASE WHEN {column} LIKE '____-__-__ __:__:__._________+00:00'"
+        f" THEN {column} END"
+    )
+
+
+def _normalize_times(conn: sqlite3.Connection, table: str) -> None:
+    rows = conn.execute(f"SELECT id, created_at, updated_at FROM {table}").fetchall()
+    updates = []
+    for row_id, created, updated in rows:
+        new_created, new_updated = _utc_text(created), _utc_text(updated)
+        if (new_created, new_updated) != (created, updated):
+            updates.append((new_created, new_updated, row_id))
+    conn.executemany(
+        f"UPDATE {table} SET created_at = ?, updated_at = ? WHERE id = ?", updates
+    )
+
+
+def _utc_text(value: object) -> object:
+    ns = _legacy_ns(value)
+    text = None if ns is None else timestamps.utc_storage_text(ns)
+    return value if text is None else text
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _to_v1,
     2: _to_v2,
     3: _to_v3,
     4: _to_v4,
+    5: _to_v5,
 }

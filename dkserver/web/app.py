@@ -19,12 +19,16 @@ from werkzeug.exceptions import HTTPException
 from dkserver.auth.handler import AuthHandler
 from dkserver.config import Config
 from dkserver.metrics import CONTENT_TYPE_LATEST, Metrics
-from dkserver.store import Store
+from dkserver.ratelimit import BucketRegistry
+from dkserver.store import Store, TooManyApis
+from dkserver.web import trackers
+from dkserver.web.files import OperatorFiles
 from dkserver.web.pages import Pages
 from dkserver.web.responses import (
     ApiError,
     BadRequest,
     NotFound,
+    TooManyRequests,
     error_response,
     json_response,
     read_json,
@@ -62,6 +66,8 @@ class DkApp:
         hub: Hub,
         ws_factory: Any,
         metrics: Metrics,
+        *,
+        write_limits: BucketRegistry,
     ) -> None:
         self.config = config
         self.store = store
@@ -70,6 +76,8 @@ class DkApp:
         self.ws_factory = ws_factory
         self.metrics = metrics
         self.pages = Pages(config.client_dir)
+        self.write_limits = write_limits
+        self.files = OperatorFiles(config.tracker_dir, config.app_dir)
 
     def resource(self):
         return self.app.resource()
@@ -288,6 +296,75 @@ class DkApp:
     @app.route("/download/<string:platform>", methods=["GET"])
     def download(self, request: IRequest, platform: str):
         return self.pages.artifact(request, platform)
+
+    # -- endpoints of the current original server: trackers, APIs, files ----------
+    # (werkzeug's string converter matches no "/", so /download/app/<platform>
+    # and /download/<platform> never shadow each other.)
+
+    async def writing_user(self, request: IRequest) -> str:
+        """The token's user, if their REST-write bucket has a token (429 if not)."""
+        user_id = await self.authenticated_user(request)
+        if not self.write_limits.try_take(user_id):
+            self.log.warn(
+                "security event rate_limited (rest write) for user {user_id!r}",
+                user_id=user_id,
+                audit=True,
+            )
+            raise TooManyRequests()
+        return user_id
+
+    @app.route("/user/trackers", methods=["POST"])
+    async def set_trackers(self, request: IRequest) -> bytes:
+        user_id = await self.writing_user(request)
+        new_list = trackers.parse_tracker_list(read_json(request))
+        await self.store.trackers.replace(user_id, new_list)
+        return text_response(request, "Tracker list updated successfully")
+
+    @app.route("/user/trackers", methods=["GET"])
+    async def get_trackers(self, request: IRequest) -> bytes:
+        user_id = await self.authenticated_user(request)
+        rows = await self.store.trackers.for_user(user_id)
+        return json_response(request, [trackers.tracker_json(t) for t in rows])
+
+    @app.route("/trackers", methods=["GET"])
+    async def public_trackers(self, request: IRequest) -> bytes:
+        rows = await self.store.trackers.everyone()
+        return json_response(request, [trackers.tracker_json(t) for t in rows])
+
+    @app.route("/user/apis", methods=["POST"])
+    async def save_api(self, request: IRequest) -> bytes:
+        user_id = await self.writing_user(request)
+        name, documents, policy = trackers.parse_api(read_json(request))
+        try:
+            await self.store.apis.upsert(
+                user_id, name, documents, policy, trackers.MAX_APIS
+            )
+        except TooManyApis as e:
+            raise ApiError(409, f"You already have {e.limit} APIs, the most allowed")
+        return text_response(request, "API saved successfully")
+
+    @app.route("/user/apis", methods=["GET"])
+    async def get_apis(self, request: IRequest) -> bytes:
+        user_id = await self.authenticated_user(request)
+        rows = await self.store.apis.for_user(user_id)
+        return json_response(request, [trackers.api_json(a) for a in rows])
+
+    @app.route("/apis", methods=["GET"])
+    async def public_apis(self, request: IRequest) -> bytes:
+        rows = await self.store.apis.everyone()
+        return json_response(request, [trackers.api_json(a) for a in rows])
+
+    @app.route("/tracker-apps", methods=["GET"])
+    def tracker_apps(self, request: IRequest):
+        return self.files.tracker_list(request)
+
+    @app.route("/tracker-folder/<string:name>", methods=["GET"])
+    def tracker_folder(self, request: IRequest, name: str):
+        return self.files.tracker_package(request, name)
+
+    @app.route("/download/app/<string:platform>", methods=["GET"])
+    def download_app(self, request: IRequest, platform: str):
+        return self.files.app(request, platform)
 
 
 def _is_loopback(host: str) -> bool:

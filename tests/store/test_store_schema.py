@@ -48,7 +48,7 @@ async def test_fresh_file_gets_full_schema_at_latest_version(db_path, sql):
         n for (n,) in sql(db_path, "SELECT name FROM sqlite_master WHERE type='table'")
     }
     assert TABLES <= tables
-    assert "user_trackers" not in tables
+    assert {"user_trackers", "user_apis"} <= tables
     assert sql(db_path, "PRAGMA user_version") == [(LATEST_VERSION,)]
     assert sql(db_path, "PRAGMA journal_mode") == [("wal",)]
     assert columns(db_path, "messages") == [

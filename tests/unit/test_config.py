@@ -92,3 +92,43 @@ def test_twistd_options_turn_errors_into_usage_errors():
     assert options.config.https == "127.0.0.1:8443"
     assert options.config.http is None
     assert options.config.db_path == "/tmp/x.db"
+
+
+def test_write_limits_and_operator_folders(tmp_path):
+    config = from_sources({}, {})
+    assert (config.write_rate, config.write_burst) == (1.0, 20)
+    assert config.tracker_dir is None and config.app_dir is None
+    env = {
+        "DK_WRITE_RATE_LIMIT": "0.5",
+        "DK_WRITE_BURST_LIMIT": "3",
+        "DK_TRACKER_DIR": str(tmp_path),
+        "DK_APP_DIR": str(tmp_path),
+    }
+    config = from_sources({}, env)
+    assert (config.write_rate, config.write_burst) == (0.5, 3)
+    assert config.tracker_dir == config.app_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("key", ["DK_TRACKER_DIR", "DK_APP_DIR"])
+def test_missing_operator_folder_is_a_config_error(tmp_path, key):
+    with pytest.raises(ConfigError, match=f"^{key}: .* is not an existing directory"):
+        from_sources({}, {key: str(tmp_path / "nope")})
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=key):
+        from_sources({}, {key: str(tmp_path / "file")})
+
+
+@pytest.mark.parametrize(
+    ("key", "raw"), [("DK_WRITE_RATE_LIMIT", "0"), ("DK_WRITE_BURST_LIMIT", "x")]
+)
+def test_bad_write_limits_are_config_errors(key, raw):
+    with pytest.raises(ConfigError, match=key):
+        from_sources({}, {key: raw})
+
+
+def test_missing_operator_folder_stops_twistd_with_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("DK_APP_DIR", str(tmp_path / "nope"))
+    with pytest.raises(usage.UsageError) as info:
+        Options().parseOptions([])
+    assert str(info.value).startswith("DK_APP_DIR: ")
+    assert "\n" not in str(info.value)

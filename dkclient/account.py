@@ -19,6 +19,7 @@ from typing import Any
 
 from dkclient import crypto
 from dkclient.api import Api, ApiError, ClientError
+from dkclient.exits import EXIT_AUTH, EXIT_NOT_INITIALISED, EXIT_UNKNOWN_USER
 from dkclient.keys import Home, Identity, KeyFileError
 
 DEFAULT_SERVER = "https://localhost:8443"
@@ -29,19 +30,19 @@ TOKEN_MARGIN = 60
 class NotInitialised(ClientError):
     """No identity in home: run ``dk init`` first."""
 
-    exit_code = 3
+    exit_code = EXIT_NOT_INITIALISED
 
 
 class AuthError(ClientError):
     """Login failed (unknown user, wrong key, rate limited)."""
 
-    exit_code = 5
+    exit_code = EXIT_AUTH
 
 
 class UnknownUser(ClientError):
     """The server has no such user."""
 
-    exit_code = 6
+    exit_code = EXIT_UNKNOWN_USER
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """``dk``: the command-line client (argument parsing and dispatch).
 
-Only the standard library is imported here, so a missing native dependency
-(pynacl, cryptography) is reported with the command that installs it rather
-than a traceback; the commands themselves live in
-:mod:`dkclient.commands`.
+Only the standard library (and :mod:`dkclient.exits`) is imported here, so a
+missing native dependency (pynacl, cryptography) is reported with the command
+that installs it rather than a traceback.  The commands live in
+:mod:`dkclient.commands`, imported once the dependencies are known to be
+there; they take the parsed arguments and never import this module, so the
+import graph stays one-way (cli -> commands).
 """
 
 from __future__ import annotations
@@ -13,20 +15,8 @@ import importlib
 import os
 import sys
 
-__version__ = "0.1.0"
-
-# Exit statuses (also in docs/client.md).
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_NOT_INITIALISED = 3
-EXIT_UNREACHABLE = 4
-EXIT_AUTH = 5
-EXIT_UNKNOWN_USER = 6
-EXIT_MISSING_DEPENDENCY = 7
-EXIT_TIMEOUT = 124
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141
+from dkclient import __version__
+from dkclient.exits import EXIT_MISSING_DEPENDENCY, EXIT_USAGE
 
 _DEPENDENCIES = (
     ("nacl.bindings", "pynacl"),

@@ -1,4 +1,8 @@
-"""The ``dk`` commands (see :mod:`dkclient.cli` for the parser)."""
+"""The ``dk`` commands: each takes the client and the parsed arguments.
+
+The parser is :mod:`dkclient.cli`, which imports this module (never the
+other way round).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import sys
 import time
 from argparse import Namespace
 
-from dkclient import cli, crypto
+from dkclient import __version__, crypto, exits
 from dkclient.account import Client, Message, UnknownUser, token_claims
 from dkclient.api import ApiError, ClientError, make_ssl_context
 from dkclient.keys import Home, Identity, validate_user_id, write_private
@@ -21,11 +25,11 @@ MAX_STDIN = 2**20
 
 
 class UsageError(ClientError):
-    exit_code = cli.EXIT_USAGE
+    exit_code = exits.EXIT_USAGE
 
 
 class TimedOut(ClientError):
-    exit_code = cli.EXIT_TIMEOUT
+    exit_code = exits.EXIT_TIMEOUT
 
 
 def err(text: str) -> None:
@@ -65,11 +69,11 @@ def run(args: Namespace) -> int:
         client = make_client(args)
         return handler(client, args) or 0
     except KeyboardInterrupt:
-        return cli.EXIT_INTERRUPTED
+        return exits.EXIT_INTERRUPTED
     except BrokenPipeError:  # dk listen | head -1
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return cli.EXIT_BROKEN_PIPE
+        return exits.EXIT_BROKEN_PIPE
     except ClientError as e:
         err(f"error: {e}")
         return e.exit_code
@@ -173,7 +177,7 @@ def cmd_version(client: Client, args: Namespace) -> int:
     import nacl
     import websockets
 
-    out(f"dk {cli.__version__}")
+    out(f"dk {__version__}")
     out(f"python {sys.version.split()[0]} ({sys.executable})")
     out(f"websockets {websockets.__version__} ({os.path.dirname(websockets.__file__)})")
     out(f"pynacl {nacl.__version__}")

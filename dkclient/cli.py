@@ -39,8 +39,9 @@ environment:
   DK_INSECURE  1 to skip certificate verification (like --insecure)
 
 exit status: 0 ok, 1 error, 2 usage, 3 not initialised, 4 server unreachable,
-5 login failed, 6 unknown user, 7 missing dependency, 124 listen --timeout
-passed before --count messages arrived, 130 interrupted.
+5 login failed, 6 unknown user, 7 missing dependency, 8 key changed (see
+dk trust), 124 listen --timeout passed before --count messages arrived,
+130 interrupted.
 """
 
 
@@ -148,6 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", metavar="TEXT", nargs="*")
     p.add_argument("--user", metavar="USER", help="show USER's descriptions")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "trust",
+        help="accept USER's new key (after a key-change warning)",
+        description="Pin USER's key: the one the server gives now, or --key. "
+        "dk pins every peer's key the first time it sees it and warns when the "
+        "server later gives another; compare the fingerprint with USER (dk whoami "
+        "shows it) before accepting it.",
+    )
+    p.add_argument("user", metavar="USER")
+    p.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+    p.add_argument(
+        "--key",
+        metavar="BASE64",
+        help="pin this public key (got from USER directly) instead of the server's",
+    )
 
     p = sub.add_parser(
         "serve-forward",

@@ -83,7 +83,7 @@ def run(args: Namespace) -> int:
         return exits.EXIT_BROKEN_PIPE
     except KeyChanged as e:
         warn_key_change(e.change)
-        err(f"error: {e}")
+        err(f"error: not sent to {e.change.user_id!r} (their key changed)")
         return e.exit_code
     except ClientError as e:
         err(f"error: {e}")

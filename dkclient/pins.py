@@ -73,14 +73,15 @@ class KeyChange:
         user = self.user_id
         return [
             f"WARNING: THE KEY OF {user!r} ON {self.server} HAS CHANGED",
-            f"  pinned key ({self.pinned.how}, {self.pinned.pinned_at}): "
-            f"{fingerprint(self.pinned.public_key)}",
-            f"  key the server gives now: {fingerprint(self.current)}",
-            f"Either {user} registered a new key, or the server is impersonating "
-            "them.  Messages signed with the new key are shown UNVERIFIED and "
-            "nothing is encrypted to it.",
+            f"  pinned key:     {fingerprint(self.pinned.public_key)}"
+            f"  ({self.pinned.how}, {self.pinned.pinned_at})",
+            f"  server now has: {fingerprint(self.current)}",
+            f"Either {user} registered a new key, or the server is impersonating them.",
+            "Messages signed with the new key are shown UNVERIFIED; nothing is "
+            "encrypted to it.",
             f"Compare the new fingerprint with {user} (`dk whoami` shows theirs), "
-            f"then accept it with:  {self.trust_command}",
+            "then accept it with:",
+            f"    {self.trust_command}",
         ]
 
 

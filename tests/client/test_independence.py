@@ -131,14 +131,33 @@ BLOCKER = """
 import importlib.abc
 import sys
 
+BLOCKED = {blocked!r}
+
+
+class Refuse(importlib.abc.Loader):
+    def create_module(self, spec):
+        raise ImportError(f"{{spec.name}} is blocked in this test")
+
+    def exec_module(self, module):
+        raise ImportError(f"{{module.__name__}} is blocked in this test")
+
+
+# Finds the package where it is (so find_spec works) but cannot load it.
 class Blocked(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == {blocked!r} or name.startswith({blocked!r} + "."):
-            raise ImportError(f"{{name}} is blocked in this test")
+        if name != BLOCKED and not name.startswith(BLOCKED + "."):
+            return None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    spec.loader = Refuse()
+                    return spec
         return None
 
+
 sys.meta_path.insert(0, Blocked())
-assert not [m for m in sys.modules if m.split(".")[0] == {blocked!r}]
+assert not [m for m in sys.modules if m.split(".")[0] == BLOCKED]
 """
 
 
@@ -156,9 +175,18 @@ def run_blocked(blocked: str, code: str, *args: str) -> subprocess.CompletedProc
     )
 
 
-def test_blocker_really_blocks():
-    result = run_blocked("dkserver", "import dkserver.config\n")
+def test_blocker_blocks_import_but_not_find_spec():
+    result = run_blocked(
+        "dkserver",
+        """
+        import importlib.util
+        spec = importlib.util.find_spec("dkserver")
+        print(spec.submodule_search_locations[0])
+        import dkserver.config
+        """,
+    )
     assert result.returncode != 0 and "blocked in this test" in result.stderr
+    assert result.stdout.strip() == str(SERVER)
 
 
 def test_every_client_module_imports_without_the_server():

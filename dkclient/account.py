@@ -23,7 +23,7 @@ from dkclient import crypto
 from dkclient.api import Api, ApiError, ClientError
 from dkclient.exits import EXIT_AUTH, EXIT_NOT_INITIALISED, EXIT_UNKNOWN_USER
 from dkclient.keys import Home, Identity, KeyFileError
-from dkclient.pins import KeyChange, KeyChanged, KnownKeys, Pin
+from dkclient.pins import KeyChange, KeyChanged, KnownKeys, KnownKeysError, Pin
 
 DEFAULT_SERVER = "https://localhost:8443"
 #: A stored token this close to its expiry is replaced before use.
@@ -387,6 +387,8 @@ class Client:
             key = self.trusted_key(sender)
         except UnknownUser:
             return False, f"sender {sender!r} is unknown to the server", None
+        except KnownKeysError:
+            raise  # not a reason to show the message as merely unverified
         except ClientError as e:
             return False, f"cannot fetch sender key: {e}", None
         if crypto.verify_frame(frame, key):

@@ -175,12 +175,12 @@ def cmd_login(client: Client, args: Namespace) -> int:
 
 def cmd_whoami(client: Client, args: Namespace) -> int:
     ident = client.identity
-    out(f"user_id:    {ident.user_id}")
-    out(f"username:   {ident.username}")
-    out(f"server:     {client.server}")
-    out(f"public_key: {ident.public_key_b64}")
+    out(f"user_id:     {ident.user_id}")
+    out(f"username:    {ident.username}")
+    out(f"server:      {client.server}")
+    out(f"public_key:  {ident.public_key_b64}")
     out(f"fingerprint: {fingerprint(ident.public_key_b64)}")
-    out(f"home:       {client.home.path}")
+    out(f"home:        {client.home.path}")
     return 0
 
 

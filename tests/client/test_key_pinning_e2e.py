@@ -156,3 +156,11 @@ async def test_trust_command_errors_key_option_and_whoami_fingerprint(server, tm
     await alice.ok("trust", "bob", "--key", other, "--yes")
     refused = await alice.run("send", "bob", "hi")
     assert refused.code == 8 and fingerprint(other) in refused.err, str(refused)
+
+    # An unreadable pin file is an error, not a fresh start.
+    (alice.home / "known_keys.json").write_text("{oops")
+    for argv in (("listen", "--count", "1", "--timeout", "1"), ("send", "bob", "x")):
+        broken = await alice.run(*argv)
+        assert broken.code == 1 and "known_keys.json" in broken.err, str(broken)
+        assert "Traceback" not in broken.err
+    assert (alice.home / "known_keys.json").read_text() == "{oops"

@@ -247,3 +247,14 @@ def test_unknown_sender_is_unverified_and_not_pinned(tmp_path, keys, api):
     message = alice.open_frame(signed_by(keys["bob"], "zed", "broadcast", "?"))
     assert message.verified is False and "unknown" in message.error
     assert alice.pinned("zed") is None
+
+
+def test_unreadable_known_keys_stops_opening_messages(tmp_path, keys, api):
+    """Not "unverified": that would look like any forgery, and hide the cause."""
+    alice = make_client(tmp_path, "alice", api)
+    alice.home.path.mkdir(parents=True)
+    alice.home.known_keys_path.write_text("{oops")
+    with pytest.raises(KnownKeysError):
+        alice.open_frame(signed_by(keys["bob"], "bob", "broadcast", "hi"))
+    with pytest.raises(KnownKeysError):
+        alice.direct_frame("bob", "hi")

@@ -3,7 +3,9 @@
 :class:`Client` ties the key file, the token file and the REST API together,
 builds signed (and, for direct messages, encrypted) frames, and opens
 received frames into :class:`Message` objects: signature checked against the
-sender's public key (fetched once and cached) and content decrypted.
+sender's pinned public key and content decrypted.  Peers' keys are pinned on
+first use (:mod:`dkclient.pins`): the key the server gives later is only
+compared with the pin, never used in its place.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 
 from dkclient import crypto
 from dkclient.api import Api, ApiError, ClientError
+from dkclient.exits import EXIT_AUTH, EXIT_NOT_INITIALISED, EXIT_UNKNOWN_USER
 from dkclient.keys import Home, Identity, KeyFileError
+from dkclient.pins import KeyChange, KeyChanged, KnownKeys, KnownKeysError, Pin
 
 DEFAULT_SERVER = "https://localhost:8443"
 #: A stored token this close to its expiry is replaced before use.
@@ -29,19 +33,19 @@ TOKEN_MARGIN = 60
 class NotInitialised(ClientError):
     """No identity in home: run ``dk init`` first."""
 
-    exit_code = 3
+    exit_code = EXIT_NOT_INITIALISED
 
 
 class AuthError(ClientError):
     """Login failed (unknown user, wrong key, rate limited)."""
 
-    exit_code = 5
+    exit_code = EXIT_AUTH
 
 
 class UnknownUser(ClientError):
     """The server has no such user."""
 
-    exit_code = 6
+    exit_code = EXIT_UNKNOWN_USER
 
 
 @dataclass
@@ -63,6 +67,8 @@ class Message:
     encrypted: bool = False
     status: str = ""
     error: str | None = None
+    #: Set when the server's key for the sender is no longer the pinned one.
+    key_change: KeyChange | None = None
     frame: dict = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -79,6 +85,8 @@ class Message:
         }
         if self.error:
             obj["error"] = self.error
+        if self.key_change is not None:
+            obj["key_changed"] = True
         return obj
 
 
@@ -115,8 +123,10 @@ class Client:
         self.timeout = timeout
         self._api: Api | None = None
         self._token: str | None = None
+        #: Keys as the server gave them during this client's life (not pins).
         self._keys: dict[str, str] = {}
         self._lock = threading.Lock()
+        self.known_keys = KnownKeys(self.home.known_keys_path)
 
     # -- identity and server --
 
@@ -225,7 +235,8 @@ class Client:
     # -- other users --
 
     def public_key(self, user_id: str, refresh: bool = False) -> str:
-        """A user's Ed25519 public key (base64), cached per client."""
+        """A user's Ed25519 public key (base64) as the server gives it now,
+        cached per client.  Not to be trusted: see :meth:`trusted_key`."""
         if not refresh and user_id in self._keys:
             return self._keys[user_id]
         try:
@@ -236,6 +247,44 @@ class Client:
             raise
         self._keys[user_id] = record["public_key"]
         return record["public_key"]
+
+    @property
+    def pin_scope(self) -> str:
+        """Pins are per server: its normalized URL."""
+        return self.api.server
+
+    def pinned(self, user_id: str) -> Pin | None:
+        return self.known_keys.get(self.pin_scope, user_id)
+
+    def trusted_key(self, user_id: str) -> str:
+        """The key to verify ``user_id``'s signatures with: ours for us, else
+        the pinned one, pinning what the server gives if there is none yet."""
+        if user_id == self.user_id:
+            return self.identity.public_key_b64
+        pin = self.pinned(user_id)
+        if pin is None:
+            pin = self.known_keys.pin_first(
+                self.pin_scope, user_id, self.public_key(user_id)
+            )
+        return pin.public_key
+
+    def recipient_key(self, user_id: str) -> str:
+        """The key to encrypt to ``user_id``: the pinned one, provided the
+        server still gives that key.  Raises :class:`KeyChanged` otherwise:
+        a changed key means a message the recipient cannot read or one the
+        server can, and only the user can tell which (``dk trust``)."""
+        if user_id == self.user_id:
+            return self.identity.public_key_b64
+        current = self.public_key(user_id)
+        pin = self.known_keys.pin_first(self.pin_scope, user_id, current)
+        if pin.public_key != current:
+            raise KeyChanged(KeyChange(user_id, self.pin_scope, pin, current))
+        return pin.public_key
+
+    def trust(self, user_id: str, public_key: str) -> Pin:
+        """Pin ``public_key`` for ``user_id`` deliberately (``dk trust``)."""
+        crypto.x25519_public_from(crypto.b64d(public_key))  # a usable key
+        return self.known_keys.pin(self.pin_scope, user_id, public_key)
 
     def active_users(self) -> dict[str, list[str]]:
         return self.api.active_users()
@@ -269,7 +318,7 @@ class Client:
 
     def direct_frame(self, to: str, text: str) -> dict[str, Any]:
         """A signed message to ``to`` whose content is the encrypted envelope."""
-        return self._signed(to, crypto.encrypt(self.public_key(to), text))
+        return self._signed(to, crypto.encrypt(self.recipient_key(to), text))
 
     def broadcast_frame(self, text: str) -> dict[str, Any]:
         """A signed broadcast (broadcasts are not encrypted)."""
@@ -310,12 +359,13 @@ class Client:
             query = forward_query(content)
             return Message("forward", content=query, verified=False, **base)
         is_broadcast = bool(frame.get("is_broadcast")) or to == "broadcast"
-        verified, error = self._verify(frame, sender)
+        verified, error, change = self._verify(frame, sender)
         msg = Message(
             "broadcast" if is_broadcast else "direct",
             content=content,
             verified=verified,
             error=error,
+            key_change=change,
             **base,
         )
         if not is_broadcast and to == self.user_id:
@@ -328,24 +378,37 @@ class Client:
                     msg.error = f"cannot decrypt: {e}"
         return msg
 
-    def _verify(self, frame: dict, sender: str) -> tuple[bool, str | None]:
+    def _verify(
+        self, frame: dict, sender: str
+    ) -> tuple[bool, str | None, KeyChange | None]:
         if not frame.get("signature"):
-            return False, "message is not signed"
+            return False, "message is not signed", None
         try:
-            key = self.public_key(sender)
+            key = self.trusted_key(sender)
         except UnknownUser:
-            return False, f"sender {sender!r} is unknown to the server"
+            return False, f"sender {sender!r} is unknown to the server", None
+        except KnownKeysError:
+            raise  # not a reason to show the message as merely unverified
         except ClientError as e:
-            return False, f"cannot fetch sender key: {e}"
+            return False, f"cannot fetch sender key: {e}", None
         if crypto.verify_frame(frame, key):
-            return True, None
-        try:  # the cached key may be stale (user re-registered)
-            fresh = self.public_key(sender, refresh=True)
+            return True, None, None
+        if sender == self.user_id:
+            return False, "signature does not verify", None
+        # Tell a forgery from a key the server now gives instead of the pin.
+        try:
+            current = self.public_key(sender, refresh=True)
         except ClientError:
-            fresh = key
-        if fresh != key and crypto.verify_frame(frame, fresh):
-            return True, None
-        return False, "signature does not verify"
+            current = key
+        if current == key:
+            return False, "signature does not verify", None
+        pin = self.pinned(sender) or Pin(key, "", "")
+        change = KeyChange(sender, self.pin_scope, pin, current)
+        if crypto.verify_frame(frame, current):
+            problem = "signed with a new key, not the pinned one"
+        else:
+            problem = "signature does not verify; the server's key changed too"
+        return False, f"{problem} (run: {change.trust_command})", change
 
 
 def forward_query(content: str) -> str:

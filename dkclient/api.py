@@ -13,6 +13,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from dkclient.exits import EXIT_ERROR, EXIT_UNREACHABLE
+
 DEFAULT_TIMEOUT = 15.0
 
 
@@ -20,13 +22,13 @@ class ClientError(Exception):
     """Base of every error the client library raises on purpose."""
 
     #: The ``dk`` exit status for this kind of failure.
-    exit_code = 1
+    exit_code = EXIT_ERROR
 
 
 class Unreachable(ClientError):
     """The server cannot be reached (DNS, refused, TLS, timeout)."""
 
-    exit_code = 4
+    exit_code = EXIT_UNREACHABLE
 
 
 class ApiError(ClientError):

@@ -1,9 +1,11 @@
 """``dk``: the command-line client (argument parsing and dispatch).
 
-Only the standard library is imported here, so a missing native dependency
-(pynacl, cryptography) is reported with the command that installs it rather
-than a traceback; the commands themselves live in
-:mod:`dkclient.commands`.
+Only the standard library (and :mod:`dkclient.exits`) is imported here, so a
+missing native dependency (pynacl, cryptography) is reported with the command
+that installs it rather than a traceback.  The commands live in
+:mod:`dkclient.commands`, imported once the dependencies are known to be
+there; they take the parsed arguments and never import this module, so the
+import graph stays one-way (cli -> commands).
 """
 
 from __future__ import annotations
@@ -13,20 +15,8 @@ import importlib
 import os
 import sys
 
-__version__ = "0.1.0"
-
-# Exit statuses (also in docs/client.md).
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_NOT_INITIALISED = 3
-EXIT_UNREACHABLE = 4
-EXIT_AUTH = 5
-EXIT_UNKNOWN_USER = 6
-EXIT_MISSING_DEPENDENCY = 7
-EXIT_TIMEOUT = 124
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141
+from dkclient import __version__
+from dkclient.exits import EXIT_MISSING_DEPENDENCY, EXIT_USAGE
 
 _DEPENDENCIES = (
     ("nacl.bindings", "pynacl"),
@@ -49,8 +39,9 @@ environment:
   DK_INSECURE  1 to skip certificate verification (like --insecure)
 
 exit status: 0 ok, 1 error, 2 usage, 3 not initialised, 4 server unreachable,
-5 login failed, 6 unknown user, 7 missing dependency, 124 listen --timeout
-passed before --count messages arrived, 130 interrupted.
+5 login failed, 6 unknown user, 7 missing dependency, 8 key changed (see
+dk trust), 124 listen --timeout passed before --count messages arrived,
+130 interrupted.
 """
 
 
@@ -158,6 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", metavar="TEXT", nargs="*")
     p.add_argument("--user", metavar="USER", help="show USER's descriptions")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "trust",
+        help="accept USER's new key (after a key-change warning)",
+        description="Pin USER's key: the one the server gives now, or --key. "
+        "dk pins every peer's key the first time it sees it and warns when the "
+        "server later gives another; compare the fingerprint with USER (dk whoami "
+        "shows it) before accepting it.",
+    )
+    p.add_argument("user", metavar="USER")
+    p.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+    p.add_argument(
+        "--key",
+        metavar="BASE64",
+        help="pin this public key (got from USER directly) instead of the server's",
+    )
 
     p = sub.add_parser(
         "serve-forward",

@@ -1,4 +1,8 @@
-"""The ``dk`` commands (see :mod:`dkclient.cli` for the parser)."""
+"""The ``dk`` commands: each takes the client and the parsed arguments.
+
+The parser is :mod:`dkclient.cli`, which imports this module (never the
+other way round).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ import sys
 import time
 from argparse import Namespace
 
-from dkclient import cli, crypto
+from dkclient import __version__, crypto, exits
 from dkclient.account import Client, Message, UnknownUser, token_claims
 from dkclient.api import ApiError, ClientError, make_ssl_context
 from dkclient.keys import Home, Identity, validate_user_id, write_private
+from dkclient.pins import KeyChange, KeyChanged, fingerprint
 from dkclient.session import Session, SessionClosed
 
 #: Read at most this much of a message from stdin.
@@ -21,11 +26,11 @@ MAX_STDIN = 2**20
 
 
 class UsageError(ClientError):
-    exit_code = cli.EXIT_USAGE
+    exit_code = exits.EXIT_USAGE
 
 
 class TimedOut(ClientError):
-    exit_code = cli.EXIT_TIMEOUT
+    exit_code = exits.EXIT_TIMEOUT
 
 
 def err(text: str) -> None:
@@ -42,6 +47,12 @@ def info(text: str) -> None:
 def out(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def warn_key_change(change: KeyChange) -> None:
+    """Loud, on stderr, whether or not it is a terminal."""
+    for line in change.warning_lines():
+        err(line)
 
 
 def make_client(args: Namespace) -> Client:
@@ -65,11 +76,15 @@ def run(args: Namespace) -> int:
         client = make_client(args)
         return handler(client, args) or 0
     except KeyboardInterrupt:
-        return cli.EXIT_INTERRUPTED
+        return exits.EXIT_INTERRUPTED
     except BrokenPipeError:  # dk listen | head -1
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return cli.EXIT_BROKEN_PIPE
+        return exits.EXIT_BROKEN_PIPE
+    except KeyChanged as e:
+        warn_key_change(e.change)
+        err(f"error: not sent to {e.change.user_id!r} (their key changed)")
+        return e.exit_code
     except ClientError as e:
         err(f"error: {e}")
         return e.exit_code
@@ -160,11 +175,12 @@ def cmd_login(client: Client, args: Namespace) -> int:
 
 def cmd_whoami(client: Client, args: Namespace) -> int:
     ident = client.identity
-    out(f"user_id:    {ident.user_id}")
-    out(f"username:   {ident.username}")
-    out(f"server:     {client.server}")
-    out(f"public_key: {ident.public_key_b64}")
-    out(f"home:       {client.home.path}")
+    out(f"user_id:     {ident.user_id}")
+    out(f"username:    {ident.username}")
+    out(f"server:      {client.server}")
+    out(f"public_key:  {ident.public_key_b64}")
+    out(f"fingerprint: {fingerprint(ident.public_key_b64)}")
+    out(f"home:        {client.home.path}")
     return 0
 
 
@@ -173,7 +189,7 @@ def cmd_version(client: Client, args: Namespace) -> int:
     import nacl
     import websockets
 
-    out(f"dk {cli.__version__}")
+    out(f"dk {__version__}")
     out(f"python {sys.version.split()[0]} ({sys.executable})")
     out(f"websockets {websockets.__version__} ({os.path.dirname(websockets.__file__)})")
     out(f"pynacl {nacl.__version__}")
@@ -221,7 +237,8 @@ def _keep(client: Client, messages: list[Message]) -> None:
 def cmd_send(client: Client, args: Namespace) -> int:
     client.identity  # noqa: B018 - fail early when not initialised
     text = _text_arg(args.text)
-    client.public_key(args.user)  # unknown recipient: a clear error before connecting
+    # Unknown recipient or changed key: a clear error before connecting.
+    client.recipient_key(args.user)
     refusals = asyncio.run(
         _send(client, lambda s: s.send_direct(args.user, text), args.wait)
     )
@@ -266,9 +283,14 @@ async def _listen(client: Client, args: Namespace) -> int:
     shown: list[int] = client.home.load_seen(server)
     shown_set = set(shown)
     count = 0
+    warned: set[tuple[str, str]] = set()
 
     def show(message: Message) -> bool:
         nonlocal count
+        change = message.key_change
+        if change is not None and (change.user_id, change.current) not in warned:
+            warned.add((change.user_id, change.current))  # once per key and run
+            warn_key_change(change)
         if message.kind == "system":
             err(f"server: {message.content}")
             return False
@@ -288,6 +310,7 @@ async def _listen(client: Client, args: Namespace) -> int:
         return args.count is not None and count >= args.count
 
     client.identity  # noqa: B018 - fail early when not initialised
+    client.known_keys.pins(client.pin_scope)  # and on an unreadable known_keys.json
     spooled = client.home.take_spooled()
     try:
         for i, frame in enumerate(spooled):
@@ -332,6 +355,55 @@ def cmd_listen(client: Client, args: Namespace) -> int:
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
     return asyncio.run(_listen(client, args))
+
+
+# -- pinned keys -----------------------------------------------------------------
+
+
+def cmd_trust(client: Client, args: Namespace) -> int:
+    """Pin USER's current key (or --key) deliberately, replacing the old pin."""
+    user = args.user
+    if user == client.user_id:
+        raise UsageError(f"{user!r} is you: your own key is in {client.home.path}")
+    server_key = client.public_key(user, refresh=True)  # unknown user: exit 6
+    new = server_key
+    if args.key is not None:
+        new = args.key.strip()
+        try:
+            raw = crypto.b64d(new)
+            if len(raw) != 32:
+                raise crypto.CryptoError(f"{len(raw)} bytes, not 32")
+            crypto.x25519_public_from(raw)
+        except crypto.CryptoError as e:
+            raise UsageError(f"--key is not an Ed25519 public key: {e}") from None
+    old = client.pinned(user)
+    if old is not None and old.public_key == new:
+        out(f"{user} is already trusted with {fingerprint(new)}")
+        return 0
+    out(f"{user} on {client.pin_scope}: {fingerprint(new)}")
+    if old is not None:
+        pinned = fingerprint(old.public_key)
+        out(f"  replaces the pinned {pinned} ({old.how}, {old.pinned_at})")
+    if new != server_key:
+        err(
+            f"note: the server gives another key for {user} "
+            f"({fingerprint(server_key)}): their messages stay UNVERIFIED and "
+            "dk send refuses until it gives this one"
+        )
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("not a terminal to ask on: pass --yes to trust this key")
+        sys.stderr.write(
+            f"Trust this key for {user}? Compare the fingerprint with them first "
+            "(they see it with `dk whoami`). [y/N] "
+        )
+        sys.stderr.flush()
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            err("not trusted; nothing changed")
+            return exits.EXIT_ERROR
+    client.trust(user, new)
+    out(f"trusted: {user} {fingerprint(new)}")
+    return 0
 
 
 # -- other REST ----------------------------------------------------------------------
@@ -464,6 +536,7 @@ def cmd_serve_forward(client: Client, args: Namespace) -> int:
     if not args.cmd:
         raise UsageError("serve-forward needs a command, e.g. dk serve-forward 'wc -w'")
     client.identity  # noqa: B018 - fail early when not initialised
+    client.known_keys.pins(client.pin_scope)  # and on an unreadable known_keys.json
     return asyncio.run(_serve_forward(client, args))
 
 
@@ -477,6 +550,7 @@ COMMANDS = {
     "listen": cmd_listen,
     "users": cmd_users,
     "describe": cmd_describe,
+    "trust": cmd_trust,
     "ask": cmd_ask,
     "serve-forward": cmd_serve_forward,
 }

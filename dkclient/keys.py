@@ -3,7 +3,8 @@
 Home holds ``identity.json`` (the private key seed; mode 0600), ``token``
 (the last JWT; mode 0600), ``inbox.jsonl`` (frames received by commands that
 do not show messages, kept for the next ``dk listen``) and ``seen.json``
-(ids already shown, so a redelivered message is shown once).  Files are
+(ids already shown, so a redelivered message is shown once) and
+``known_keys.json`` (the peers' pinned keys, :mod:`dkclient.pins`).  Files are
 written atomically: a private temporary file in the same directory, fsynced,
 then renamed over the old one.
 """
@@ -25,6 +26,7 @@ IDENTITY_FILE = "identity.json"
 TOKEN_FILE = "token"  # noqa: S105 - a file name
 INBOX_FILE = "inbox.jsonl"
 SEEN_FILE = "seen.json"
+KNOWN_KEYS_FILE = "known_keys.json"
 #: How many shown message ids ``seen.json`` remembers.
 SEEN_LIMIT = 2048
 
@@ -126,7 +128,8 @@ class Identity:
 
 
 class Home:
-    """The client's directory: identity, token, inbox of spooled frames."""
+    """The client's directory: identity, token, inbox of spooled frames,
+    seen ids and pinned keys."""
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path).expanduser() if path else default_home()
@@ -142,6 +145,10 @@ class Home:
     @property
     def inbox_path(self) -> Path:
         return self.path / INBOX_FILE
+
+    @property
+    def known_keys_path(self) -> Path:
+        return self.path / KNOWN_KEYS_FILE
 
     # -- identity --
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,13 @@ from tests.support.waiting import sleep
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_CMD = (sys.executable, "-m", "dkclient")
+
+
+def free_port() -> int:
+    """A loopback port free now, for a server restarted on the same port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass

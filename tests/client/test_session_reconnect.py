@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest_twisted
 from twisted.internet import threads
 
 from dkclient import Backoff, Client, Home, Identity, Session, make_ssl_context
-from tests.client.dkcli import Dk, wait_online
+from tests.client.dkcli import Dk, free_port, wait_online
 from tests.support.server import make_config, start_server, stop_server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest_twisted.ensureDeferred

@@ -61,7 +61,7 @@ class DkServerProtocol(WebSocketServerProtocol):
             on_confirmed=self.hub.confirm,
             on_overflow=self._too_slow,
             limit=self.factory.queue_limit,
-            proof_delay=self.factory.proof_delay,
+            proof_burst=self.factory.proof_burst,
             proof_interval=self.factory.proof_interval,
         )
         # twisted.web's HTTP channel is still the transport's producer; it is

@@ -213,8 +213,7 @@ class DkServerProtocol(WebSocketServerProtocol):
             self.send_system(str(e))
             return
         if frames.is_forward_response(message):
-            answer = frames.forward_answer_text(message.content)
-            if answer is None or not hub.forward.answer(self, answer):
+            if not hub.forward.answer(self, message.content):
                 self.send_system("No forward request is waiting for an answer")
             return
         # Submitted synchronously, in arrival order: the writer commits and

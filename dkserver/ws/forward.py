@@ -130,8 +130,7 @@ class ForwardBroker:
         willing = [
             c
             for c in connections
-            if c not in self._peers
-            or len(self._peers[c].sent) < self.max_unanswered
+            if c not in self._peers or len(self._peers[c].sent) < self.max_unanswered
         ]
         if not willing:
             # Every connection has ignored its last requests: none will answer.

@@ -243,10 +243,10 @@ class Outbox:
         """
         if not payload.startswith(_PING_PREFIX):
             return
-        for index, (p, _, _) in enumerate(self._proofs):
-            if p == payload:
-                break
-        else:
+        index = next(
+            (i for i, (p, _, _) in enumerate(self._proofs) if p == payload), None
+        )
+        if index is None:
             return
         count = 0
         for _ in range(index + 1):

@@ -31,7 +31,7 @@ from zope.interface import implementer
 DEFAULT_LIMIT = 256
 
 #: A proof ping is written at the end of the reactor turn that wrote the
-#: frames it covers, right behind them (usually in the same TCP write), so a
+#: frames it covers, inside the turn's last message (see _send_proof), so a
 #: client that reads a message and closes at once has answered it first.  One
 #: ping covers every frame written in that turn (a backlog page included).
 #: The rate is a token bucket per connection: PROOF_BURST pings at once, then
@@ -67,8 +67,15 @@ class Outbox:
         proof_burst: int = PROOF_BURST,
         proof_interval: float = PROOF_INTERVAL,
         proof_timeout: float = PROOF_TIMEOUT,
+        write_with_proof: Callable[[Any, bytes], bool] | None = None,
     ) -> None:
         self._write_frame = write
+        #: Writes a frame with the proof ping inside it (see _send_proof);
+        #: None: the ping always follows as a frame of its own.
+        self._write_with_proof = write_with_proof
+        #: The last acknowledged frame of this reactor turn, held back so the
+        #: turn's proof ping can go inside it.
+        self._tail: tuple[Any, Any] | None = None
         self._ping = ping
         self._clock = clock
         self._on_confirmed = on_confirmed
@@ -132,14 +139,41 @@ class Outbox:
         return d
 
     def _write(self, frame: Any, ack: Any) -> None:
+        if self._tail is not None:
+            self._write_tail()  # another frame follows it: it goes out whole
+        if ack is not None and self._proof_due_now():
+            self._tail = (frame, ack)
+            return
         if self._write_frame(frame) is False:
             return  # not written (connection closing): the message stays pending
         if ack is not None:
-            self._unconfirmed.append(ack)
-            if len(self._unconfirmed) > UNCONFIRMED_FACTOR * self.limit:
-                self._overflow()
-                return
-            self._schedule_proof()
+            self._written(ack)
+
+    def _write_tail(self) -> None:
+        frame, ack = self._tail
+        self._tail = None
+        if self._write_frame(frame) is not False:
+            self._written(ack)
+
+    def _written(self, ack: Any) -> None:
+        self._unconfirmed.append(ack)
+        if len(self._unconfirmed) > UNCONFIRMED_FACTOR * self.limit:
+            self._overflow()
+            return
+        self._schedule_proof()
+
+    def _proof_due_now(self) -> bool:
+        """Will a proof ping go out at the end of this turn?  (Scheduling
+        it if needed.)"""
+        if self._write_with_proof is None or self._closed:
+            return False
+        self._schedule_proof()
+        call = self._proof_call
+        return (
+            call is not None
+            and call.active()
+            and call.getTime() <= self._clock.seconds()
+        )
 
     def _overflow(self) -> None:
         self.stop()
@@ -152,6 +186,7 @@ class Outbox:
             return
         self._closed = True
         self._queue = ()
+        self._tail = None  # not written: stays pending
         self._cancel_proof()
         self._wake_writers(False)
 
@@ -214,14 +249,37 @@ class Outbox:
         self._covered = 0
 
     def _send_proof(self) -> None:
+        """The proof ping for everything written so far.
+
+        When this turn's last frame was held back (``_tail``), the ping goes
+        *inside* that message: its payload as a first fragment, the ping, then
+        an empty final fragment (RFC 6455 §5.4 lets control frames interleave
+        a fragmented message).  A client therefore answers the ping before
+        its application even sees the message, so a client that closes right
+        after reading has already proved it read; the final fragment travels
+        in the same TLS record as the ping.
+        """
         self._proof_call = None
+        tail, self._tail = self._tail, None
         uncovered = len(self._unconfirmed) - self._covered
-        if self._closed or uncovered <= 0:
+        if self._closed or (uncovered <= 0 and tail is None):
             return
         self._token_wait()
         self._tokens = max(0.0, self._tokens - 1.0)
         self._proof_seq += 1
         payload = _PING_PREFIX + b"%d" % self._proof_seq
+        if tail is None:
+            self._ping(payload)
+        elif self._write_with_proof(tail[0], payload):
+            self._unconfirmed.append(tail[1])
+            uncovered += 1
+            if len(self._unconfirmed) > UNCONFIRMED_FACTOR * self.limit:
+                self._overflow()
+                return
+        elif self._closed or uncovered <= 0:
+            return  # not written (connection closing): it stays pending
+        else:
+            self._ping(payload)
         deadline = self._clock.callLater(
             self._proof_timeout, self._proof_expired, payload
         )
@@ -229,7 +287,6 @@ class Outbox:
             self._proofs = deque()
         self._proofs.append((payload, uncovered, deadline))
         self._covered += uncovered
-        self._ping(payload)
 
     def _proof_expired(self, payload: bytes) -> None:
         if any(p == payload for p, _, _ in self._proofs):

@@ -227,3 +227,93 @@ def test_a_full_window_of_unconfirmed_frames_is_proved_at_once():
         box.send(f"b{i}", ack=10 + i)
     clock.advance(0)
     assert len(wire.pings) == 2  # not 0.5 s later: the window is full
+
+
+# -- the proof ping inside the turn's last message ----------------------------------
+
+
+class SplittingWire(FakeWire):
+    """Records ``write_with_proof`` as ("split", frame, ping payload)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accept_split = True
+
+    def write_with_proof(self, frame: str, payload: bytes) -> bool:
+        if not self.accept_split:
+            return False
+        self.written.append(("split", frame, payload))
+        return True
+
+
+def make_splitting(limit: int = 10, **options):
+    clock = Clock()
+    wire = SplittingWire()
+    box = Outbox(
+        write=wire.write,
+        ping=wire.pings.append,
+        clock=clock,
+        on_confirmed=wire.confirmed.append,
+        on_overflow=lambda: setattr(wire, "overflows", wire.overflows + 1),
+        limit=limit,
+        write_with_proof=wire.write_with_proof,
+        **options,
+    )
+    return clock, wire, box
+
+
+def test_last_message_of_the_turn_carries_the_proof_ping_inside_it():
+    clock, wire, box = make_splitting()
+    for i in range(3):
+        box.send(f"m{i}", ack=i)
+    assert wire.written == ["m0", "m1"]  # the last one is held to the turn's end
+    clock.advance(0)
+    assert len(wire.written) == 3 and wire.pings == []
+    kind, frame, payload = wire.written[2]
+    assert (kind, frame) == ("split", "m2")
+    box.on_pong(payload)
+    assert wire.confirmed == [[0, 1, 2]]  # one ping for the whole turn
+
+
+def test_a_frame_without_ack_after_the_held_one_flushes_it_whole_and_in_order():
+    clock, wire, box = make_splitting()
+    box.send("m0", ack=0)
+    box.send("system")
+    assert wire.written == ["m0", "system"]
+    clock.advance(0)
+    assert len(wire.pings) == 1  # an ordinary ping behind both
+    box.on_pong(wire.pings[0])
+    assert wire.confirmed == [[0]]
+
+
+def test_no_split_when_the_bucket_is_empty():
+    clock, wire, box = make_splitting(proof_burst=1, proof_interval=0.5)
+    box.send("m0", ack=0)
+    clock.advance(0)
+    box.send("m1", ack=1)
+    assert wire.written[1] == "m1"  # written at once: its ping comes later
+    clock.advance(0.5)
+    assert len(wire.pings) == 1
+    box.on_pong(wire.written[0][2])
+    box.on_pong(wire.pings[0])
+    assert wire.confirmed == [[0], [1]]
+
+
+def test_held_frame_is_dropped_on_stop_and_never_confirmed():
+    clock, wire, box = make_splitting()
+    box.send("m0", ack=0)
+    box.stop()  # e.g. shutdown's close frame: nothing may follow it
+    clock.advance(1)
+    assert wire.written == [] and wire.pings == []
+    box.confirm_all()
+    assert wire.confirmed == []  # it stays pending
+
+
+def test_split_refused_by_a_closing_connection_confirms_nothing():
+    clock, wire, box = make_splitting()
+    wire.accept_split = False
+    box.send("m0", ack=0)
+    clock.advance(0)
+    assert wire.written == [] and wire.pings == []
+    box.confirm_all()
+    assert wire.confirmed == []

@@ -3,9 +3,10 @@ delivered (PROTOCOL.md, "Client → server": delivered means read; read, then
 close).
 
 Command-line clients (``dk listen --count 1``, scripts) close right after
-their ``recv()``.  The server's proof ping goes out right behind the frames
-(docs/messaging.md), so its pong precedes the close: the message is marked
-delivered and the next connect gets nothing.  Each test runs 50 rounds,
+their ``recv()``, here even in the callback that handed them the frame.  The
+server's proof ping travels inside the message (docs/messaging.md), so its
+pong precedes the close: the message is marked delivered and the next
+connect gets nothing.  Each test runs 50 rounds,
 alternating a stored message sent on connect (backlog) and a live one, with
 the project's Autobahn/TLS client and with the ``websockets`` library as
 ``dk`` uses it.

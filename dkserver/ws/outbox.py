@@ -141,6 +141,8 @@ class Outbox:
     def _write(self, frame: Any, ack: Any) -> None:
         if self._tail is not None:
             self._write_tail()  # another frame follows it: it goes out whole
+            if self._closed:
+                return
         if ack is not None and self._proof_due_now():
             self._tail = (frame, ack)
             return

@@ -336,6 +336,15 @@ class Client:
             "is_forward_message": True,
         }
 
+    def document_answer_frame(self, kind: str, message: str) -> dict[str, Any]:
+        """The answer to a register/append-document request: the inner JSON
+        is ``{"type": kind, "message": ...}`` (``register_document_success``
+        or ``register_document_error``)."""
+        frame = self.forward_answer_frame("")
+        inner = json.dumps({"type": kind, "message": message})
+        frame["content"] = json.dumps({"type": "forward_response", "message": inner})
+        return frame
+
     # -- frames in --
 
     def open_frame(self, frame: dict) -> Message:
@@ -431,3 +440,19 @@ def forward_query(content: str) -> str:
         if isinstance(value, str):
             return value
     return inner
+
+
+def document_request_type(content: str) -> str | None:
+    """``register_document`` or ``append_document`` when a forward request's
+    content carries a document (POST /register-document/, /append-document/)."""
+    try:
+        outer = json.loads(content)
+        inner = json.loads(outer["message"]) if isinstance(outer, dict) else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    if isinstance(inner, dict) and inner.get("type") in (
+        "register_document",
+        "append_document",
+    ):
+        return inner["type"]
+    return None

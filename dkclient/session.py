@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from dkclient.account import AuthError, Client, Message
+from dkclient.account import AuthError, Client, Message, document_request_type
 from dkclient.api import ApiError, ClientError, Unreachable
 
 log = logging.getLogger("dk.session")
@@ -249,12 +249,24 @@ class Session:
 
     async def _answer(self, ws: ClientConnection, request: Message) -> None:
         assert self.forward_handler is not None
+        content = request.frame.get("content")
+        if isinstance(content, str) and document_request_type(content):
+            # dk keeps no documents: say so rather than leave the caller
+            # waiting for the server's timeout.
+            frame = self.client.document_answer_frame(
+                "register_document_error",
+                "this client (dk serve-forward) does not store documents",
+            )
+            await self._send_answer(ws, frame)
+            return
         try:
             answer = await self.forward_handler(request)
         except Exception as e:
             log.exception("forward handler failed")
             answer = f"error: {e}"
-        frame = self.client.forward_answer_frame(answer)
+        await self._send_answer(ws, self.client.forward_answer_frame(answer))
+
+    async def _send_answer(self, ws: ClientConnection, frame: dict) -> None:
         try:
             await ws.send(json.dumps(frame))
         except ConnectionClosed:

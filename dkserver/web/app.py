@@ -21,7 +21,7 @@ from dkserver.config import Config
 from dkserver.metrics import CONTENT_TYPE_LATEST, Metrics
 from dkserver.ratelimit import BucketRegistry
 from dkserver.store import Store, TooManyApis
-from dkserver.web import trackers
+from dkserver.web import documents, trackers
 from dkserver.web.files import OperatorFiles
 from dkserver.web.pages import Pages
 from dkserver.web.responses import (
@@ -249,6 +249,22 @@ class DkApp:
         except NotConnected:
             raise ApiError(404, "Your client is not connected")
         return json_response(request, {"success": True, "answer": answer})
+
+    @app.route("/register-document/", methods=["POST"])
+    async def register_document(self, request: IRequest) -> bytes:
+        user_id = await self.authenticated_user(request)
+        reply = await documents.forward_document(
+            self.hub, user_id, read_json(request), documents.REGISTER
+        )
+        return json_response(request, reply)
+
+    @app.route("/append-document/", methods=["POST"])
+    async def append_document(self, request: IRequest) -> bytes:
+        user_id = await self.authenticated_user(request)
+        reply = await documents.forward_document(
+            self.hub, user_id, read_json(request), documents.APPEND
+        )
+        return json_response(request, reply)
 
     # -- analytics ------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 
 from dkserver.config import Config
 from dkserver.ws.hub import Hub
-from dkserver.ws.outbox import DEFAULT_LIMIT, PROOF_DELAY, PROOF_INTERVAL
+from dkserver.ws.outbox import DEFAULT_LIMIT, PROOF_BURST, PROOF_INTERVAL
 from dkserver.ws.protocol import DkServerProtocol
 
 
@@ -21,8 +21,8 @@ class DkWebSocketFactory(WebSocketServerFactory):
         hub.factory = self
         self.queue_limit = DEFAULT_LIMIT
         self.inbox_limit = 256
-        #: Writes within this window are confirmed by one ping (outbox.py).
-        self.proof_delay = PROOF_DELAY
+        #: The proof-ping token bucket of each connection (outbox.py).
+        self.proof_burst = PROOF_BURST
         self.proof_interval = PROOF_INTERVAL
         self.setProtocolOptions(**websocket_options(config))
         # Autobahn copies every option from the factory onto each protocol

@@ -1,21 +1,40 @@
 """The forward API: an HTTP request waits for the token owner's own client.
 
-The wire protocol carries no correlation id, so a user's forward requests are
-**serialized**: one is outstanding at a time per user, later ones wait their
-turn (the timeout covers the wait).  A request is bound to one connection (the
-user's newest) and only an answer from that same connection resolves it, so
-concurrent requests never receive each other's answers and another device
-cannot answer for it.
+The wire protocol carries no correlation id, and not every connection of a
+user answers (the desktop app keeps a silent one beside the ``dk`` agent's).
+So:
+
+* a user's requests are **serialized**: one is outstanding at a time, later
+  ones wait their turn (the timeout covers the wait);
+* a request goes to the user's connections known to answer (those that
+  answered before), or to all of them when none is known; the first answer
+  wins;
+* each connection keeps, in FIFO order, the requests sent to it, and its
+  k-th answer belongs to the k-th request: an answer to an earlier request
+  that timed out, or that another connection answered first, is discarded
+  and never answers a later one;
+* a connection that leaves ``max_unanswered`` requests unanswered is not
+  asked again (until it answers), which also bounds that bookkeeping.
+
+Only the token owner's own connections are asked, so no other user can
+answer for them.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+#: Requests a connection may leave unanswered before it is not asked again.
+MAX_UNANSWERED = 16
+
+T = TypeVar("T")
 
 
 class ForwardTimeout(Exception):
@@ -26,26 +45,52 @@ class NotConnected(Exception):
     """The user has no open connection to ask."""
 
 
-@dataclass
-class _Waiting:
-    connection: Any
+@dataclass(eq=False)
+class _Request:
+    parse: Callable[[str], Any]
+    #: Connections asked and still open.
+    asked: set = field(default_factory=set)
     answer: Deferred = field(default_factory=Deferred)
+
+
+@dataclass(eq=False)
+class _Peer:
+    """What the broker knows about one connection it has asked."""
+
+    #: Requests sent to it and not answered by it, oldest first (including
+    #: ones that timed out or another connection answered).
+    sent: deque = field(default_factory=deque)
+    answers: bool = False
 
 
 class ForwardBroker:
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        timeout: float,
+        max_unanswered: int = MAX_UNANSWERED,
+    ) -> None:
         self._clock = clock
         self.timeout = timeout
+        self.max_unanswered = max_unanswered
         self._locks: dict[str, DeferredLock] = {}
-        self._waiting: dict[str, _Waiting] = {}
+        self._peers: dict[Any, _Peer] = {}
 
-    async def ask(self, user_id: str, pick_connection, send) -> str:
-        """Send a request to one of the user's connections; return its answer.
+    async def ask(
+        self,
+        user_id: str,
+        connections: Callable[[str], Sequence[Any]],
+        send: Callable[[Any], None],
+        parse: Callable[[str], T | None],
+    ) -> T:
+        """Send a request to the user's answering connections; its answer.
 
-        ``pick_connection(user_id)`` chooses the connection (or None) once it is
-        this request's turn; ``send(connection)`` writes the request frame.
+        ``connections(user_id)`` lists the user's open connections once it is
+        this request's turn; ``send(connection)`` writes the request frame;
+        ``parse(content)`` turns an answer frame's content into the result
+        (None: not an answer).
         """
         lock = self._locks.setdefault(user_id, DeferredLock())
         deadline = self._clock.seconds() + self.timeout
@@ -59,42 +104,69 @@ class ForwardBroker:
             if timer.active():
                 timer.cancel()
         try:
-            connection = pick_connection(user_id)
-            if connection is None:
-                raise NotConnected()
-            waiting = _Waiting(connection)
-            self._waiting[user_id] = waiting
-            send(connection)
+            targets = self._targets(connections(user_id))
+            request = _Request(parse, set(targets))
+            for connection in targets:
+                self._peers.setdefault(connection, _Peer()).sent.append(request)
+            for connection in targets:
+                send(connection)
             remaining = max(0.0, deadline - self._clock.seconds())
-            timer = self._clock.callLater(remaining, waiting.answer.cancel)
+            timer = self._clock.callLater(remaining, request.answer.cancel)
             try:
-                return await waiting.answer
+                return await request.answer
             except CancelledError:
                 raise ForwardTimeout()
             finally:
                 if timer.active():
                     timer.cancel()
-                if self._waiting.get(user_id) is waiting:
-                    del self._waiting[user_id]
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(user_id, None)
 
-    def answer(self, connection: Any, text: str) -> bool:
-        """Deliver an answer from ``connection``; False if nothing waits for it."""
-        waiting = self._waiting.get(connection.user_id)
-        if waiting is None or waiting.connection is not connection:
+    def _targets(self, connections: Sequence[Any]) -> list[Any]:
+        if not connections:
+            raise NotConnected()
+        willing = [
+            c
+            for c in connections
+            if c not in self._peers or len(self._peers[c].sent) < self.max_unanswered
+        ]
+        if not willing:
+            # Every connection has ignored its last requests: none will answer.
+            raise ForwardTimeout()
+        known = [c for c in willing if c in self._peers and self._peers[c].answers]
+        return known or willing
+
+    def answer(self, connection: Any, content: str) -> bool:
+        """An answer frame from ``connection``; False if nothing waits for it
+        (no request sent to it, not an answer, or its request is over)."""
+        peer = self._peers.get(connection)
+        if peer is None or not peer.sent:
             return False
-        del self._waiting[connection.user_id]
-        if not waiting.answer.called:
-            waiting.answer.callback(text)
+        request = peer.sent[0]
+        result = request.parse(content)
+        if result is None:
+            return False
+        peer.sent.popleft()
+        peer.answers = True
+        request.asked.discard(connection)
+        if request.answer.called:
+            self.log.info(
+                "discarded a late forward answer from {user_id}",
+                user_id=getattr(connection, "user_id", None),
+            )
+            return False
+        request.answer.callback(result)
         return True
 
     def connection_lost(self, connection: Any) -> None:
-        """A connection that was asked went away: fail fast, don't wait 30 s."""
-        waiting = self._waiting.get(connection.user_id)
-        if waiting is not None and waiting.connection is connection:
-            del self._waiting[connection.user_id]
-            if not waiting.answer.called:
-                waiting.answer.errback(NotConnected())
+        """A connection went away: a request no open connection was asked
+        fails at once instead of waiting for the timeout."""
+        peer = self._peers.pop(connection, None)
+        if peer is None:
+            return
+        for request in peer.sent:
+            request.asked.discard(connection)
+            if not request.asked and not request.answer.called:
+                request.answer.errback(NotConnected())

@@ -147,11 +147,15 @@ class Hub:
         return None
 
     async def ask_forward(self, user_id: str, query: str) -> str:
-        """Ask the user's newest connection; its answer (see ForwardBroker)."""
+        """Ask the user's own client a question; its answer text."""
+        return await self.forward_request(
+            user_id, frames.forward_request_content(query), frames.forward_answer_text
+        )
 
-        def pick(uid: str) -> Any:
-            conns = self.bus.connections(uid)
-            return conns[-1] if conns else None
+    async def forward_request(self, user_id: str, content: str, parse) -> Any:
+        """Send a forward frame with ``content`` to the user's connections
+        that answer; ``parse(answer content)`` of the first answer (see
+        ForwardBroker)."""
 
         def send(conn: Any) -> None:
             payload = frames.encode_message(
@@ -159,14 +163,14 @@ class Hub:
                 user_id,
                 user_id,
                 timestamps.now(self.time_ns()).text,
-                frames.forward_request_content(query),
+                content,
                 "pending",
                 is_forward_message=True,
             )
             conn.deliver(self.prepare(payload), None)
 
         self._count["forward"].inc()
-        return await self.forward.ask(user_id, pick, send)
+        return await self.forward.ask(user_id, self.bus.connections, send, parse)
 
     async def backlog_pages(self, user_id: str):
         """Pending direct messages, then undelivered broadcasts, oldest first,

@@ -30,13 +30,17 @@ from zope.interface import implementer
 #: The original server's per-client send buffer.
 DEFAULT_LIMIT = 256
 
-#: A proof ping goes out this long after the first unconfirmed write...
-PROOF_DELAY = 0.02
-#: ...but at most one per this interval per connection.  Each ping and pong
-#: costs a TLS record each way: at one per 50 ms, 200 busy receivers spent
-#: ~0.2 of a core on pings.  The price: under steady traffic a message may be
-#: marked delivered up to this much later, and a crash in that window sends
-#: it again (same id).  Sparse traffic is confirmed within PROOF_DELAY.
+#: A proof ping is written at the end of the reactor turn that wrote the
+#: frames it covers, inside the turn's last message (see _send_proof), so a
+#: client that reads a message and closes at once has answered it first.  One
+#: ping covers every frame written in that turn (a backlog page included).
+#: The rate is a token bucket per connection: PROOF_BURST pings at once, then
+#: one per PROOF_INTERVAL.  Each ping and pong costs a TLS record each way: at
+#: one per 50 ms, 200 busy receivers spent ~0.2 of a core on pings.  The price:
+#: under steady traffic a message may be marked delivered up to
+#: PROOF_INTERVAL later, and a crash (or a close right after reading) in that
+#: window sends it again (same id).
+PROOF_BURST = 4
 PROOF_INTERVAL = 0.5
 #: A peer that leaves a proof ping unanswered this long, or lets more than
 #: UNCONFIRMED_FACTOR x limit written frames go unconfirmed, is treated like a
@@ -60,21 +64,29 @@ class Outbox:
         on_confirmed: Callable[[list[Any]], None],
         on_overflow: Callable[[], None],
         limit: int = DEFAULT_LIMIT,
-        proof_delay: float = PROOF_DELAY,
+        proof_burst: int = PROOF_BURST,
         proof_interval: float = PROOF_INTERVAL,
         proof_timeout: float = PROOF_TIMEOUT,
+        write_with_proof: Callable[[Any, bytes], bool] | None = None,
     ) -> None:
         self._write_frame = write
+        #: Writes a frame with the proof ping inside it (see _send_proof);
+        #: None: the ping always follows as a frame of its own.
+        self._write_with_proof = write_with_proof
+        #: The last acknowledged frame of this reactor turn, held back so the
+        #: turn's proof ping can go inside it.
+        self._tail: tuple[Any, Any] | None = None
         self._ping = ping
         self._clock = clock
         self._on_confirmed = on_confirmed
         self._on_overflow = on_overflow
         self.limit = limit
-        self._proof_delay = proof_delay
+        self._proof_burst = proof_burst
         self._proof_interval = proof_interval
         self._proof_timeout = proof_timeout
-        self._proof_deadline: IDelayedCall | None = None
-        self._last_proof = float("-inf")
+        #: Proof pings the bucket holds, as of ``_tokens_at``.
+        self._tokens = float(proof_burst)
+        self._tokens_at = 0.0
         # Both start empty and small: most connections are idle, and an empty
         # deque costs ~600 bytes each (memory per connection matters at 10k).
         self._queue: deque[tuple[Any, Any]] | tuple = ()
@@ -83,8 +95,11 @@ class Outbox:
         self._paused = False
         self._closed = False
         self._proof_call: IDelayedCall | None = None
-        #: (payload, number of acks it covers) of the ping awaiting its pong.
-        self._proof_pending: tuple[bytes, int] | None = None
+        #: Proof pings awaiting their pong, oldest first: (payload, number of
+        #: acks it covers beyond the earlier ones, its deadline).
+        self._proofs: deque[tuple[bytes, int, IDelayedCall | None]] | tuple = ()
+        #: Acks (from the oldest) covered by the pings in ``_proofs``.
+        self._covered = 0
         self._proof_seq = 0
         self._writable_waiters: list[Deferred] = []
 
@@ -124,14 +139,43 @@ class Outbox:
         return d
 
     def _write(self, frame: Any, ack: Any) -> None:
+        if self._tail is not None:
+            self._write_tail()  # another frame follows it: it goes out whole
+            if self._closed:
+                return
+        if ack is not None and self._proof_due_now():
+            self._tail = (frame, ack)
+            return
         if self._write_frame(frame) is False:
             return  # not written (connection closing): the message stays pending
         if ack is not None:
-            self._unconfirmed.append(ack)
-            if len(self._unconfirmed) > UNCONFIRMED_FACTOR * self.limit:
-                self._overflow()
-                return
-            self._schedule_proof()
+            self._written(ack)
+
+    def _write_tail(self) -> None:
+        frame, ack = self._tail
+        self._tail = None
+        if self._write_frame(frame) is not False:
+            self._written(ack)
+
+    def _written(self, ack: Any) -> None:
+        self._unconfirmed.append(ack)
+        if len(self._unconfirmed) > UNCONFIRMED_FACTOR * self.limit:
+            self._overflow()
+            return
+        self._schedule_proof()
+
+    def _proof_due_now(self) -> bool:
+        """Will a proof ping go out at the end of this turn?  (Scheduling
+        it if needed.)"""
+        if self._write_with_proof is None or self._closed:
+            return False
+        self._schedule_proof()
+        call = self._proof_call
+        return (
+            call is not None
+            and call.active()
+            and call.getTime() <= self._clock.seconds()
+        )
 
     def _overflow(self) -> None:
         self.stop()
@@ -144,6 +188,7 @@ class Outbox:
             return
         self._closed = True
         self._queue = ()
+        self._tail = None  # not written: stays pending
         self._cancel_proof()
         self._wake_writers(False)
 
@@ -151,69 +196,125 @@ class Outbox:
         """The connection is gone: whatever was not confirmed stays pending."""
         self.stop()
         self._unconfirmed.clear()
-        self._proof_pending = None
+        self._drop_proofs()
 
     def confirm_all(self) -> None:
         """The peer read everything written (it answered our close frame)."""
-        self._proof_pending = None
+        self._drop_proofs()
         self._confirm(len(self._unconfirmed))
 
     # -- proof of reading --------------------------------------------------------
 
     def _schedule_proof(self) -> None:
-        if self._closed or self._proof_pending is not None:
+        """Make sure a proof ping follows the frames just written."""
+        if self._closed:
             return
         # A busy stream with a full window is confirmed in chunks, not once
         # per interval (the unconfirmed list stays short).
-        full = len(self._unconfirmed) >= self.limit
+        full = len(self._unconfirmed) - self._covered >= self.limit
         call = self._proof_call
         if call is not None and call.active():
-            if full and call.getTime() > self._clock.seconds() + self._proof_delay:
-                call.reset(self._proof_delay)
+            if full and call.getTime() > self._clock.seconds():
+                call.reset(0)
             return
-        wait = self._last_proof + self._proof_interval - self._clock.seconds()
-        if full:
-            wait = 0.0
-        self._proof_call = self._clock.callLater(
-            max(self._proof_delay, wait), self._send_proof
+        wait = 0.0 if full else self._token_wait()
+        # Even "now" is a delayed call: it runs after everything this reactor
+        # turn writes, so one ping covers all of it.
+        self._proof_call = self._clock.callLater(wait, self._send_proof)
+
+    def _token_wait(self) -> float:
+        """Seconds until the bucket holds a proof ping (0: it does now)."""
+        now = self._clock.seconds()
+        self._tokens = min(
+            float(self._proof_burst),
+            self._tokens + (now - self._tokens_at) / self._proof_interval,
         )
+        self._tokens_at = now
+        return max(0.0, (1.0 - self._tokens) * self._proof_interval)
 
     def _cancel_proof(self) -> None:
-        for call in (self._proof_call, self._proof_deadline):
-            if call is not None and call.active():
-                call.cancel()
-        self._proof_call = self._proof_deadline = None
+        call = self._proof_call
+        if call is not None and call.active():
+            call.cancel()
+        self._proof_call = None
+        for _, _, deadline in self._proofs:
+            if deadline is not None and deadline.active():
+                deadline.cancel()
+        # Written frames can still be confirmed by the pongs, without deadlines.
+        self._proofs = deque((p, n, None) for p, n, _ in self._proofs)
+
+    def _drop_proofs(self) -> None:
+        for _, _, deadline in self._proofs:
+            if deadline is not None and deadline.active():
+                deadline.cancel()
+        self._proofs = ()
+        self._covered = 0
 
     def _send_proof(self) -> None:
+        """The proof ping for everything written so far.
+
+        When this turn's last frame was held back (``_tail``), the ping goes
+        *inside* that message: its payload as a first fragment, the ping, then
+        an empty final fragment (RFC 6455 §5.4 lets control frames interleave
+        a fragmented message).  A client therefore answers the ping before
+        its application even sees the message, so a client that closes right
+        after reading has already proved it read; the final fragment travels
+        in the same TLS record as the ping.
+        """
         self._proof_call = None
-        if self._closed or not self._unconfirmed or self._proof_pending is not None:
+        tail, self._tail = self._tail, None
+        uncovered = len(self._unconfirmed) - self._covered
+        if self._closed or (uncovered <= 0 and tail is None):
             return
+        self._token_wait()
+        self._tokens = max(0.0, self._tokens - 1.0)
         self._proof_seq += 1
-        self._last_proof = self._clock.seconds()
         payload = _PING_PREFIX + b"%d" % self._proof_seq
-        self._proof_pending = (payload, len(self._unconfirmed))
-        self._proof_deadline = self._clock.callLater(
+        if tail is None:
+            self._ping(payload)
+        elif self._write_with_proof(tail[0], payload):
+            self._unconfirmed.append(tail[1])
+            uncovered += 1
+            if len(self._unconfirmed) > UNCONFIRMED_FACTOR * self.limit:
+                self._overflow()
+                return
+        elif self._closed or uncovered <= 0:
+            return  # not written (connection closing): it stays pending
+        else:
+            self._ping(payload)
+        deadline = self._clock.callLater(
             self._proof_timeout, self._proof_expired, payload
         )
-        self._ping(payload)
+        if not self._proofs:
+            self._proofs = deque()
+        self._proofs.append((payload, uncovered, deadline))
+        self._covered += uncovered
 
     def _proof_expired(self, payload: bytes) -> None:
-        self._proof_deadline = None
-        if self._proof_pending is not None and self._proof_pending[0] == payload:
+        if any(p == payload for p, _, _ in self._proofs):
             self._overflow()
 
     def on_pong(self, payload: bytes) -> None:
-        """A pong: if it answers our proof ping, the frames before it were read."""
-        pending = self._proof_pending
-        if pending is None or payload != pending[0]:
+        """A pong to one of our proof pings: the frames before it were read.
+
+        A peer may answer only the latest of several pings (RFC 6455
+        §5.5.3), so a pong also confirms what earlier pings covered.
+        """
+        if not payload.startswith(_PING_PREFIX):
             return
-        self._proof_pending = None
-        if self._proof_deadline is not None and self._proof_deadline.active():
-            self._proof_deadline.cancel()
-        self._proof_deadline = None
-        self._confirm(pending[1])
-        if self._unconfirmed:
-            self._schedule_proof()
+        index = next(
+            (i for i, (p, _, _) in enumerate(self._proofs) if p == payload), None
+        )
+        if index is None:
+            return
+        count = 0
+        for _ in range(index + 1):
+            _, n, deadline = self._proofs.popleft()
+            if deadline is not None and deadline.active():
+                deadline.cancel()
+            count += n
+        self._covered -= count
+        self._confirm(count)
 
     def _confirm(self, count: int) -> None:
         if count <= 0:

@@ -27,6 +27,8 @@ from dkserver.ws.outbox import Outbox
 CLOSE_TOO_SLOW = 4008
 #: Close code sent on shutdown when the library refuses 1001.
 CLOSE_GOING_AWAY = 1001
+#: FIN, opcode 0 (continuation), no payload: ends a message split for a ping.
+_FINAL_EMPTY_FRAGMENT = b"\x80\x00"
 
 
 class DkServerProtocol(WebSocketServerProtocol):
@@ -56,12 +58,13 @@ class DkServerProtocol(WebSocketServerProtocol):
         self._gone = False
         self.outbox = Outbox(
             write=self._write_prepared,
-            ping=self.sendPing,
+            ping=self._send_proof_ping,
+            write_with_proof=self._write_with_proof,
             clock=self.hub.clock,
             on_confirmed=self.hub.confirm,
             on_overflow=self._too_slow,
             limit=self.factory.queue_limit,
-            proof_delay=self.factory.proof_delay,
+            proof_burst=self.factory.proof_burst,
             proof_interval=self.factory.proof_interval,
         )
         # twisted.web's HTTP channel is still the transport's producer; it is
@@ -97,6 +100,45 @@ class DkServerProtocol(WebSocketServerProtocol):
             self.outbox.close()
             return False
         return True
+
+    def _send_proof_ping(self, payload: bytes) -> None:
+        """The outbox's proof ping, sent with the frames it follows."""
+        self.sendPing(payload)
+        self._flush_transport()
+
+    def _write_with_proof(self, prepared: Any, payload: bytes) -> bool:
+        """Write a message with the proof ping inside it (Outbox._send_proof):
+        the frame without FIN, then one TLS record holding the ping and an
+        empty final continuation frame."""
+        if self.state != self.STATE_OPEN:
+            return False
+        try:
+            if self.send_queue:  # behind Autobahn's own queue: no split
+                self.sendPreparedMessage(prepared)
+                self.sendPing(payload)
+                return True
+            data = prepared.payloadHybi
+            self.transport.write(bytes((data[0] & 0x7F,)) + data[1:])
+            self._flush_transport()
+            self.transport.write(
+                b"\x89" + bytes((len(payload),)) + payload + _FINAL_EMPTY_FRAGMENT
+            )
+            self._flush_transport()
+        except Disconnected:
+            self.outbox.close()
+            return False
+        return True
+
+    def _flush_transport(self) -> None:
+        """Twisted's TLS transport (``BufferingTLSTransport``) holds small
+        writes for a ``callLater(0)`` of its own; a ping written after that
+        flush ran would leave a reactor iteration after the frames before it,
+        and one written with them could share a TLS record boundary badly.
+        Flushing puts it in the same TCP write as those frames, in a record of
+        its own."""
+        aggregator = getattr(self.transport, "_aggregator", None)
+        if aggregator is not None:
+            aggregator.flush()
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's dataReceived formats debug-log arguments on every call
@@ -213,8 +255,7 @@ class DkServerProtocol(WebSocketServerProtocol):
             self.send_system(str(e))
             return
         if frames.is_forward_response(message):
-            answer = frames.forward_answer_text(message.content)
-            if answer is None or not hub.forward.answer(self, answer):
+            if not hub.forward.answer(self, message.content):
                 self.send_system("No forward request is waiting for an answer")
             return
         # Submitted synchronously, in arrival order: the writer commits and

@@ -19,7 +19,7 @@ class FakeWire:
         self.written.append(frame)
 
 
-def make(limit: int = 3, delay: float = 0.05, **options):
+def make(limit: int = 3, **options):
     clock = Clock()
     wire = FakeWire()
     box = Outbox(
@@ -29,7 +29,6 @@ def make(limit: int = 3, delay: float = 0.05, **options):
         on_confirmed=wire.confirmed.append,
         on_overflow=lambda: setattr(wire, "overflows", wire.overflows + 1),
         limit=limit,
-        proof_delay=delay,
         **options,
     )
     return clock, wire, box
@@ -40,9 +39,9 @@ def test_frames_are_confirmed_only_by_the_pong_to_a_later_ping():
     box.send("a", ack=1)
     box.send("b", ack=2)
     assert wire.written == ["a", "b"]
-    assert wire.pings == []
-    clock.advance(0.05)
-    assert len(wire.pings) == 1  # one ping covers both writes
+    assert wire.pings == []  # not before the end of the reactor turn
+    clock.advance(0)
+    assert len(wire.pings) == 1  # one ping covers both writes of the turn
     assert wire.confirmed == []
     box.on_pong(b"something else")
     assert wire.confirmed == []
@@ -50,25 +49,38 @@ def test_frames_are_confirmed_only_by_the_pong_to_a_later_ping():
     assert wire.confirmed == [[1, 2]]
 
 
-def test_frames_written_after_the_ping_wait_for_the_next_one():
+def test_frames_written_after_the_ping_get_a_ping_of_their_own():
     clock, wire, box = make(limit=10)
     box.send("a", ack=1)
-    clock.advance(0.05)
+    clock.advance(0)
     box.send("b", ack=2)
-    clock.advance(1)
-    assert len(wire.pings) == 1  # only one proof ping outstanding
+    clock.advance(0)
+    assert len(wire.pings) == 2  # the second is in flight before the first pong
     box.on_pong(wire.pings[0])
     assert wire.confirmed == [[1]]
-    clock.advance(0.05)
-    assert len(wire.pings) == 2
     box.on_pong(wire.pings[1])
     assert wire.confirmed == [[1], [2]]
+
+
+def test_a_pong_to_a_later_ping_confirms_what_earlier_pings_covered():
+    # RFC 6455 §5.5.3: a peer may answer only the most recent ping.
+    clock, wire, box = make(limit=10)
+    for ack in (1, 2, 3):
+        box.send(f"m{ack}", ack=ack)
+        clock.advance(0)
+    assert len(wire.pings) == 3
+    box.on_pong(wire.pings[1])
+    assert wire.confirmed == [[1, 2]]
+    box.on_pong(wire.pings[0])  # stale: already confirmed
+    assert wire.confirmed == [[1, 2]]
+    box.on_pong(wire.pings[2])
+    assert wire.confirmed == [[1, 2], [3]]
 
 
 def test_lost_connection_confirms_nothing():
     clock, wire, box = make()
     box.send("a", ack=1)
-    clock.advance(0.05)
+    clock.advance(0)
     box.close()
     box.on_pong(wire.pings[0])
     assert wire.confirmed == []
@@ -99,7 +111,7 @@ def test_paused_transport_queues_and_resume_writes_in_order():
     assert len(box) == 3
     box.resumeProducing()
     assert wire.written == ["m0", "m1", "m2"]
-    clock.advance(0.05)
+    clock.advance(0)
     box.on_pong(wire.pings[-1])
     assert wire.confirmed == [[0, 1, 2]]
 
@@ -139,25 +151,43 @@ def test_wait_writable_reports_close():
     assert fired == [False]
 
 
-def test_proof_pings_are_prompt_when_sparse_and_rate_limited_when_busy():
-    clock, wire, box = make(limit=10, delay=0.02, proof_interval=0.5)
+def test_proof_pings_are_prompt_for_a_burst_then_rate_limited():
+    clock, wire, box = make(limit=100, proof_burst=2, proof_interval=0.5)
     box.send("a", ack=1)
-    clock.advance(0.02)
-    assert len(wire.pings) == 1  # prompt after a quiet period
-    box.on_pong(wire.pings[0])
+    clock.advance(0)
     box.send("b", ack=2)
-    clock.advance(0.1)
-    assert len(wire.pings) == 1  # busy: waits for the interval
-    clock.advance(0.4)  # 0.5 s after the first ping
-    assert len(wire.pings) == 2
-    box.on_pong(wire.pings[1])
-    assert wire.confirmed == [[1], [2]]
+    clock.advance(0)
+    assert len(wire.pings) == 2  # the burst: each right behind its frame
+    box.send("c", ack=3)
+    box.send("d", ack=4)
+    clock.advance(0.4)
+    assert len(wire.pings) == 2  # bucket empty: waits for a token
+    clock.advance(0.1)  # one token per 0.5 s
+    assert len(wire.pings) == 3  # one ping for both waiting frames
+    for ping in wire.pings:
+        box.on_pong(ping)
+    assert wire.confirmed == [[1], [2], [3, 4]]
+    # Quiet again for long enough: the bucket refills, prompt once more.
+    clock.advance(5)
+    box.send("e", ack=5)
+    clock.advance(0)
+    assert len(wire.pings) == 4
+
+
+def test_busy_connection_gets_at_most_one_ping_per_interval():
+    clock, wire, box = make(limit=1000, proof_burst=4, proof_interval=0.5)
+    for _ in range(1000):  # a frame every 10 ms for 10 s, all read at once
+        box.send("m", ack=1)
+        clock.advance(0.01)
+        for ping in wire.pings[len(wire.confirmed) :]:
+            box.on_pong(ping)
+    assert len(wire.pings) <= 4 + 10 / 0.5 + 1
 
 
 def test_unanswered_proof_ping_counts_as_too_slow():
-    clock, wire, box = make(limit=10, delay=0.02, proof_timeout=60.0)
+    clock, wire, box = make(limit=10, proof_timeout=60.0)
     box.send("a", ack=1)
-    clock.advance(0.02)
+    clock.advance(0)
     assert len(wire.pings) == 1
     clock.advance(59)
     assert wire.overflows == 0
@@ -169,7 +199,7 @@ def test_unanswered_proof_ping_counts_as_too_slow():
 def test_answered_proof_ping_cancels_its_deadline():
     clock, wire, box = make(limit=10)
     box.send("a", ack=1)
-    clock.advance(0.05)
+    clock.advance(0)
     box.on_pong(wire.pings[0])
     clock.advance(120)
     assert wire.overflows == 0 and wire.confirmed == [[1]]
@@ -189,11 +219,101 @@ def test_unconfirmed_frames_are_bounded():
 
 
 def test_a_full_window_of_unconfirmed_frames_is_proved_at_once():
-    clock, wire, box = make(limit=3, delay=0.02)
+    clock, wire, box = make(limit=3, proof_burst=1)
     box.send("a", ack=1)
-    clock.advance(0.02)
-    box.on_pong(wire.pings[0])  # the interval now applies
+    clock.advance(0)
+    box.on_pong(wire.pings[0])  # the bucket is empty now
     for i in range(3):
         box.send(f"b{i}", ack=10 + i)
-    clock.advance(0.02)
+    clock.advance(0)
     assert len(wire.pings) == 2  # not 0.5 s later: the window is full
+
+
+# -- the proof ping inside the turn's last message ----------------------------------
+
+
+class SplittingWire(FakeWire):
+    """Records ``write_with_proof`` as ("split", frame, ping payload)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accept_split = True
+
+    def write_with_proof(self, frame: str, payload: bytes) -> bool:
+        if not self.accept_split:
+            return False
+        self.written.append(("split", frame, payload))
+        return True
+
+
+def make_splitting(limit: int = 10, **options):
+    clock = Clock()
+    wire = SplittingWire()
+    box = Outbox(
+        write=wire.write,
+        ping=wire.pings.append,
+        clock=clock,
+        on_confirmed=wire.confirmed.append,
+        on_overflow=lambda: setattr(wire, "overflows", wire.overflows + 1),
+        limit=limit,
+        write_with_proof=wire.write_with_proof,
+        **options,
+    )
+    return clock, wire, box
+
+
+def test_last_message_of_the_turn_carries_the_proof_ping_inside_it():
+    clock, wire, box = make_splitting()
+    for i in range(3):
+        box.send(f"m{i}", ack=i)
+    assert wire.written == ["m0", "m1"]  # the last one is held to the turn's end
+    clock.advance(0)
+    assert len(wire.written) == 3 and wire.pings == []
+    kind, frame, payload = wire.written[2]
+    assert (kind, frame) == ("split", "m2")
+    box.on_pong(payload)
+    assert wire.confirmed == [[0, 1, 2]]  # one ping for the whole turn
+
+
+def test_a_frame_without_ack_after_the_held_one_flushes_it_whole_and_in_order():
+    clock, wire, box = make_splitting()
+    box.send("m0", ack=0)
+    box.send("system")
+    assert wire.written == ["m0", "system"]
+    clock.advance(0)
+    assert len(wire.pings) == 1  # an ordinary ping behind both
+    box.on_pong(wire.pings[0])
+    assert wire.confirmed == [[0]]
+
+
+def test_no_split_when_the_bucket_is_empty():
+    clock, wire, box = make_splitting(proof_burst=1, proof_interval=0.5)
+    box.send("m0", ack=0)
+    clock.advance(0)
+    box.send("m1", ack=1)
+    assert wire.written[1] == "m1"  # written at once: its ping comes later
+    clock.advance(0.5)
+    assert len(wire.pings) == 1
+    box.on_pong(wire.written[0][2])
+    box.on_pong(wire.pings[0])
+    assert wire.confirmed == [[0], [1]]
+
+
+def test_held_frame_is_dropped_on_stop_and_never_confirmed():
+    clock, wire, box = make_splitting()
+    box.send("m0", ack=0)
+    box.stop()  # e.g. shutdown's close frame: nothing may follow it
+    clock.advance(1)
+    assert wire.written == [] and wire.pings == []
+    box.confirm_all()
+    assert wire.confirmed == []  # it stays pending
+
+
+def test_split_refused_by_a_closing_connection_confirms_nothing():
+    clock, wire, box = make_splitting()
+    wire.accept_split = False
+    box.send("m0", ack=0)
+    clock.advance(0)
+    assert wire.written == [] and wire.pings == []
+    box.confirm_all()
+    assert wire.confirmed == []

@@ -14,7 +14,7 @@ DOCUMENT_PATH = Path(
 
 #: Documented endpoints of the current original server that other branches
 #: are implementing; the lead empties this set at merge.  A path listed here
-#: that the app does route fails test_every_documented_path_is_routed, so the
+#: that the app does route fails the route test in test_document.py, so the
 #: set cannot go stale.
 NOT_YET_ROUTED = {
     "/user/trackers",

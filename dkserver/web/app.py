@@ -289,6 +289,20 @@ class DkApp:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
         return self.metrics.render()
 
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi_document(self, request: IRequest) -> bytes:
+        """The REST API as OpenAPI 3.1; docs/protocol.md is its prose twin.
+
+        Read from the package once, on first use (it is small and static).
+        """
+        from importlib import resources  # only this route reads package files here
+
+        if getattr(self, "_openapi", None) is None:
+            path = resources.files("dkserver.web").joinpath("pages", "openapi.json")
+            self._openapi = path.read_bytes()
+        request.setHeader(b"Content-Type", b"application/json")
+        return self._openapi
+
     # -- pages and client downloads ---------------------------------------------
 
     @app.route("/", methods=["GET"])

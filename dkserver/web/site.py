@@ -8,11 +8,14 @@ before reading them (413) and gives each request a deadline to arrive.
 
 from __future__ import annotations
 
+from urllib.parse import unquote_to_bytes
+
+from klein.resource import KleinResource
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web import http, server
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 
 from dkserver.web.responses import error_body
 
@@ -125,6 +128,30 @@ class DkRequest(server.Request):
         super().connectionLost(reason)
 
 
+class Utf8Urls(Resource):
+    """Refuse a URL path or Host that is not UTF-8 with the JSON error.
+
+    Klein answers those itself, with a text body (and logs a traceback), before
+    any of the app's error handlers run.
+    """
+
+    isLeaf = True
+
+    def __init__(self, wrapped: IResource) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+
+    def render(self, request):
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"application/json")
+            return error_body("The URL path and Host must be UTF-8")
+        return self.wrapped.render(request)
+
+
 class DkSite(server.Site):
     """The HTTPS site; tracebacks are never shown to clients."""
 
@@ -140,6 +167,8 @@ class DkSite(server.Site):
         request_deadline: float,
         reactor=None,
     ) -> None:
+        if isinstance(resource, KleinResource):
+            resource = Utf8Urls(resource)
         # No form parsing: the API takes JSON, and twisted.web's form support
         # parses every POST's Content-Type with the email package (~15 % of a
         # login's CPU) and would buffer multipart bodies.

@@ -53,10 +53,14 @@ class Config:
     #: Browser origins allowed to open /ws; empty means "the server's own".
     allowed_origins: tuple[str, ...] = ()
     forward_timeout: float = 30.0
+    #: An operator-supplied build of the client (``<dir>/dk.pyz``, from
+    #: scripts/build-client) to serve at /download/*; empty: the server builds
+    #: its own from the installed packages into ``client_path``.
+    client_dir: str = ""
+    #: Where the server's own build goes: beside the database.
+    client_path: str = ""
     #: Open (or opening) WebSocket connections allowed per client IP and per
     #: user; past either, /ws answers 429.
-    #: Where the built client (dk.pyz, scripts/build-client) is served from.
-    client_dir: str = "dist"
     max_connections_per_ip: int = 1000
     max_connections_per_user: int = 32
     challenge_ttl: float = 60.0
@@ -72,6 +76,9 @@ class Config:
     def __post_init__(self) -> None:
         if not self.jwt_secret_path:
             object.__setattr__(self, "jwt_secret_path", self.db_path + ".jwt-secret")
+        if not self.client_path:
+            state_dir = os.path.dirname(self.db_path)
+            object.__setattr__(self, "client_path", os.path.join(state_dir, "dk.pyz"))
 
 
 def _positive_float(key: str, raw: str | float) -> float:
@@ -187,7 +194,7 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
         sqlite_synchronous=sync,
         admin_users=frozenset(_split_list(str(pick("admins", "DK_ADMIN_USERS", "")))),
         allowed_origins=origins,
-        client_dir=str(pick("client_dir", "DK_CLIENT_DIR", "dist")),
+        client_dir=str(pick("client_dir", "DK_CLIENT_DIR", "")),
         max_connections_per_ip=_positive_int(
             "DK_MAX_CONNECTIONS_PER_IP",
             pick("max_connections_per_ip", "DK_MAX_CONNECTIONS_PER_IP", 1000),

@@ -31,6 +31,7 @@ from dkserver.store import Store
 from dkserver.store.writer import GroupWriter
 from dkserver.tls import load_context_factory
 from dkserver.web.app import DkApp
+from dkserver.web.pages import ClientDownload
 from dkserver.web.redirect import RedirectResource
 from dkserver.web.site import DkSite
 from dkserver.ws.factory import DkWebSocketFactory
@@ -109,8 +110,16 @@ class DkService(MultiService):
             reactor,
         )
         self.ws_factory = DkWebSocketFactory(config, self.hub, reactor)
+        self.client_download = ClientDownload(config, reactor)
+        self.client_download.setServiceParent(self)
         self.app = DkApp(
-            config, self.store, self.auth, self.hub, self.ws_factory, self.metrics
+            config,
+            self.store,
+            self.auth,
+            self.hub,
+            self.ws_factory,
+            self.metrics,
+            self.client_download,
         )
         self.site = DkSite(
             self.app.resource(),

@@ -20,7 +20,7 @@ from dkserver.auth.handler import AuthHandler
 from dkserver.config import Config
 from dkserver.metrics import CONTENT_TYPE_LATEST, Metrics
 from dkserver.store import Store
-from dkserver.web.pages import Pages
+from dkserver.web.pages import ClientDownload, Pages
 from dkserver.web.responses import (
     ApiError,
     BadRequest,
@@ -62,6 +62,7 @@ class DkApp:
         hub: Hub,
         ws_factory: Any,
         metrics: Metrics,
+        client: ClientDownload,
     ) -> None:
         self.config = config
         self.store = store
@@ -69,7 +70,7 @@ class DkApp:
         self.hub = hub
         self.ws_factory = ws_factory
         self.metrics = metrics
-        self.pages = Pages(config.client_dir)
+        self.pages = Pages(client)
 
     def resource(self):
         return self.app.resource()
@@ -286,8 +287,8 @@ class DkApp:
         return self.pages.static(request, name)
 
     @app.route("/download/<string:platform>", methods=["GET"])
-    def download(self, request: IRequest, platform: str):
-        return self.pages.artifact(request, platform)
+    async def download(self, request: IRequest, platform: str):
+        return await self.pages.artifact(request, platform)
 
 
 def _is_loopback(host: str) -> bool:

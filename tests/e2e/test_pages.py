@@ -155,3 +155,21 @@ async def test_download_page_detects_platform_in_headless_chromium(server, tmp_p
         assert code == 0, err.decode()[-2000:]
         assert f'id="detected" data-platform="{platform}"' in dom, dom[:3000]
         assert f'class="platform detected" data-platform="{platform}"' in dom
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_that_cannot_be_built_is_a_clear_503(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the client's directory would be")
+    server = await start_server(
+        make_config(tmp_path, client_path=str(blocker / "dk.pyz"))
+    )
+    try:
+        code, body = await get(server, "/download/linux")
+        assert code == 503 and body["error"] is True
+        assert body["message"] == "The client could not be built on this server"
+        # The rest of the site is unaffected.
+        code, _ = await get(server, "/download")
+        assert code == 200
+    finally:
+        await stop_server(server)

@@ -14,11 +14,14 @@ decoys must be untouched and the checkout must hold no state the tests made.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from tests.support.server import make_config, start_server, stop_server
 
@@ -49,6 +52,21 @@ CHECKOUT_STATE = ("dist", "dkserver.db", "certs/server.pem", ".hypothesis")
 
 settings.register_profile("hermetic", database=None)
 settings.load_profile("hermetic")
+
+_hypothesis_home: str | None = None
+
+
+def pytest_configure(config) -> None:
+    # Hypothesis also caches (unicode tables, constants) under ./.hypothesis,
+    # resolved when it is imported: before the session changes directory.
+    global _hypothesis_home
+    _hypothesis_home = tempfile.mkdtemp(prefix="dk-tests-hypothesis-")
+    set_hypothesis_home_dir(_hypothesis_home)
+
+
+def pytest_unconfigure(config) -> None:
+    if _hypothesis_home is not None:
+        shutil.rmtree(_hypothesis_home, ignore_errors=True)
 
 
 def _checkout_state() -> dict[str, int | None]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest_twisted
 from hypothesis import settings
+from hypothesis.configuration import storage_directory
 
 from dkserver.config import DEFAULT_CERT, DEFAULT_DB, Config
 from tests.conftest import DECOYS, REPO
@@ -35,6 +36,8 @@ def test_server_environment_is_not_inherited():
 
 def test_hypothesis_keeps_no_example_database_in_the_working_directory():
     assert settings().database is None
+    home = storage_directory(intent_to_write=False).home_directory
+    assert not home.is_relative_to(REPO) and not home.is_relative_to(Path.cwd())
 
 
 @pytest_twisted.ensureDeferred

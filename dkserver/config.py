@@ -61,14 +61,18 @@ class Config:
     #: Browser origins allowed to open /ws; empty means "the server's own".
     allowed_origins: tuple[str, ...] = ()
     forward_timeout: float = 30.0
-    #: Open (or opening) WebSocket connections allowed per client IP and per
-    #: user; past either, /ws answers 429.
-    #: Where the built client (dk.pyz, scripts/build-client) is served from.
-    client_dir: str = "dist"
+    #: An operator-supplied build of the client (``<dir>/dk.pyz``, from
+    #: scripts/build-client) to serve at /download/*; empty: the server builds
+    #: its own from the installed packages into ``client_path``.
+    client_dir: str = ""
+    #: Where the server's own build goes: beside the database.
+    client_path: str = ""
     #: Operator folders: tracker packages (/tracker-apps, /tracker-folder/*)
     #: and desktop app binaries (/download/app/*); None means those are 404.
     tracker_dir: str | None = None
     app_dir: str | None = None
+    #: Open (or opening) WebSocket connections allowed per client IP and per
+    #: user; past either, /ws answers 429.
     max_connections_per_ip: int = 1000
     max_connections_per_user: int = 32
     challenge_ttl: float = 60.0
@@ -84,6 +88,9 @@ class Config:
     def __post_init__(self) -> None:
         if not self.jwt_secret_path:
             object.__setattr__(self, "jwt_secret_path", self.db_path + ".jwt-secret")
+        if not self.client_path:
+            state_dir = os.path.dirname(self.db_path)
+            object.__setattr__(self, "client_path", os.path.join(state_dir, "dk.pyz"))
 
 
 def _positive_float(key: str, raw: str | float) -> float:
@@ -220,7 +227,7 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
         sqlite_synchronous=sync,
         admin_users=frozenset(_split_list(str(pick("admins", "DK_ADMIN_USERS", "")))),
         allowed_origins=origins,
-        client_dir=str(pick("client_dir", "DK_CLIENT_DIR", "dist")),
+        client_dir=str(pick("client_dir", "DK_CLIENT_DIR", "")),
         tracker_dir=_folder(
             "DK_TRACKER_DIR", pick("tracker_dir", "DK_TRACKER_DIR", None)
         ),

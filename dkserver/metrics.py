@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from dkserver import __version__
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -18,6 +20,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # dkserver_build_info{version="..."} 1: which release a scrape came
+        # from, joinable with every other series (the Prometheus convention).
+        self.build_info = Info("dkserver_build", "The running dkserver", registry=r)
+        self.build_info.info({"version": __version__})
         self.messages = Counter(
             "dkserver_messages", "Messages accepted, by kind", ["kind"], registry=r
         )

@@ -31,6 +31,7 @@ from dkserver.store import Store
 from dkserver.store.writer import GroupWriter
 from dkserver.tls import load_context_factory
 from dkserver.web.app import DkApp
+from dkserver.web.pages import ClientDownload
 from dkserver.web.redirect import RedirectResource
 from dkserver.web.site import DkSite
 from dkserver.ws.factory import DkWebSocketFactory
@@ -112,6 +113,8 @@ class DkService(MultiService):
         self.write_limits = BucketRegistry(
             config.write_rate, config.write_burst, reactor
         )
+        self.client_download = ClientDownload(config, reactor)
+        self.client_download.setServiceParent(self)
         self.app = DkApp(
             config,
             self.store,
@@ -119,6 +122,7 @@ class DkService(MultiService):
             self.hub,
             self.ws_factory,
             self.metrics,
+            self.client_download,
             write_limits=self.write_limits,
         )
         self.site = DkSite(

@@ -7,10 +7,16 @@ import sys
 
 from twisted.python import usage
 
+from dkserver import __version__
 from dkserver.config import Config, ConfigError, from_sources
 
 
 class Options(usage.Options):
+    longdesc = (
+        "The DistributedKnowledge messaging server: HTTPS (REST and the "
+        "WebSocket) and a plain-HTTP redirect. Environment variables give the "
+        "defaults; options override them."
+    )
     optParameters = [
         [
             "https",
@@ -47,11 +53,28 @@ class Options(usage.Options):
         ],
     ]
 
+    def opt_version(self) -> None:
+        """Show the versions of dkserver, Twisted and Autobahn and exit."""
+        print(version_text())
+        sys.exit(0)
+
     def postOptions(self) -> None:
         try:
             self.config = build_config(self)
         except ConfigError as e:
             raise usage.UsageError(str(e))
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = [f"dkserver {__version__}"]
+    for dist in ("Twisted", "autobahn"):
+        try:
+            lines.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            lines.append(f"{dist} (not installed)")
+    return "\n".join(lines)
 
 
 def build_config(options) -> Config:

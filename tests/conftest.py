@@ -1,10 +1,107 @@
-"""Shared fixtures: a real dkserver on ephemeral loopback ports."""
+"""Shared fixtures: a real dkserver on ephemeral loopback ports, and a
+hermetic session.
+
+Hermetic: a checkout that ran ``scripts/serve`` has ``dist/dk.pyz``,
+``dkserver.db`` and ``certs/`` in it, and a developer's shell may export
+``DK_*`` settings; neither may change a test's result.  So the session runs
+in a working directory of its own, seeded with decoys of exactly that state
+(garbage files a test would trip over if it read a cwd-relative default),
+with the server's environment variables removed and Hypothesis's example
+database (``.hypothesis/`` in the working directory) off.  At the end, the
+decoys must be untouched and the checkout must hold no state the tests made.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
 import pytest_twisted
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from tests.support.server import make_config, start_server, stop_server
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Settings the server reads from the environment (README, Configuration).
+SERVER_ENVIRONMENT = (
+    "SERVER_ADDR",
+    "HTTP_ADDR",
+    "JWT_SECRET",
+    "MESSAGE_RATE_LIMIT",
+    "MESSAGE_BURST_LIMIT",
+    "LOGIN_RATE_LIMIT",
+    "LOGIN_BURST_LIMIT",
+)
+
+#: What scripts/serve leaves in the working directory, as decoys.
+DECOYS = {
+    "dist/dk.pyz": b"decoy: a stale client build, not a zip\n",
+    "dkserver.db": b"decoy: not an SQLite database\n",
+    "dkserver.db.jwt-secret": b"decoy-secret-decoy-secret-decoy!!",
+    "certs/server.pem": b"decoy: not a certificate\n",
+    "certs/server.key": b"decoy: not a key\n",
+}
+
+#: Checkout paths that local runs create; the tests must not.
+CHECKOUT_STATE = ("dist", "dkserver.db", "certs/server.pem", ".hypothesis")
+
+settings.register_profile("hermetic", database=None)
+settings.load_profile("hermetic")
+
+_hypothesis_home: str | None = None
+
+
+def pytest_configure(config) -> None:
+    # Hypothesis also caches (unicode tables, constants) under ./.hypothesis,
+    # resolved when it is imported: before the session changes directory.
+    global _hypothesis_home
+    _hypothesis_home = tempfile.mkdtemp(prefix="dk-tests-hypothesis-")
+    set_hypothesis_home_dir(_hypothesis_home)
+
+
+def pytest_unconfigure(config) -> None:
+    if _hypothesis_home is not None:
+        shutil.rmtree(_hypothesis_home, ignore_errors=True)
+
+
+def _checkout_state() -> dict[str, int | None]:
+    state = {}
+    for name in CHECKOUT_STATE:
+        path = REPO / name
+        state[name] = path.stat().st_mtime_ns if path.exists() else None
+    return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_session(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("cwd")
+    for name, content in DECOYS.items():
+        (cwd / name).parent.mkdir(parents=True, exist_ok=True)
+        (cwd / name).write_bytes(content)
+    saved_env = {
+        k: os.environ.pop(k)
+        for k in list(os.environ)
+        if k.startswith("DK_") or k in SERVER_ENVIRONMENT
+    }
+    before = _checkout_state()
+    old_cwd = os.getcwd()
+    os.chdir(cwd)
+    try:
+        yield cwd
+    finally:
+        os.chdir(old_cwd)
+        os.environ.update(saved_env)
+    changed = [
+        name for name, content in DECOYS.items() if (cwd / name).read_bytes() != content
+    ]
+    assert not changed, f"tests wrote cwd-relative state: {changed}"
+    made = [k for k, v in _checkout_state().items() if v != before[k] and v]
+    assert not made, f"tests created or changed state in the checkout: {made}"
 
 
 @pytest_twisted.async_yield_fixture

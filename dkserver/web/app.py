@@ -23,7 +23,7 @@ from dkserver.ratelimit import BucketRegistry
 from dkserver.store import Store, TooManyApis
 from dkserver.web import documents, trackers
 from dkserver.web.files import OperatorFiles
-from dkserver.web.pages import Pages
+from dkserver.web.pages import ClientDownload, Pages
 from dkserver.web.responses import (
     ApiError,
     BadRequest,
@@ -66,6 +66,7 @@ class DkApp:
         hub: Hub,
         ws_factory: Any,
         metrics: Metrics,
+        client: ClientDownload,
         *,
         write_limits: BucketRegistry,
     ) -> None:
@@ -75,7 +76,7 @@ class DkApp:
         self.hub = hub
         self.ws_factory = ws_factory
         self.metrics = metrics
-        self.pages = Pages(config.client_dir)
+        self.pages = Pages(client)
         self.write_limits = write_limits
         self.files = OperatorFiles(config.tracker_dir, config.app_dir)
 
@@ -324,8 +325,8 @@ class DkApp:
         return self.pages.static(request, name)
 
     @app.route("/download/<string:platform>", methods=["GET"])
-    def download(self, request: IRequest, platform: str):
-        return self.pages.artifact(request, platform)
+    async def download(self, request: IRequest, platform: str):
+        return await self.pages.artifact(request, platform)
 
     # -- endpoints of the current original server: trackers, APIs, files ----------
     # (werkzeug's string converter matches no "/", so /download/app/<platform>

@@ -13,8 +13,10 @@ from tests.client.dkcli import REPO, Dk, child_env, spawn, wait_online
 
 async def build(tmp_path):
     pyz = tmp_path / "dk.pyz"
+    # With this interpreter's packages, not whatever the checkout's .venv has.
     result = await spawn(
-        ["/bin/bash", str(REPO / "scripts" / "build-client"), "-o", str(pyz)]
+        ["/bin/bash", str(REPO / "scripts" / "build-client"), "-o", str(pyz)],
+        env=child_env(DK_BUILD_PYTHON=sys.executable),
     )
     assert result.code == 0, str(result)
     return pyz

@@ -56,12 +56,34 @@ async def test_hostile_host_header_cannot_reach_the_script(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_download_without_a_built_client_is_a_clear_404(server):
-    code, body = await get(server, "/download/linux")
-    assert code == 404 and body["error"] is True
-    assert "scripts/build-client" in body["message"]
+async def test_server_serves_the_client_it_built_at_startup(server):
+    # No build step: the server built dk.pyz beside its database.
+    response = await server.http.get(server.url("/download/linux"))
+    body = await response.content()
+    assert response.code == 200
+    assert body.startswith(b"#!/usr/bin/env python3\n")
+    with open(server.config.client_path, "rb") as f:
+        assert body == f.read()
+    assert os.path.dirname(server.config.client_path) == os.path.dirname(
+        server.config.db_path
+    )
     code, body = await get(server, "/download/plan9")
     assert code == 404 and "linux" in body["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_operator_client_dir_is_a_clear_404(tmp_path):
+    empty = tmp_path / "operator-dist"
+    empty.mkdir()
+    server = await start_server(make_config(tmp_path, client_dir=str(empty)))
+    try:
+        code, body = await get(server, "/download/linux")
+        assert code == 404 and body["error"] is True
+        assert "DK_CLIENT_DIR" in body["message"]
+        assert "scripts/build-client" in body["message"]
+        assert not os.path.exists(server.config.client_path)
+    finally:
+        await stop_server(server)
 
 
 @pytest_twisted.ensureDeferred
@@ -133,3 +155,21 @@ async def test_download_page_detects_platform_in_headless_chromium(server, tmp_p
         assert code == 0, err.decode()[-2000:]
         assert f'id="detected" data-platform="{platform}"' in dom, dom[:3000]
         assert f'class="platform detected" data-platform="{platform}"' in dom
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_that_cannot_be_built_is_a_clear_503(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the client's directory would be")
+    server = await start_server(
+        make_config(tmp_path, client_path=str(blocker / "dk.pyz"))
+    )
+    try:
+        code, body = await get(server, "/download/linux")
+        assert code == 503 and body["error"] is True
+        assert body["message"] == "The client could not be built on this server"
+        # The rest of the site is unaffected.
+        code, _ = await get(server, "/download")
+        assert code == 200
+    finally:
+        await stop_server(server)

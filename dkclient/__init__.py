@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # released with dkserver: same version
 
 _EXPORTS = {
     "Client": "dkclient.account",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import dkclient
 from tests.client.dkcli import REPO, child_env
 
 CLIENT = REPO / "dkclient"
@@ -214,7 +215,7 @@ def test_every_client_module_imports_without_the_server():
 
 @pytest.mark.parametrize(
     ("argv", "expected"),
-    [(["--help"], "usage: dk"), (["version"], "dk 0.1.0")],
+    [(["--help"], "usage: dk"), (["version"], f"dk {dkclient.__version__}")],
     ids=["dk --help", "dk version"],
 )
 def test_dk_runs_without_the_server(argv, expected):

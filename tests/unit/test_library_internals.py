@@ -278,3 +278,28 @@ def test_twisted_tls_protocol_is_a_protocol_wrapper_with_wrappedprotocol():
     assert hasattr(wrapper, "wrappedProtocol"), (
         f"{TWISTED}: ProtocolWrapper.wrappedProtocol is gone"
     )
+
+
+def test_twisted_tls_transport_still_aggregates_small_writes_in_a_flushable_buffer():
+    """ws/protocol.py flushes ``_aggregator`` so that the proof ping inside a
+    message leaves in the same TCP write as the frame before it."""
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.ssl import CertificateOptions
+    from twisted.internet.task import Clock
+    from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+
+    factory = TLSMemoryBIOFactory(
+        CertificateOptions(), False, Factory.forProtocol(Protocol), clock=Clock()
+    )
+    transport = BufferingTLSTransport(factory, Protocol())
+    aggregator = getattr(transport, "_aggregator", None)
+    assert aggregator is not None, (
+        f"{TWISTED}: BufferingTLSTransport._aggregator is gone "
+        "(ws/protocol.py _flush_transport)"
+    )
+    assert callable(getattr(aggregator, "flush", None)), (
+        f"{TWISTED}: BufferingTLSTransport._aggregator.flush is gone"
+    )
+    assert inspect.signature(aggregator.flush).parameters == {}, (
+        f"{TWISTED}: _aggregator.flush() takes parameters now"
+    )

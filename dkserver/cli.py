@@ -68,6 +68,14 @@ def cmd_checkconfig(args: argparse.Namespace) -> int:
     except usage.UsageError as e:
         return _usage_failure(e)
     config = options.config
+    from dkserver.store import preflight
+    from dkserver.store.errors import DatabaseUnusable
+
+    try:
+        # The checks the server makes before it serves; they create nothing.
+        preflight(config.db_path)
+    except (DatabaseUnusable, OSError) as e:
+        return _usage_failure(f"DK_DB/--db: {e}")
     print(
         f"configuration OK: https {config.https}, http {config.http or 'none'}, "
         f"database {config.db_path}"

@@ -132,3 +132,15 @@ def test_tac_path_names_the_installed_tac_file(capsys):
     assert code == 0 and path.endswith(os.path.join("dkserver", "tac", "dkserver.tac"))
     with open(path) as f:
         assert "makeService(options).setServiceParent(application)" in f.read()
+
+
+def test_checkconfig_makes_the_database_checks_of_startup_exit_2(capsys, tmp_path):
+    code, out, err = run(capsys, "checkconfig", "--db", str(tmp_path / "no" / "x.db"))
+    assert code == 2 and out == ""
+    assert err.startswith("dkserver: error: DK_DB/--db: database directory ")
+    assert err.count("\n") == 1
+    not_sqlite = tmp_path / "junk.db"
+    not_sqlite.write_bytes(b"this is not a database" * 100)
+    code, out, err = run(capsys, "checkconfig", "--db", str(not_sqlite))
+    assert code == 2 and "not a usable SQLite database" in err
+    assert not (tmp_path / "no").exists()

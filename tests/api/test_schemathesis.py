@@ -78,3 +78,29 @@ def test_api_conforms_to_document(case, daemon):
         verify=False,
         timeout=30,
     )
+
+
+def test_every_endpoint_has_a_reachable_200(daemon):
+    """The daemon's agent and folders make the success answers reachable."""
+    auth = {"Authorization": f"Bearer {daemon.token}"}
+
+    def call(method, path, body=None):
+        return requests.request(
+            method,
+            f"{daemon.base_url}{path}",
+            json=body,
+            headers=auth,
+            verify=False,
+            timeout=30,
+        )
+
+    r = call("POST", "/register-document/", {"filename": "a.txt", "content": "x"})
+    assert (r.status_code, r.json()["success"]) == (200, True), r.text
+    r = call("POST", "/direct-message/", {"type": "forward", "query": "q"})
+    assert r.json() == {"success": True, "answer": "an answer"}
+    for name in ("sample", "nested"):
+        r = call("GET", f"/tracker-folder/{name}")
+        assert (r.status_code, r.headers["Content-Type"]) == (200, "application/zip")
+    assert call("GET", "/tracker-apps").json() == [{"name": "sample"}]
+    r = call("GET", "/download/app/darwin")
+    assert r.content == b"binary DistributedKnowledge-darwin.dmg"

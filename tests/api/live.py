@@ -1,5 +1,9 @@
 """A real ``twistd dkserver`` for the API tests, driven synchronously.
 
+The test user's own WebSocket agent stays connected and answers forward
+requests, and the operator folders hold small files, so every endpoint
+has its 200 to reach.
+
 schemathesis calls the server with ``requests`` from the test's own thread,
 so this starts the daemon as a subprocess and waits with plain sockets and
 ``requests`` rather than the reactor (tests/reliability/daemon.py is the
@@ -9,14 +13,19 @@ reactor-driven twin; its port, path and interpreter helpers are reused).
 from __future__ import annotations
 
 import base64
+import json
 import os
+import ssl
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 from nacl.signing import SigningKey
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
 from tests.reliability.daemon import ROOT, TWISTD, free_port
 
@@ -72,6 +81,82 @@ def register_and_login(base: str, user_id: str) -> str:
     return r.json()["token"]
 
 
+def forward_answer(frame: dict) -> dict | None:
+    """The agent's answer to a forward request frame (None for other frames).
+
+    Document requests get a success, other forwards (``/direct-message/``)
+    an answer text, so both endpoints have their 200 to reach.
+    """
+    if not frame.get("is_forward_message"):
+        return None
+    try:
+        inner = json.loads(json.loads(frame["content"])["message"])
+    except (ValueError, KeyError, TypeError):
+        inner = {}
+    kind = inner.get("type") if isinstance(inner, dict) else None
+    if kind in ("register_document", "append_document"):
+        answer = {"type": "register_document_success", "message": "stored"}
+    else:
+        answer = {"type": "forward_response", "message": "an answer"}
+    return {
+        "to": frame["to"],
+        "is_forward_message": True,
+        "content": json.dumps(
+            {"type": "forward_response", "message": json.dumps(answer)}
+        ),
+    }
+
+
+def _run_agent(url: str, context: ssl.SSLContext, ready: list, opened) -> None:
+    try:
+        with connect(url, ssl=context, open_timeout=10) as ws:
+            ready.append(ws)
+            opened.set()
+            for text in ws:
+                reply = forward_answer(json.loads(text))
+                if reply is not None:
+                    ws.send(json.dumps(reply))
+    except ConnectionClosed:
+        pass
+    finally:
+        opened.set()
+
+
+def connect_agent(base: str, token: str) -> ClientConnection:
+    """A WebSocket client of the test user that answers forward requests."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    url = base.replace("https://", "wss://") + f"/ws?token={token}"
+    ready: list[ClientConnection] = []
+    opened = threading.Event()
+    threading.Thread(
+        target=_run_agent, args=(url, context, ready, opened), daemon=True
+    ).start()
+    opened.wait(15)
+    assert ready, "the forward-answering agent did not connect"
+    return ready[0]
+
+
+def operator_folders(directory: Path) -> dict[str, str]:
+    """Small DK_TRACKER_DIR and DK_APP_DIR contents so their 200s are reachable."""
+    trackers = directory / "trackers"
+    (trackers / "nested").mkdir(parents=True)
+    (trackers / "tracker_list.json").write_text('[{"name": "sample"}]')
+    zip_bytes = b"PK\x05\x06" + bytes(18)  # an empty zip archive
+    (trackers / "sample.zip").write_bytes(zip_bytes)
+    (trackers / "nested" / "nested.zip").write_bytes(zip_bytes)
+    apps = directory / "apps"
+    apps.mkdir()
+    for name in (
+        "DistributedKnowledge-linux.AppImage",
+        "DistributedKnowledge-darwin.dmg",
+        "DistributedKnowledge-windows.exe",
+    ):
+        (apps / name).write_bytes(b"binary " + name.encode())
+    return {"DK_TRACKER_DIR": str(trackers), "DK_APP_DIR": str(apps)}
+
+
 def start(directory: Path):
     """Start the daemon in ``directory``; a generator that stops it on close."""
     port = free_port()
@@ -88,6 +173,9 @@ def start(directory: Path):
         # document still lists 429 where the limit applies.
         "LOGIN_RATE_LIMIT": "10000",
         "LOGIN_BURST_LIMIT": "10000",
+        "DK_WRITE_RATE_LIMIT": "10000",
+        "DK_WRITE_BURST_LIMIT": "10000",
+        **operator_folders(directory),
         "DK_ADMIN_USERS": USER_ID,
         "DK_CLIENT_DIR": str(client_dir),
         "DK_FORWARD_TIMEOUT": "2",
@@ -120,7 +208,12 @@ def start(directory: Path):
     try:
         base = f"https://127.0.0.1:{port}"
         _wait_until_serving(proc, base, log_path)
-        yield LiveServer(base, register_and_login(base, USER_ID), log_path)
+        token = register_and_login(base, USER_ID)
+        agent = connect_agent(base, token)
+        try:
+            yield LiveServer(base, token, log_path)
+        finally:
+            agent.close()
     finally:
         proc.terminate()
         try:

@@ -111,3 +111,43 @@ def test_authenticated_operations_declare_bearer_security_and_401():
         for method, operation in item.items():
             if {"bearerAuth": []} in operation.get("security", []):
                 assert "401" in operation["responses"], (method, path)
+
+
+def test_forward_request_message_is_checked_only_without_query():
+    """The server ignores ``message`` when ``query`` is there (schemathesis
+    found the document refusing ``{"query": "q", "message": ""}``)."""
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(load()["components"]["schemas"]["ForwardRequest"])
+    assert validator.is_valid({"type": "forward", "query": "q", "message": ""})
+    assert validator.is_valid({"type": "forward", "query": "q", "message": 5})
+    assert validator.is_valid({"type": "forward", "message": "m"})
+    assert not validator.is_valid({"type": "forward", "message": ""})
+    assert not validator.is_valid({"type": "forward", "query": "", "message": "m"})
+
+
+def test_request_limits_are_the_codes():
+    """Every limit the document states for trackers and APIs is the constant
+    dkserver/web/trackers.py enforces (and files.py for tracker names)."""
+    from dkserver.web import files, trackers
+
+    schemas = load()["components"]["schemas"]
+    name = schemas["Name"]
+    assert (name["minLength"], name["maxLength"]) == (1, trackers.MAX_NAME)
+    tracker_list = schemas["TrackersRequest"]["properties"]["trackers"]
+    assert tracker_list["maxProperties"] == trackers.MAX_TRACKERS
+    tracker = schemas["TrackerInput"]["properties"]
+    assert tracker["tracker_description"]["maxLength"] == trackers.MAX_DESCRIPTION
+    assert tracker["tracker_version"]["maxLength"] == trackers.MAX_VERSION
+    assert str(trackers.MAX_DOCUMENTS_BYTES) in schemas["TrackerInput"]["description"]
+    string_map = schemas["StringMap"]
+    assert string_map["maxProperties"] == trackers.MAX_MAP_ENTRIES
+    assert string_map["propertyNames"]["maxLength"] == trackers.MAX_MAP_KEY
+    api = schemas["ApiRequest"]["properties"]
+    assert api["documents"]["maxItems"] == trackers.MAX_API_DOCUMENTS
+    assert api["documents"]["items"]["maxLength"] == trackers.MAX_API_DOCUMENT
+    assert api["policy"]["maxLength"] == trackers.MAX_POLICY
+    folder = load()["paths"]["/tracker-folder/{name}"]["get"]["parameters"][0]
+    assert folder["schema"]["pattern"] == f"^{files.TRACKER_NAME.pattern}$"
+    app = load()["paths"]["/download/app/{platform}"]["get"]["parameters"][0]
+    assert set(app["schema"]["enum"]) == set(files.APP_FILES)

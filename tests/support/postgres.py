@@ -45,6 +45,8 @@ from psycopg import sql
 
 ENV_URL = "DK_TEST_POSTGRES_URL"
 ENV_BINDIR = "DK_TEST_POSTGRES_BINDIR"
+#: Set (by .ci/run): no PostgreSQL is a test error rather than a skip.
+ENV_REQUIRE = "DK_TEST_REQUIRE_POSTGRES"
 
 #: Settings for a throwaway server: durability off, small and quiet.
 FAST_SETTINGS = {

@@ -39,6 +39,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -221,7 +222,7 @@ def run_pg(
 
 
 def run_sqlite(directory: Path, size: int, count: int, synchronous: str) -> float:
-    path = directory / f"bench-{synchronous}-{size}.db"
+    path = directory / f"bench-{uuid.uuid4().hex}.db"
     conn = sqlite3.connect(path, check_same_thread=False)  # as the pool opens it
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -324,35 +325,49 @@ def main(argv: list[str] | None = None) -> int:
 
     count = -args.batches if args.batches is not None else args.messages
     scratch = f"dk_bench_{uuid.uuid4().hex[:8]}"
-    results: dict[str, dict[int, float]] = {}
+    # Every cell is measured once per round, all cells in each round, and
+    # the median round is reported: a burst of load from elsewhere on the
+    # machine then hits every strategy alike instead of one.
+    cells: list[tuple[str, int, Callable[[], float]]] = []
+    tmp = tempfile.TemporaryDirectory(prefix="dk-bench-")
+    for sync in ("on", "off"):
+        for strategy in strategies:
+            for size in sizes:
+                cells.append(
+                    (
+                        f"pg {strategy} sc={sync}",
+                        size,
+                        partial(run_pg, conninfo, scratch, strategy, size, count, sync),
+                    )
+                )
+    for synchronous in ("FULL", "NORMAL"):
+        for size in sizes:
+            cells.append(
+                (
+                    f"sqlite sync={synchronous}",
+                    size,
+                    partial(run_sqlite, Path(tmp.name), size, count, synchronous),
+                )
+            )
+    runs: dict[tuple[str, int], list[float]] = {(k, n): [] for k, n, _ in cells}
     try:
         prepare_schema(conninfo, scratch)
-        for sync in ("on", "off"):
-            for strategy in strategies:
-                key = f"pg {strategy} sc={sync}"
-                results[key] = {}
-                for size in sizes:
-                    runs = [
-                        run_pg(conninfo, scratch, strategy, size, count, sync)
-                        for _ in range(args.repeat)
-                    ]
-                    results[key][size] = statistics.median(runs)
-                    print(f"{key:28} {size:4}: {results[key][size]:9.1f} µs/msg")
-        with tempfile.TemporaryDirectory(prefix="dk-bench-") as d:
-            for synchronous in ("FULL", "NORMAL"):
-                key = f"sqlite sync={synchronous}"
-                results[key] = {}
-                for size in sizes:
-                    runs = [
-                        run_sqlite(Path(d), size, count, synchronous)
-                        for _ in range(args.repeat)
-                    ]
-                    results[key][size] = statistics.median(runs)
-                    print(f"{key:28} {size:4}: {results[key][size]:9.1f} µs/msg")
+        for round_no in range(args.repeat):
+            for key, size, run in cells:
+                runs[key, size].append(run())
+                print(
+                    f"round {round_no + 1}: {key:24} {size:4}:"
+                    f" {runs[key, size][-1]:9.1f} µs/msg",
+                    flush=True,
+                )
+        results: dict[str, dict[int, float]] = {}
+        for (key, size), values in runs.items():
+            results.setdefault(key, {})[size] = statistics.median(values)
     finally:
         try:
             drop_schema(conninfo, scratch)
         finally:
+            tmp.cleanup()
             if private is not None:
                 private.stop()
 

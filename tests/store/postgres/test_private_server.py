@@ -120,3 +120,46 @@ def test_stop_removes_server_and_directory(pg_server):
     private.stop()  # twice is fine
     assert process_gone(pid)
     assert not directory.exists()
+
+
+def run_pytest_without_postgres(require: bool) -> subprocess.CompletedProcess:
+    """This repo's pytest on one PostgreSQL test, pointed at a port where
+    nothing listens."""
+    root = Path(__file__).resolve().parents[3]
+    environ = {k: v for k, v in os.environ.items() if k != postgres.ENV_REQUIRE}
+    if require:
+        environ[postgres.ENV_REQUIRE] = "1"
+    environ[postgres.ENV_URL] = "postgresql://dk:pw@127.0.0.1:1/postgres"
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:randomly",
+            "tests/store/postgres/test_database_url.py::"
+            "test_conninfo_connects_to_the_private_server",
+        ],
+        cwd=root,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_unavailable_postgresql_is_a_skip_named_in_the_summary():
+    proc = run_pytest_without_postgres(require=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 skipped" in proc.stdout
+    assert "SKIPPED 1 PostgreSQL tests: DK_TEST_POSTGRES_URL" in proc.stdout
+    assert "unreachable" in proc.stdout
+    assert ":pw@" not in proc.stdout  # the password is not printed
+
+
+def test_unavailable_postgresql_fails_when_required():
+    proc = run_pytest_without_postgres(require=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 error" in proc.stdout
+    assert "DK_TEST_REQUIRE_POSTGRES is set" in proc.stdout

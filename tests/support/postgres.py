@@ -159,11 +159,23 @@ class PgServer:
             self._template = name
         return self._template
 
-    def create_database(self, *, migrated: bool = True) -> str:
-        """A fresh database (migrated to the latest schema, or empty)."""
+    def create_database(
+        self, *, migrated: bool = True, icu_locale: str | None = None
+    ) -> str:
+        """A fresh database (migrated to the latest schema, or empty).
+
+        ``icu_locale`` (empty databases only) makes its default collation a
+        natural-language one, as production databases usually have, where
+        the test server's default is ``C``.
+        """
         self._counter += 1
         name = f"{self.prefix}_{self._counter}"
-        self._create(name, self.template() if migrated else None)
+        if icu_locale is not None:
+            if migrated:
+                raise ValueError("a database with its own locale starts empty")
+            self._create(name, None, icu_locale)
+        else:
+            self._create(name, self.template() if migrated else None)
         return name
 
     def drop_database(self, name: str) -> None:
@@ -187,10 +199,16 @@ class PgServer:
         for name in names:
             self.drop_database(name)
 
-    def _create(self, name: str, template: str | None) -> None:
+    def _create(
+        self, name: str, template: str | None, icu_locale: str | None = None
+    ) -> None:
         query = sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE {}").format(
             sql.Identifier(name), sql.Identifier(template or "template0")
         )
+        if icu_locale is not None:
+            query += sql.SQL(" LOCALE 'C' LOCALE_PROVIDER icu ICU_LOCALE {}").format(
+                sql.Literal(icu_locale)
+            )
         with self.connect(autocommit=True) as conn:
             conn.execute(query)
 

@@ -307,13 +307,28 @@ def test_one_tracker_and_one_api_per_name_and_user(pg_url):
             conn.execute(insert, ("alice", "a"))
 
 
-def test_text_sorts_by_bytes_like_sqlite(pg_url):
+def test_text_sorts_by_bytes_like_sqlite_in_a_natural_language_database(
+    pg_server,
+):
+    """Production databases sort text by a language's rules by default
+    (``Bob`` next to ``bob``); dkserver's columns sort by bytes, as SQLite."""
     names = ["bob", "Bob", "alice", "Zoë", "zed", "_x"]
-    with connect(pg_url) as conn:
-        for name in names:
-            add_user(conn, name)
-        rows = conn.execute("SELECT user_id FROM users ORDER BY user_id").fetchall()
-    assert [r[0] for r in rows] == sorted(names, key=lambda s: s.encode())
+    dbname = pg_server.create_database(migrated=False, icu_locale="en-US")
+    try:
+        with pg_server.connect(dbname) as conn:
+            pg_schema.migrate_connection(conn)
+            for name in names:
+                add_user(conn, name)
+            rows = conn.execute("SELECT user_id FROM users ORDER BY user_id")
+            by_column = [r[0] for r in rows]
+            rows = conn.execute(
+                'SELECT user_id FROM users ORDER BY user_id::text COLLATE "default"'
+            )
+            by_database_default = [r[0] for r in rows]
+    finally:
+        pg_server.drop_database(dbname)
+    assert by_column == sorted(names, key=lambda s: s.encode())
+    assert by_database_default != by_column  # the check above can fail
 
 
 def test_explicit_ids_then_reset_sequences_continue_after_the_highest(pg_url):

@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from psycopg.pq import TransactionStatus
 from twisted.logger import Logger
 
@@ -49,6 +50,18 @@ BASELINE_VERSION = 5
 #: ``pg_advisory_xact_lock`` key held while migrating: the first 8 bytes of
 #: sha256(b"dkserver.schema"), a constant so every node takes the same lock.
 MIGRATION_LOCK = 0x72FD_AC4C_9479_85E9
+
+#: dkserver's tables (besides ``schema_version``).
+TABLES = (
+    "users",
+    "messages",
+    "broadcast_deliveries",
+    "sessions",
+    "message_events",
+    "user_descriptions",
+    "user_trackers",
+    "user_apis",
+)
 
 #: Tables whose ``id`` comes from an identity sequence.
 SEQUENCED_TABLES = ("messages", "message_events", "user_trackers", "user_apis")
@@ -167,35 +180,61 @@ def migrate_connection(conn: Any) -> int:
 
     Runs in a transaction of its own (``conn`` must not be inside one) under
     the advisory lock, so concurrent callers migrate once.  Returns the
-    version found once the lock was held.
+    version found once the lock was held.  An up-to-date database gets no
+    DDL at all, so a role without CREATE rights can start on one that an
+    owner migrated.
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise StoreError("the schema migration needs a connection with no open work")
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        conn.execute(_SCHEMA_VERSION)
-        found = current_version(conn)
-        check_version(found)
-        for version in range(max(found + 1, BASELINE_VERSION), LATEST_VERSION + 1):
-            log.info(
-                "migrating PostgreSQL schema to version {version}", version=version
-            )
-            for statement in _STEPS[version]:
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            found = current_version(conn)
+            check_version(found)
+            if found == 0:
+                _check_empty(conn)
+                conn.execute(_SCHEMA_VERSION)
+            for version in range(max(found + 1, BASELINE_VERSION), LATEST_VERSION + 1):
+                log.info(
+                    "migrating PostgreSQL schema to version {version}", version=version
+                )
+                for statement in _STEPS[version]:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version (version) VALUES (%s)", (version,)
+                )
+    except psycopg.errors.InsufficientPrivilege as e:
+        raise DatabaseUnusable(
+            f"database user {conn.info.user!r} lacks rights dkserver needs in "
+            f"database {conn.info.dbname!r} ({e.diag.message_primary}); let the "
+            "database owner run dkserver once to create the tables, and grant "
+            "this user SELECT, INSERT, UPDATE, DELETE on them"
+        ) from e
     return found
 
 
 def current_version(conn: Any) -> int:
     """The highest applied version; 0 for a database without dkserver tables."""
-    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
-    if not row[0]:
+    exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL")
+    if not exists.fetchone()[0]:
         return 0
-    return int(
-        conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[
-            0
-        ]
-    )
+    row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+    return int(row.fetchone()[0])
+
+
+def _check_empty(conn: Any) -> None:
+    """Refuse to add dkserver's tables beside same-named ones of something else."""
+    rows = conn.execute(
+        "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL"
+        " ORDER BY t",
+        (list(TABLES),),
+    ).fetchall()
+    if rows:
+        raise DatabaseUnusable(
+            f"database {conn.info.dbname!r} already has tables named "
+            f"{', '.join(r[0] for r in rows)} but no dkserver schema_version; give "
+            "dkserver an empty database"
+        )
 
 
 def check_version(found: int) -> None:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
+import uuid
 
 import psycopg
 import pytest
 import pytest_twisted
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from twisted.enterprise import adbapi
 from twisted.internet import reactor
 
 from dkserver.store import pg_schema, schema
 from dkserver.store.errors import DatabaseUnusable
 from dkserver.store.url import parse_database_url
+from tests.support import postgres
 
 EXPECTED_COLUMNS = {
     "users": [
@@ -389,3 +394,60 @@ def test_queries_use_the_partial_indexes(pg_url):
         )
     assert "WHERE (status = 'pending'" in index_sql["messages_pending_v2"]
     assert "WHERE (is_broadcast = 1)" in index_sql["messages_broadcast_v2"]
+
+
+def test_database_with_foreign_tables_of_the_same_names_is_refused(pg_empty_url):
+    with connect(pg_empty_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE users (id serial PRIMARY KEY, email text)")
+        conn.execute("CREATE TABLE sessions (token text)")
+        with pytest.raises(DatabaseUnusable, match="tables named sessions, users"):
+            pg_schema.migrate_connection(conn)
+        assert pg_tables(conn) == {"users", "sessions"}  # nothing was added
+
+
+@pytest.fixture
+def app_role(pg_server):
+    """A role that may connect but owns nothing (as dkserver often runs).
+
+    Ask for it before the database fixture: a role with rights in a
+    database cannot be dropped before that database is.
+    """
+    if os.environ.get(postgres.ENV_URL):
+        pytest.skip(f"creates a role; not on the {postgres.ENV_URL} server")
+    name, password = f"dk_app_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with pg_server.connect(autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal(password)
+            )
+        )
+    yield name, password
+    with pg_server.connect(autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def as_role(url: str, role: tuple[str, str]) -> psycopg.Connection:
+    info = conninfo_to_dict(parse_database_url(url).conninfo)
+    info["user"], info["password"] = role
+    return psycopg.connect(**info)
+
+
+def test_role_without_create_rights_gets_a_clear_refusal(app_role, pg_empty_url):
+    with as_role(pg_empty_url, app_role) as conn:
+        with pytest.raises(DatabaseUnusable, match="lacks rights dkserver needs"):
+            pg_schema.migrate_connection(conn)
+        assert pg_tables(conn) == set()
+
+
+def test_role_without_create_rights_starts_on_a_migrated_database(app_role, pg_url):
+    """The owner migrated and granted table rights: no DDL, no error."""
+    with connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE"
+                " ON ALL TABLES IN SCHEMA public TO {}"
+            ).format(sql.Identifier(app_role[0]))
+        )
+    with as_role(pg_url, app_role) as conn:
+        assert pg_schema.migrate_connection(conn) == pg_schema.LATEST_VERSION

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import statistics
 import sys
@@ -189,8 +188,13 @@ def run_pg(
     size: int,
     count: int,
     synchronous_commit: str,
-) -> float:
-    """µs per message for ``count`` messages in batches of ``size``."""
+) -> tuple[float, float | None]:
+    """(wall, CPU) µs per message for ``count`` messages in batches of ``size``.
+
+    CPU is this thread's plus the server backend's (``/proc/PID/schedstat``,
+    so only for a server on this machine; else ``None``): unlike wall time it
+    barely moves with load from elsewhere on a shared machine.
+    """
     insert = STRATEGIES[strategy]
     batches = batch_count(count, size)
     msgs = rows(make_messages(size * (batches + 2)))
@@ -202,8 +206,11 @@ def run_pg(
             "SELECT set_config('synchronous_commit', %s, false)", (synchronous_commit,)
         )
         conn.commit()
+        backend = conn.info.backend_pid
         elapsed = 0.0
         for b in range(batches + 2):  # two warm-up batches, not counted
+            if b == 2:
+                cpu0 = _cpu_ns(backend), time.thread_time_ns()
             batch = msgs[b * size : (b + 1) * size]
             t0 = time.perf_counter()
             with conn.transaction():
@@ -213,15 +220,31 @@ def run_pg(
                 raise AssertionError(f"{strategy}: ids not one per row in order")
             if b >= 2:
                 elapsed += t1 - t0
+        cpu1 = _cpu_ns(backend), time.thread_time_ns()
         check = conn.execute(
             "SELECT content FROM messages WHERE id = %s", (ids[-1],)
         ).fetchone()
         if check[0] != batch[-1][3]:
             raise AssertionError(f"{strategy}: the last id names another row")
-    return elapsed / (batches * size) * 1e6
+    n = batches * size
+    cpu = None
+    if cpu0[0] is not None and cpu1[0] is not None:
+        cpu = (cpu1[0] - cpu0[0] + cpu1[1] - cpu0[1]) / n / 1e3
+    return elapsed / n * 1e6, cpu
 
 
-def run_sqlite(directory: Path, size: int, count: int, synchronous: str) -> float:
+def _cpu_ns(pid: int) -> int | None:
+    """CPU time a process has used, ns; ``None`` if it is not visible here."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_sqlite(
+    directory: Path, size: int, count: int, synchronous: str
+) -> tuple[float, float]:
+    """(wall, CPU) µs per message; SQLite's CPU is this thread's."""
     path = directory / f"bench-{uuid.uuid4().hex}.db"
     conn = sqlite3.connect(path, check_same_thread=False)  # as the pool opens it
     try:
@@ -239,6 +262,8 @@ def run_sqlite(directory: Path, size: int, count: int, synchronous: str) -> floa
         elapsed = 0.0
         cur = conn.cursor()
         for b in range(batches + 2):
+            if b == 2:
+                cpu0 = time.thread_time_ns()
             batch = msgs[b * size : (b + 1) * size]
             t0 = time.perf_counter()
             ids = insert_messages_txn(cur, batch)
@@ -247,9 +272,11 @@ def run_sqlite(directory: Path, size: int, count: int, synchronous: str) -> floa
             assert len(ids) == size
             if b >= 2:
                 elapsed += t1 - t0
+        cpu = time.thread_time_ns() - cpu0
     finally:
         conn.close()
-    return elapsed / (batches * size) * 1e6
+    n = batches * size
+    return elapsed / n * 1e6, cpu / n / 1e3
 
 
 def prepare_schema(conninfo: str, name: str) -> None:
@@ -349,20 +376,27 @@ def main(argv: list[str] | None = None) -> int:
                     partial(run_sqlite, Path(tmp.name), size, count, synchronous),
                 )
             )
-    runs: dict[tuple[str, int], list[float]] = {(k, n): [] for k, n, _ in cells}
+    runs: dict[tuple[str, int], list[tuple[float, float | None]]] = {
+        (k, n): [] for k, n, _ in cells
+    }
     try:
         prepare_schema(conninfo, scratch)
         for round_no in range(args.repeat):
             for key, size, run in cells:
-                runs[key, size].append(run())
+                wall, cpu = run()
+                runs[key, size].append((wall, cpu))
+                shown = "-" if cpu is None else f"{cpu:.1f}"
                 print(
-                    f"round {round_no + 1}: {key:24} {size:4}:"
-                    f" {runs[key, size][-1]:9.1f} µs/msg",
+                    f"round {round_no + 1}: {key:24} {size:4}: {wall:9.1f} µs/msg"
+                    f" wall, {shown} µs/msg CPU",
                     flush=True,
                 )
-        results: dict[str, dict[int, float]] = {}
+        wall_us: dict[str, dict[int, float]] = {}
+        cpu_us: dict[str, dict[int, float | None]] = {}
         for (key, size), values in runs.items():
-            results.setdefault(key, {})[size] = statistics.median(values)
+            wall_us.setdefault(key, {})[size] = statistics.median(v[0] for v in values)
+            cpus = [v[1] for v in values if v[1] is not None]
+            cpu_us.setdefault(key, {})[size] = statistics.median(cpus) if cpus else None
     finally:
         try:
             drop_schema(conninfo, scratch)
@@ -371,13 +405,18 @@ def main(argv: list[str] | None = None) -> int:
             if private is not None:
                 private.stop()
 
-    print()
-    print(f"| µs per message | {' | '.join(f'batch {s}' for s in sizes)} |")
-    print(f"|---|{'---:|' * len(sizes)}")
-    for key, cells in results.items():
-        print(f"| {key} | {' | '.join(f'{cells[s]:.1f}' for s in sizes)} |")
-    meta = {"server": "private" if private else "given", "pid": os.getpid()}
-    print("BENCH_JSON " + json.dumps({"pg_write": results, "meta": meta}))
+    for title, table in (("wall", wall_us), ("CPU (client + backend)", cpu_us)):
+        print()
+        print(
+            f"| µs per message, {title} | {' | '.join(f'batch {s}' for s in sizes)} |"
+        )
+        print(f"|---|{'---:|' * len(sizes)}")
+        for key, cells_ in table.items():
+            shown = ["-" if cells_[s] is None else f"{cells_[s]:.1f}" for s in sizes]
+            print(f"| {key} | {' | '.join(shown)} |")
+    meta = {"server": "private" if private else "given", "rounds": args.repeat}
+    result = {"wall_us": wall_us, "cpu_us": cpu_us}
+    print("BENCH_JSON " + json.dumps({"pg_write": result, "meta": meta}))
     return 0
 
 

@@ -9,7 +9,10 @@ bytes each) is one transaction that inserts them as ``pending`` and learns
 their ids in order.  Strategies:
 
 - ``executemany``: one parameterized INSERT … RETURNING id per row, sent in
-  pipeline mode (psycopg's ``executemany(returning=True)``): one round trip.
+  pipeline mode (psycopg's ``executemany(returning=True)``): one round trip
+  for the inserts, one each for BEGIN and COMMIT.
+- ``pipeline``: the same, with BEGIN and COMMIT in the pipeline too: one
+  round trip per batch.
 - ``values``: one multi-row ``INSERT … VALUES (…),(…) RETURNING id``
   (a new statement text per batch size).
 - ``unnest``: one ``INSERT … SELECT FROM unnest(%s::text[], …)`` with one
@@ -120,20 +123,26 @@ def rows(msgs: Sequence[NewMessage]) -> list[tuple]:
     ]
 
 
-# -- PostgreSQL strategies: each inserts one batch and returns its ids ---------
+# -- PostgreSQL strategies: each stores one batch in one transaction and ------
+# -- returns its ids in row order ----------------------------------------------
+
+_INSERT = f"INSERT INTO messages ({_NAMES}) VALUES {_ROW} RETURNING id"
 
 
 def pg_executemany(conn: psycopg.Connection, batch: list[tuple]) -> list[int]:
+    """executemany pipelines the inserts; BEGIN and COMMIT are round trips
+    of their own."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(_INSERT, batch, returning=True)
+        return [cur.fetchone()[0] for _ in cur.results()]
+
+
+def pg_pipeline(conn: psycopg.Connection, batch: list[tuple]) -> list[int]:
+    """BEGIN, the inserts and COMMIT all in one pipeline: one round trip."""
     with conn.cursor() as cur:
-        cur.executemany(
-            f"INSERT INTO messages ({_NAMES}) VALUES {_ROW} RETURNING id",
-            batch,
-            returning=True,
-        )
-        ids = []
-        for _ in cur.results():
-            ids.append(cur.fetchone()[0])
-    return ids
+        with conn.pipeline(), conn.transaction():
+            cur.executemany(_INSERT, batch, returning=True)
+        return [cur.fetchone()[0] for _ in cur.results()]
 
 
 def pg_values(conn: psycopg.Connection, batch: list[tuple]) -> list[int]:
@@ -143,8 +152,10 @@ def pg_values(conn: psycopg.Connection, batch: list[tuple]) -> list[int]:
         + " RETURNING id"
     )
     params = [v for row in batch for v in row]
+    with conn.transaction():
+        rows = conn.execute(query, params, prepare=True).fetchall()
     # identity values are drawn in VALUES order, so sorted ids are row order
-    return sorted(r[0] for r in conn.execute(query, params, prepare=True))
+    return sorted(r[0] for r in rows)
 
 
 def pg_unnest(conn: psycopg.Connection, batch: list[tuple]) -> list[int]:
@@ -153,28 +164,32 @@ def pg_unnest(conn: psycopg.Connection, batch: list[tuple]) -> list[int]:
     query = (
         f"INSERT INTO messages ({_NAMES}) SELECT * FROM unnest({casts}) RETURNING id"
     )
-    return sorted(r[0] for r in conn.execute(query, arrays, prepare=True))
+    with conn.transaction():
+        rows = conn.execute(query, arrays, prepare=True).fetchall()
+    return sorted(r[0] for r in rows)
 
 
 def pg_copy(conn: psycopg.Connection, batch: list[tuple]) -> list[int]:
-    ids = [
-        r[0]
-        for r in conn.execute(
-            "SELECT nextval(pg_get_serial_sequence('messages', 'id'))"
-            " FROM generate_series(1, %s) ORDER BY 1",
-            (len(batch),),
-            prepare=True,
-        )
-    ]
-    with conn.cursor() as cur:
-        with cur.copy(f"COPY messages (id, {_NAMES}) FROM STDIN") as copy:
-            for mid, row in zip(ids, batch, strict=True):
-                copy.write_row((mid, *row))
+    with conn.transaction():
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT nextval(pg_get_serial_sequence('messages', 'id'))"
+                " FROM generate_series(1, %s) ORDER BY 1",
+                (len(batch),),
+                prepare=True,
+            )
+        ]
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY messages (id, {_NAMES}) FROM STDIN") as copy:
+                for mid, row in zip(ids, batch, strict=True):
+                    copy.write_row((mid, *row))
     return ids
 
 
 STRATEGIES: dict[str, Callable[[psycopg.Connection, list[tuple]], list[int]]] = {
     "executemany": pg_executemany,
+    "pipeline": pg_pipeline,
     "values": pg_values,
     "unnest": pg_unnest,
     "copy": pg_copy,
@@ -213,8 +228,7 @@ def run_pg(
                 cpu0 = _cpu_ns(backend), time.thread_time_ns()
             batch = msgs[b * size : (b + 1) * size]
             t0 = time.perf_counter()
-            with conn.transaction():
-                ids = insert(conn, batch)
+            ids = insert(conn, batch)
             t1 = time.perf_counter()
             if len(ids) != size or ids != sorted(ids):
                 raise AssertionError(f"{strategy}: ids not one per row in order")

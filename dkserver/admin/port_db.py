@@ -18,7 +18,10 @@ database, a served file, a target holding other data).
 from __future__ import annotations
 
 import argparse
+import signal
+import sqlite3
 import sys
+import threading
 from pathlib import Path
 
 import psycopg
@@ -28,7 +31,7 @@ from dkserver.store.errors import DatabaseUnusable
 from dkserver.store.url import DatabaseUrl, DatabaseUrlError, parse_database_url
 
 from . import sqlite_source
-from .errors import AdminError
+from .errors import AdminError, CopyFailed
 from .porting import Port
 
 NAME = "port-db"
@@ -105,6 +108,10 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run the port; prints progress to stdout, a failure as one stderr line."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so the temporary copy is removed
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         _port(args)
     except AdminError as e:
@@ -113,7 +120,14 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"{NAME}: interrupted; run it again to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _out(line: str) -> None:
@@ -125,30 +139,33 @@ def _port(args: argparse.Namespace) -> None:
     url = _postgres_url(args.postgres_url)
     sqlite_source.check_source(path)
     sqlite_source.check_not_served(path)
-    with sqlite_source.snapshot(path, args.work_dir) as snap:
+    sqlite_source.inspect(path)
+    # connect first: an unreachable server fails before a long snapshot
+    with _connect(url) as target, sqlite_source.snapshot(path, args.work_dir) as snap:
         # the server may have started while the snapshot was taken
         sqlite_source.check_not_served(path)
         _out(
             f"source {path}: schema version {snap.found_version}, migrated to "
             f"{pg_schema.LATEST_VERSION} in a temporary copy (the file is unchanged)"
         )
-        with _connect(url) as target:
-            _migrate_target(target, url)
-            port = Port(
-                snap.conn,
-                target,
-                chunk_size=args.chunk_size,
-                out=_out,
-                source_sequences=snap.sequences,
-            )
-            try:
-                if not args.verify_only:
-                    resume = port.check_target()
-                    port.copy_all(resume)
-                    port.reset_sequences()
-                port.verify()
-            except psycopg.OperationalError as e:
-                raise AdminError(_pg_failure(url, e)) from e
+        _migrate_target(target, url)
+        port = Port(
+            snap.conn,
+            target,
+            chunk_size=args.chunk_size,
+            out=_out,
+            source_sequences=snap.sequences,
+        )
+        try:
+            if not args.verify_only:
+                resume = port.check_target()
+                port.copy_all(resume)
+                port.reset_sequences()
+            port.verify()
+        except psycopg.Error as e:
+            raise CopyFailed(_pg_failure(url, e)) from e
+        except sqlite3.Error as e:
+            raise CopyFailed(f"reading the copy of {path} failed: {e}") from e
     _out(f"{NAME}: {url.redacted} holds a verified copy of {path}")
 
 

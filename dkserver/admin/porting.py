@@ -169,12 +169,13 @@ class Port:
     def check_target(self) -> dict[str, tuple | None]:
         """The key each table's copy resumes after; refuses foreign data.
 
-        Per table, the target's highest row must be the source's row of
-        that key, with as many rows up to it on both sides; every user must
-        be the source's user, public key and all.  Anything else means the
+        Every user must be the source's user, public key and all; per
+        table, the target's highest row must be the source's row of that
+        key, with as many rows up to it on both sides.  Anything else means the
         target is another deployment's database, or one a server has
         written to since: filling it would mix two histories.
         """
+        self._check_users()
         resume: dict[str, tuple | None] = {}
         for table in TABLES:
             last = self._target_last(table)
@@ -196,7 +197,6 @@ class Port:
                     f"has {upto}",
                 )
             resume[table.name] = key
-        self._check_users()
         return resume
 
     def _check_users(self) -> None:

@@ -119,8 +119,20 @@ def snapshot(path: Path, work_dir: str | None = None) -> Iterator[Snapshot]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def inspect(path: Path) -> int:
+    """Check ``path`` is a database port-db can take; returns its version.
+
+    Cheap (no copy), so that a wrong file fails before anything else runs.
+    """
+    return _open_source(path, None)
+
+
 def _copy(path: Path, dest: sqlite3.Connection) -> int:
     """Back ``path`` up into ``dest`` read-only; returns its schema version."""
+    return _open_source(path, dest)
+
+
+def _open_source(path: Path, dest: sqlite3.Connection | None) -> int:
     uri = f"{path.resolve().as_uri()}?mode=ro"
     try:
         src = sqlite3.connect(uri, uri=True, timeout=5)
@@ -141,7 +153,8 @@ def _copy(path: Path, dest: sqlite3.Connection) -> int:
                 "or DistributedKnowledge database"
             )
         schema._check_version(found)
-        src.backup(dest)
+        if dest is not None:
+            src.backup(dest)
     except DatabaseUnusable as e:
         raise AdminError(f"{path}: {e}") from e
     except sqlite3.DatabaseError as e:

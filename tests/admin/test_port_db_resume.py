@@ -70,27 +70,39 @@ def _big_database(path) -> None:
     conn.close()
 
 
-def test_port_killed_mid_copy_resumes_and_ends_equal(tmp_path, pg_empty_url):
-    db = tmp_path / "big.db"
-    _big_database(db)
+def _stop_mid_copy(db, url, work_dir, signum) -> subprocess.Popen:
+    """Start a port and send ``signum`` once its first messages are committed."""
+    work_dir.mkdir(exist_ok=True)
     proc = subprocess.Popen(
-        [*COMMAND, str(db), pg_empty_url, "--chunk-size", "200"],
+        [*COMMAND, str(db), url, "--chunk-size", "200", "--work-dir", str(work_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         copied = 0
         deadline = time.monotonic() + 120
-        with psycopg.connect(pg_empty_url, autocommit=True) as pg:
+        with psycopg.connect(url, autocommit=True) as pg:
             while copied == 0 and time.monotonic() < deadline:
                 assert proc.poll() is None, proc.communicate()
                 if pg.execute("SELECT to_regclass('messages')").fetchone()[0]:
                     copied = pg.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
                 time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(signum)
+        proc.stdout_text, proc.stderr_text = proc.communicate(timeout=60)
     finally:
-        proc.kill()
-        proc.communicate()
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate()
+    return proc
+
+
+def test_port_killed_mid_copy_resumes_and_ends_equal(tmp_path, pg_empty_url):
+    db = tmp_path / "big.db"
+    _big_database(db)
+
+    proc = _stop_mid_copy(db, pg_empty_url, tmp_path / "work", signal.SIGKILL)
+
     assert proc.returncode == -signal.SIGKILL
     partial = pg_count(pg_empty_url, "messages")
     assert 0 < partial < MESSAGES
@@ -118,3 +130,27 @@ def test_port_killed_mid_copy_resumes_and_ends_equal(tmp_path, pg_empty_url):
         ).fetchone() == (MESSAGES, 1, MESSAGES)
         next_id = pg.execute("SELECT nextval(pg_get_serial_sequence('messages', 'id'))")
         assert next_id.fetchone()[0] == MESSAGES + 1
+
+
+def test_port_terminated_mid_copy_cleans_up_and_resumes(tmp_path, pg_empty_url):
+    db = tmp_path / "big.db"
+    _big_database(db)
+    work = tmp_path / "work"
+
+    proc = _stop_mid_copy(db, pg_empty_url, work, signal.SIGTERM)
+
+    assert proc.returncode == 130
+    assert proc.stderr_text.strip().splitlines() == [
+        "port-db: interrupted; run it again to resume"
+    ]
+    assert list(work.iterdir()) == []  # the temporary copy is gone
+    partial = pg_count(pg_empty_url, "messages")
+    assert 0 < partial < MESSAGES
+
+    resumed = run_port_process(str(db), pg_empty_url)
+
+    assert resumed.rc == 0, resumed.err
+    assert f"{partial} already in PostgreSQL, {MESSAGES - partial} copied" in (
+        resumed.out
+    )
+    assert pg_count(pg_empty_url, "messages") == MESSAGES

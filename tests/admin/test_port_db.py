@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sqlite3
 
 import psycopg
 
+from dkserver.admin import port_db
 from dkserver.admin.tables import TABLES
 from tests.admin.portdb import (
     copy_fixture,
@@ -322,3 +324,33 @@ def test_every_table_is_ported(tmp_path, pg_empty_url, capsys):
             )
         }
     assert tables - {"schema_version"} == {t.name for t in TABLES}
+
+
+def test_refuses_a_target_with_tables_of_another_program(
+    tmp_path, pg_empty_url, capsys
+):
+    db = copy_fixture(tmp_path)
+    with psycopg.connect(pg_empty_url) as pg:
+        pg.execute("CREATE TABLE users (name TEXT)")
+
+    result = run_port(capsys, str(db), pg_empty_url)
+
+    assert result.rc == 2
+    assert len(result.err.strip().splitlines()) == 1
+    assert "already has tables named users but no dkserver schema_version" in (
+        result.err
+    )
+
+
+def test_add_parser_mounts_port_db_as_a_subcommand(tmp_path, pg_empty_url, capsys):
+    """How the ``dkserver`` console command wires it in."""
+    parser = argparse.ArgumentParser(prog="dkserver")
+    port_db.add_parser(parser.add_subparsers(dest="command", required=True))
+    db = copy_fixture(tmp_path)
+
+    args = parser.parse_args(["port-db", str(db), pg_empty_url, "--chunk-size", "2"])
+
+    assert args.run(args) == 0
+    out = capsys.readouterr().out
+    assert "messages: 3 rows to copy, 0 already in PostgreSQL, 3 copied" in out
+    assert pg_count(pg_empty_url, "messages") == 3

@@ -109,7 +109,7 @@ def test_port_killed_mid_copy_resumes_and_ends_equal(tmp_path, pg_empty_url):
     assert partial % 200 == 0  # whole chunks only: the one in flight rolled back
     assert pg_count(pg_empty_url, "message_events") == 0
 
-    resumed = run_port_process(str(db), pg_empty_url, "--chunk-size", "5000")
+    resumed = run_port_process(str(db), pg_empty_url, "--chunk-size", "1000")
 
     assert resumed.rc == 0, resumed.err
     assert (

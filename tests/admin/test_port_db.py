@@ -354,3 +354,25 @@ def test_add_parser_mounts_port_db_as_a_subcommand(tmp_path, pg_empty_url, capsy
     out = capsys.readouterr().out
     assert "messages: 3 rows to copy, 0 already in PostgreSQL, 3 copied" in out
     assert pg_count(pg_empty_url, "messages") == 3
+
+
+def test_a_row_postgresql_rejects_stops_the_copy_with_one_line(
+    tmp_path, pg_empty_url, capsys
+):
+    db = copy_fixture(tmp_path)
+    conn = sqlite3.connect(db)  # SQLite's BOOLEAN takes anything
+    conn.execute("UPDATE message_events SET is_broadcast = 5 WHERE id = 3")
+    conn.commit()
+    conn.close()
+
+    result = run_port(capsys, str(db), pg_empty_url, "--chunk-size", "1")
+
+    assert result.rc == 1
+    assert "verify" not in result.out
+    [line] = result.err.strip().splitlines()
+    assert line.startswith(
+        "port-db: copying message_events stopped after 2 new rows (at the chunk "
+        'after 2): new row for relation "message_events" violates check constraint'
+    )
+    assert line.endswith("running port-db again resumes from them")
+    assert pg_count(pg_empty_url, "message_events") == 2

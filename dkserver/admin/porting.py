@@ -35,6 +35,9 @@ from .tables import TABLES, Table
 
 _TEXT_TYPES = frozenset({"text", "character varying", "character"})
 
+#: Users compared per query when checking the target.
+_USER_BATCH = 500
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -201,12 +204,17 @@ class Port:
 
     def _check_users(self) -> None:
         users = next(t for t in TABLES if t.name == "users")
-        query = sql.SQL(
+        first = sql.SQL(
+            "SELECT user_id, public_key FROM users ORDER BY user_id LIMIT %s"
+        )
+        then = sql.SQL(
             "SELECT user_id, public_key FROM users WHERE user_id > %s"
             " ORDER BY user_id LIMIT %s"
         )
-        after = ""
-        while rows := self.target.execute(query, (after, self.chunk_size)).fetchall():
+        # one IN list per batch: stay far below SQLite's variable limit
+        batch = min(self.chunk_size, _USER_BATCH)
+        rows = self.target.execute(first, (batch,)).fetchall()
+        while rows:
             wanted = [user_id for user_id, _ in rows]
             marks = ", ".join("?" * len(wanted))
             known = dict(
@@ -221,7 +229,7 @@ class Port:
                     self._refuse(users, f"user {user_id!r} is not in the source")
                 if known[user_id] != public_key:
                     self._refuse(users, f"user {user_id!r} has a different public key")
-            after = rows[-1][0]
+            rows = self.target.execute(then, (rows[-1][0], batch)).fetchall()
 
     def _refuse(self, table: Table, why: str) -> None:
         raise AdminError(
@@ -241,7 +249,7 @@ class Port:
         if skipped:
             self.out(
                 f"{table.name}: leaving out {skipped} source rows: "
-                f"{table.skipped_because} (PostgreSQL enforces this foreign key)"
+                f"{table.skipped_because} (PostgreSQL would refuse them)"
             )
         index = self._key_index(table)
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(

@@ -149,14 +149,14 @@ def _port(args: argparse.Namespace) -> None:
             f"{pg_schema.LATEST_VERSION} in a temporary copy (the file is unchanged)"
         )
         _migrate_target(target, url)
-        port = Port(
-            snap.conn,
-            target,
-            chunk_size=args.chunk_size,
-            out=_out,
-            source_sequences=snap.sequences,
-        )
         try:
+            port = Port(
+                snap.conn,
+                target,
+                chunk_size=args.chunk_size,
+                out=_out,
+                source_sequences=snap.sequences,
+            )
             if not args.verify_only:
                 resume = port.check_target()
                 port.copy_all(resume)

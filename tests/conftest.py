@@ -109,3 +109,66 @@ async def server(tmp_path):
     running = await start_server(make_config(tmp_path))
     yield running
     await stop_server(running)
+
+
+# --- PostgreSQL: a private server per test run, a fresh database per test ----
+# (tests/support/postgres.py).  Without binaries or DK_TEST_POSTGRES_URL the
+# tests that ask for these fixtures are skipped, and the run ends with a line
+# that says so and why (or they fail, with DK_TEST_REQUIRE_POSTGRES set, as
+# .ci/run sets it).
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.support import postgres as _pg  # noqa: E402
+
+_PG_SKIP = "PostgreSQL unavailable: "
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The PostgreSQL server of this test run (private, or DK_TEST_POSTGRES_URL)."""
+    try:
+        server, private = _pg.open_server()
+    except _pg.PostgresUnavailable as e:
+        if os.environ.get(_pg.ENV_REQUIRE):  # CI: a skip would hide the gap
+            pytest.fail(f"{_pg.ENV_REQUIRE} is set and {_PG_SKIP}{e}", pytrace=False)
+        pytest.skip(_PG_SKIP + str(e).splitlines()[0])
+    try:
+        yield server
+    finally:
+        if private is not None:
+            private.stop()
+        else:
+            server.drop_all()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """URL of a fresh database at the latest schema, dropped afterwards."""
+    name = pg_server.create_database(migrated=True)
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def pg_empty_url(pg_server):
+    """URL of a fresh, empty database (for migration tests)."""
+    name = pg_server.create_database(migrated=False)
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
+def pytest_terminal_summary(terminalreporter):
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        if _PG_SKIP in message:
+            reason = message[message.index(_PG_SKIP) + len(_PG_SKIP) :]
+            reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in reasons.items():
+        terminalreporter.write_line(
+            f"SKIPPED {count} PostgreSQL tests: {reason}", yellow=True, bold=True
+        )

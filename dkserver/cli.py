@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         "tac-path",
         help="print where the installed dkserver.tac is (twistd -ny FILE)",
     )
+    from dkserver.admin import port_db
+
+    port_db.add_parser(sub)
     return parser
 
 
@@ -142,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    return COMMANDS[args.command](args)
+    run = getattr(args, "run", None)  # admin commands carry their own
+    return run(args) if run is not None else COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

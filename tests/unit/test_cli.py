@@ -144,3 +144,14 @@ def test_checkconfig_makes_the_database_checks_of_startup_exit_2(capsys, tmp_pat
     code, out, err = run(capsys, "checkconfig", "--db", str(not_sqlite))
     assert code == 2 and "not a usable SQLite database" in err
     assert not (tmp_path / "no").exists()
+
+
+def test_port_db_is_a_dkserver_command_with_one_line_errors(capsys, tmp_path):
+    code, out, err = run(capsys, "--help")
+    assert code == 0 and "port-db" in out
+    missing = tmp_path / "missing.db"
+    code, out, err = run(
+        capsys, "port-db", str(missing), "postgresql://u@127.0.0.1:1/db"
+    )
+    assert code == 2 and out == ""
+    assert err == f"port-db: SQLITE_PATH {missing} does not exist\n"

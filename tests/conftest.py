@@ -23,6 +23,7 @@ import pytest_twisted
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
+from tests.support import postgres as _pg
 from tests.support.server import make_config, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +87,10 @@ def hermetic_session(tmp_path_factory):
     saved_env = {
         k: os.environ.pop(k)
         for k in list(os.environ)
-        if k.startswith("DK_") or k in SERVER_ENVIRONMENT
+        # DK_TEST_* configure the test run itself (which PostgreSQL, the
+        # wheelhouse, CI's "PostgreSQL is required"), not the server.
+        if (k.startswith("DK_") and not k.startswith("DK_TEST_"))
+        or k in SERVER_ENVIRONMENT
     }
     before = _checkout_state()
     old_cwd = os.getcwd()
@@ -117,11 +121,6 @@ async def server(tmp_path):
 # that says so and why (or they fail, with DK_TEST_REQUIRE_POSTGRES set, as
 # .ci/run sets it).
 
-import os  # noqa: E402
-
-import pytest  # noqa: E402
-
-from tests.support import postgres as _pg  # noqa: E402
 
 _PG_SKIP = "PostgreSQL unavailable: "
 

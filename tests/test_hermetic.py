@@ -30,8 +30,19 @@ def test_tests_run_outside_the_checkout_beside_decoys(hermetic_session):
 
 
 def test_server_environment_is_not_inherited():
-    leaked = [k for k in os.environ if k.startswith("DK_") or k == "SERVER_ADDR"]
+    leaked = [
+        k
+        for k in os.environ
+        if (k.startswith("DK_") and not k.startswith("DK_TEST_")) or k == "SERVER_ADDR"
+    ]
     assert leaked == []
+
+
+def test_the_test_run_settings_survive_the_hermetic_session():
+    """CI's DK_TEST_REQUIRE_POSTGRES must reach the PostgreSQL fixtures, or a
+    missing PostgreSQL would be a skip instead of a failure."""
+    if os.environ.get("CI"):
+        assert os.environ.get("DK_TEST_REQUIRE_POSTGRES") == "1"
 
 
 def test_hypothesis_keeps_no_example_database_in_the_working_directory():

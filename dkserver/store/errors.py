@@ -21,3 +21,8 @@ class DatabaseUnusable(StoreError, ValueError):
     Also a `ValueError`, so startup code that reports bad configuration
     reports this the same way, in one line.
     """
+
+
+class IntegrityError(StoreError):
+    """A statement violated a constraint (unknown user, duplicate key), on
+    whichever backend runs."""

@@ -1,7 +1,8 @@
-"""Shared fixtures: a real dkserver on ephemeral loopback ports."""
+"""Shared fixtures: a real dkserver on ephemeral loopback ports, per backend."""
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 
 from tests.support.server import make_config, start_server, stop_server
@@ -21,8 +22,6 @@ async def server(tmp_path):
 # .ci/run sets it).
 
 import os  # noqa: E402
-
-import pytest  # noqa: E402
 
 from tests.support import postgres as _pg  # noqa: E402
 
@@ -75,3 +74,34 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"SKIPPED {count} PostgreSQL tests: {reason}", yellow=True, bold=True
         )
+
+
+# --- Backends: tests that ask for ``backend`` run once per backend -----------
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--backend",
+        choices=(*BACKENDS, "all"),
+        default="all",
+        help="run the backend-parametrized tests on this store backend only",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "sqlite_only: a test about SQLite itself; not run on PostgreSQL"
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.getoption("--backend")
+    backends = BACKENDS if chosen == "all" else (chosen,)
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        backends = tuple(b for b in backends if b == "sqlite")
+    # An empty list makes pytest report the test as skipped, with the reason.
+    metafunc.parametrize("backend", backends)

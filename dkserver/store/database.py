@@ -19,7 +19,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
 from dkserver.store.engine import Engine
-from dkserver.store.errors import IntegrityError, StoreError
+from dkserver.store.errors import IntegrityError, NulNotStorable, StoreError
 
 R = TypeVar("R")
 
@@ -39,7 +39,7 @@ class Txn:
         except self.engine.integrity_errors as e:
             raise IntegrityError(str(e).strip()) from e
         except self.engine.driver_errors as e:
-            raise StoreError(f"database error: {str(e).strip()}") from e
+            raise _driver_error(e) from e
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
@@ -49,7 +49,7 @@ class Txn:
         except self.engine.integrity_errors as e:
             raise IntegrityError(str(e).strip()) from e
         except self.engine.driver_errors as e:
-            raise StoreError(f"database error: {str(e).strip()}") from e
+            raise _driver_error(e) from e
 
     def fetchone(self) -> Any:
         return self._cursor.fetchone()
@@ -83,3 +83,9 @@ def _interaction(
     cursor: Any, engine: Engine, func: Callable[..., R], args: tuple, kwargs: dict
 ) -> R:
     return func(Txn(cursor, engine), *args, **kwargs)
+
+
+def _driver_error(e: BaseException) -> StoreError:
+    if "NUL (0x00)" in str(e):
+        return NulNotStorable()
+    return StoreError(f"database error: {str(e).strip()}")

@@ -33,6 +33,8 @@ class Sqlite3Engine:
     driver_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
     #: The LIMIT value that means none.
     no_limit: int | None = -1
+    #: Whether text containing U+0000 cannot be stored.
+    refuses_nul = False
 
     def sql(self, text: str) -> str:
         return text
@@ -77,6 +79,8 @@ class PostgresEngine:
     integrity_errors: tuple[type[BaseException], ...] = (psycopg.IntegrityError,)
     driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
     no_limit: int | None = None  # LIMIT NULL is LIMIT ALL
+    #: PostgreSQL text cannot hold U+0000 (SQLite's can).
+    refuses_nul = True
 
     def __init__(self) -> None:
         self._converted: dict[str, str] = {}

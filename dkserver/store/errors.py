@@ -26,3 +26,10 @@ class DatabaseUnusable(StoreError, ValueError):
 class IntegrityError(StoreError):
     """A statement violated a constraint (unknown user, duplicate key), on
     whichever backend runs."""
+
+
+class NulNotStorable(StoreError):
+    """Text with a U+0000 character, which PostgreSQL cannot store."""
+
+    def __init__(self) -> None:
+        super().__init__("text with a NUL character cannot be stored on PostgreSQL")

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from dkserver.store.analytics import _end_sessions_txn, _storage_text
 from dkserver.store.database import Database, Txn
-from dkserver.store.errors import IntegrityError, StoreError
+from dkserver.store.errors import IntegrityError, NulNotStorable, StoreError
 from dkserver.store.messages import NewMessage, insert_messages_txn, mark_delivered_txn
 
 #: Bound on the recipient cache (user ids), cleared when exceeded.
@@ -66,6 +66,9 @@ class GroupWriter:
     def __init__(self, pool: Database, clock: Any, delay: float = GROUP_DELAY) -> None:
         self._pool = pool
         self._clock = clock
+        #: PostgreSQL: a message with a NUL would fail its whole batch, so it
+        #: is refused alone, on submission.
+        self._refuse_nul = pool.engine.refuses_nul
         #: How long the first submission waits for company before a commit.
         self.delay = delay
         self._next = _Batch()
@@ -104,6 +107,9 @@ class GroupWriter:
         measurable share of the CPU.  ``done`` must not raise."""
         if self._closed:
             done(None, Failure(StoreError("the server is shutting down; not stored")))
+            return
+        if self._refuse_nul and _has_nul(message):
+            done(None, Failure(NulNotStorable()))
             return
         self._next.messages.append((message, session_id))
         self._next.waiters.append(done)
@@ -195,6 +201,12 @@ class GroupWriter:
         self._running = False
         if self._next.size() or self._next.flushed:
             self._kick()
+
+
+def _has_nul(m: NewMessage) -> bool:
+    return "\0" in (
+        f"{m.from_user}{m.to_user}{m.timestamp}{m.content}{m.signature or ''}"
+    )
 
 
 def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | None]:

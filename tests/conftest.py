@@ -8,9 +8,18 @@ import pytest_twisted
 from tests.support.server import make_config, start_server, stop_server
 
 
+@pytest.fixture
+def db_target(backend, tmp_path, request) -> str:
+    """The ``--db`` value of the test's server: a SQLite file or a fresh
+    PostgreSQL database of this run's private server."""
+    if backend == "postgresql":
+        return request.getfixturevalue("pg_url")
+    return str(tmp_path / "dk.db")
+
+
 @pytest_twisted.async_yield_fixture
-async def server(tmp_path):
-    running = await start_server(make_config(tmp_path))
+async def server(tmp_path, db_target):
+    running = await start_server(make_config(tmp_path, db=db_target))
     yield running
     await stop_server(running)
 
@@ -76,9 +85,17 @@ def pytest_terminal_summary(terminalreporter):
         )
 
 
-# --- Backends: tests that ask for ``backend`` run once per backend -----------
+# --- Backends ---------------------------------------------------------------
+# ``backend`` is "sqlite" unless the test is in tests/store or marked
+# ``both_backends`` (the end-to-end modules that exercise storage): those run
+# once per backend, or on the one ``--backend`` names.
 
 BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
 
 
 def pytest_addoption(parser):
@@ -94,11 +111,22 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "sqlite_only: a test about SQLite itself; not run on PostgreSQL"
     )
+    config.addinivalue_line(
+        "markers", "both_backends: run this storage test on SQLite and PostgreSQL"
+    )
 
 
 def pytest_generate_tests(metafunc):
     if "backend" not in metafunc.fixturenames:
         return
+    in_store_tests = (
+        "store"
+        in metafunc.definition.path.relative_to(metafunc.config.rootpath).parts[:2]
+    )
+    if not in_store_tests and not metafunc.definition.get_closest_marker(
+        "both_backends"
+    ):
+        return  # the fixture's "sqlite"
     chosen = metafunc.config.getoption("--backend")
     backends = BACKENDS if chosen == "all" else (chosen,)
     if metafunc.definition.get_closest_marker("sqlite_only"):

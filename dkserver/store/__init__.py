@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
@@ -52,7 +53,66 @@ __all__ = [
     "UserExists",
     "UserStore",
     "preflight",
+    "preflight_database",
 ]
+
+
+def preflight_database(database: DatabaseUrl, connect_timeout: float = 10.0) -> None:
+    """Blocking, before the reactor runs: refuse a database dkserver cannot
+    use, with a one-line `StoreError` instead of a failure after startup.
+
+    SQLite: the file checks of `schema.preflight`.  PostgreSQL: connect,
+    bring the schema up to date (under the migration lock) and check that
+    the role may read and write every table and take ids.
+    """
+    if not database.is_postgresql:
+        preflight(str(database.path))
+        return
+    try:
+        conn = psycopg.connect(
+            database.conninfo, connect_timeout=max(1, round(connect_timeout))
+        )
+    except psycopg.Error as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DatabaseUnusable(
+            f"cannot connect to PostgreSQL at {database.redacted}: {reason}"
+        ) from None
+    try:
+        conn.autocommit = True
+        pg_schema.migrate_connection(conn)
+        _check_privileges(conn)
+    except psycopg.Error as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DatabaseUnusable(
+            f"cannot use PostgreSQL database {database.redacted}: {reason}"
+        ) from None
+    finally:
+        conn.close()
+
+
+def _check_privileges(conn: Any) -> None:
+    missing = [
+        table
+        for table in (*pg_schema.TABLES, "schema_version")
+        if not conn.execute(
+            "SELECT has_table_privilege(%s, 'SELECT,INSERT,UPDATE,DELETE')", (table,)
+        ).fetchone()[0]
+    ]
+    missing += [
+        f"{table}.id sequence"
+        for table in pg_schema.SEQUENCED_TABLES
+        if not conn.execute(
+            "SELECT has_sequence_privilege(pg_get_serial_sequence(%s, 'id'), 'USAGE')",
+            (table,),
+        ).fetchone()[0]
+    ]
+    if missing:
+        raise DatabaseUnusable(
+            f"database user {conn.info.user!r} lacks rights on "
+            f"{', '.join(missing)} in database {conn.info.dbname!r}; grant it "
+            "SELECT, INSERT, UPDATE, DELETE on dkserver's tables and USAGE on "
+            "their sequences"
+        )
 
 
 class Store:

@@ -20,6 +20,36 @@ import psycopg
 #: messages (see `PostgresEngine.next_message_ids`).
 MESSAGE_ID_LOCK = 0x6B64_6D73_6769_6473
 
+#: Marks message content stored escaped on PostgreSQL (see `encode_content`):
+#: U+FFFF, a noncharacter, which content rarely starts with.
+ESCAPED = "\uffff"
+
+
+def encode_content(text: str) -> str:
+    """PostgreSQL text cannot hold U+0000, which clients may send (SQLite and
+    the original keep it).  Content with a NUL, or starting with the marker,
+    is stored as the marker plus the text with U+FFFF doubled and U+0000 as
+    U+FFFF "0"; all other content is stored exactly as sent."""
+    if "\0" not in text and not text.startswith(ESCAPED):
+        return text
+    return ESCAPED + text.replace(ESCAPED, ESCAPED * 2).replace("\0", ESCAPED + "0")
+
+
+def decode_content(stored: str) -> str:
+    if not stored.startswith(ESCAPED):
+        return stored
+    out, i, body = [], 0, stored[1:]
+    while i < len(body):
+        ch = body[i]
+        if ch == ESCAPED and i + 1 < len(body):
+            out.append("\0" if body[i + 1] == "0" else ESCAPED)
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
 #: At and above this many rows a batch goes in with ``COPY``, below with one
 #: multi-row ``INSERT … VALUES`` (bench/pg_write.py measured the crossover).
 COPY_THRESHOLD = 16

@@ -12,6 +12,7 @@ from typing import Any
 
 from dkserver import timestamps
 from dkserver.store.database import Database, Txn
+from dkserver.store.engine import ESCAPED, decode_content, encode_content
 from dkserver.store.errors import IntegrityError, StoreError
 
 PENDING = "pending"
@@ -122,8 +123,11 @@ class MessageStore:
         return await self._pool.runInteraction(_get_txn, message_id)
 
 
-def _row(row: tuple[Any, ...]) -> StoredMessage:
+def _row(row: tuple[Any, ...], escaped: bool = False) -> StoredMessage:
+    """``escaped``: the backend stores content with `encode_content`."""
     mid, from_user, to_user, ts, content, status, bcast, sig, fwd, client_ts = row
+    if escaped and content[:1] == ESCAPED:
+        content = decode_content(content)
     if client_ts:
         text = client_ts  # the sender's exact text (schema v4)
     elif ts:
@@ -162,6 +166,10 @@ _MESSAGE_COLUMNS = (
 )
 
 
+def _same(text: str) -> str:
+    return text
+
+
 def insert_messages_txn(txn: Txn, msgs: Sequence[NewMessage]) -> list[int]:
     """Insert messages as ``pending`` in one statement run; their ids.
 
@@ -173,6 +181,7 @@ def insert_messages_txn(txn: Txn, msgs: Sequence[NewMessage]) -> list[int]:
     `timestamps.storage_columns`).
     """
     ids = txn.engine.next_message_ids(txn, len(msgs))
+    encode = encode_content if txn.engine.refuses_nul else _same
     txn.engine.insert_rows(
         txn,
         "messages",
@@ -183,7 +192,7 @@ def insert_messages_txn(txn: Txn, msgs: Sequence[NewMessage]) -> list[int]:
                 m.from_user,
                 m.to_user,
                 stored_ts,
-                m.content,
+                encode(m.content),
                 PENDING,
                 int(m.is_broadcast),
                 m.signature or "",  # the original writes Go's "" for none
@@ -224,7 +233,7 @@ def _pending_direct_txn(
         " ORDER BY m.id LIMIT ?",
         (user_id, after_id, _limit(txn, limit)),
     )
-    return [_row(r) for r in txn.fetchall()]
+    return [_row(r, txn.engine.refuses_nul) for r in txn.fetchall()]
 
 
 def _undelivered_broadcasts_txn(
@@ -245,7 +254,7 @@ def _undelivered_broadcasts_txn(
         " ORDER BY m.id LIMIT ?",
         (user_id, max(after_id, floor), _limit(txn, limit)),
     )
-    found = [_row(r) for r in txn.fetchall()]
+    found = [_row(r, txn.engine.refuses_nul) for r in txn.fetchall()]
     if after_id <= floor:
         # Everything below the first broadcast still to send is done: raise
         # the floor so the next connect skips it (see schema v3).
@@ -278,4 +287,4 @@ def _record_deliveries_txn(txn: Txn, pairs: list[tuple[int, str]]) -> None:
 def _get_txn(txn: Txn, message_id: int) -> StoredMessage | None:
     txn.execute(f"SELECT {_COLUMNS} FROM messages m WHERE m.id = ?", (message_id,))
     row = txn.fetchone()
-    return None if row is None else _row(row)
+    return None if row is None else _row(row, txn.engine.refuses_nul)

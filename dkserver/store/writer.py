@@ -66,8 +66,8 @@ class GroupWriter:
     def __init__(self, pool: Database, clock: Any, delay: float = GROUP_DELAY) -> None:
         self._pool = pool
         self._clock = clock
-        #: PostgreSQL: a message with a NUL would fail its whole batch, so it
-        #: is refused alone, on submission.
+        #: PostgreSQL: a NUL outside the content (which is escaped) would
+        #: fail the whole batch, so such a message is refused alone.
         self._refuse_nul = pool.engine.refuses_nul
         #: How long the first submission waits for company before a commit.
         self.delay = delay
@@ -204,9 +204,7 @@ class GroupWriter:
 
 
 def _has_nul(m: NewMessage) -> bool:
-    return "\0" in (
-        f"{m.from_user}{m.to_user}{m.timestamp}{m.content}{m.signature or ''}"
-    )
+    return "\0" in f"{m.from_user}{m.to_user}{m.timestamp}{m.signature or ''}"
 
 
 def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | None]:

@@ -231,3 +231,17 @@ async def test_broadcast_floor_skips_done_broadcasts_but_never_a_pending_one(
     assert [m.id for m in await store.messages.undelivered_broadcasts("reader")] == [
         new
     ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["a\0b", "\0", "\uffff", "\uffff0", "\uffff\0\uffff", "x\uffff\0", "plain"],
+)
+@pytest_twisted.ensureDeferred
+async def test_content_with_nul_or_the_escape_marker_reads_back_exactly(store, content):
+    await register(store, "alice")
+    await register(store, "bob")
+    (mid,) = await store.messages.add_many([msg("alice", "bob", content=content)])
+    assert (await store.messages.get(mid)).content == content
+    (pending,) = await store.messages.pending_direct("bob")
+    assert pending.content == content

@@ -156,7 +156,7 @@ async def test_unstorable_message_fails_alone_not_its_batch(store, sql, db_path)
     await store.users.create("alice", "A", "k")
     await store.users.create("bob", "B", "k")
     writer = GroupWriter(store.pool, reactor)
-    nul = dataclasses.replace(message("bob", 2), content="a\0b")
+    nul = dataclasses.replace(message("bob", 2), signature="a\0b")
     results = await gatherResults(
         [
             writer.submit_message(message("bob", 1), None),
@@ -164,10 +164,12 @@ async def test_unstorable_message_fails_alone_not_its_batch(store, sql, db_path)
             writer.submit_message(message("bob", 3), None),
         ]
     )
-    stored = _Inspect(sql, db_path).execute("SELECT content FROM messages ORDER BY id")
+    stored = _Inspect(sql, db_path).execute(
+        "SELECT content, signature FROM messages ORDER BY id"
+    )
     if store.engine.refuses_nul:
         assert isinstance(results[1], NulNotStorable)
-        assert stored.fetchall() == [("m1",), ("m3",)]
+        assert stored.fetchall() == [("m1", ""), ("m3", "")]
     else:
-        assert stored.fetchall() == [("m1",), ("a\0b",), ("m3",)]
+        assert stored.fetchall() == [("m1", ""), ("m2", "a\0b"), ("m3", "")]
     assert isinstance(results[0], int) and isinstance(results[2], int)

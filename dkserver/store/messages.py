@@ -166,10 +166,6 @@ _MESSAGE_COLUMNS = (
 )
 
 
-def _same(text: str) -> str:
-    return text
-
-
 def insert_messages_txn(txn: Txn, msgs: Sequence[NewMessage]) -> list[int]:
     """Insert messages as ``pending`` in one statement run; their ids.
 
@@ -181,29 +177,26 @@ def insert_messages_txn(txn: Txn, msgs: Sequence[NewMessage]) -> list[int]:
     `timestamps.storage_columns`).
     """
     ids = txn.engine.next_message_ids(txn, len(msgs))
-    encode = encode_content if txn.engine.refuses_nul else _same
-    txn.engine.insert_rows(
-        txn,
-        "messages",
-        _MESSAGE_COLUMNS,
-        [
-            (
-                mid,
-                m.from_user,
-                m.to_user,
-                stored_ts,
-                encode(m.content),
-                PENDING,
-                int(m.is_broadcast),
-                m.signature or "",  # the original writes Go's "" for none
-                int(m.is_forward_message),
-                m.received_ns,
-                client_ts,
-            )
-            for mid, m in zip(ids, msgs, strict=True)
-            for stored_ts, client_ts in (timestamps.storage_columns(m.timestamp),)
-        ],
-    )
+    rows = [
+        (
+            mid,
+            m.from_user,
+            m.to_user,
+            stored_ts,
+            m.content,
+            PENDING,
+            int(m.is_broadcast),
+            m.signature or "",  # the original writes Go's "" for none
+            int(m.is_forward_message),
+            m.received_ns,
+            client_ts,
+        )
+        for mid, m in zip(ids, msgs, strict=True)
+        for stored_ts, client_ts in (timestamps.storage_columns(m.timestamp),)
+    ]
+    if txn.engine.refuses_nul:  # PostgreSQL only: no cost on SQLite's hot path
+        rows = [(*r[:4], encode_content(r[4]), *r[5:]) for r in rows]
+    txn.engine.insert_rows(txn, "messages", _MESSAGE_COLUMNS, rows)
     return ids
 
 

@@ -49,6 +49,8 @@ from psycopg import sql
 
 from dkserver import timestamps
 from dkserver.store import pg_schema, schema
+from dkserver.store.database import Txn
+from dkserver.store.engine import Sqlite3Engine
 from dkserver.store.messages import NewMessage, insert_messages_txn
 from dkserver.store.url import parse_database_url
 
@@ -274,7 +276,7 @@ def run_sqlite(
         batches = batch_count(count, size)
         msgs = make_messages(size * (batches + 2))
         elapsed = 0.0
-        cur = conn.cursor()
+        cur = Txn(conn.cursor(), Sqlite3Engine())
         for b in range(batches + 2):
             if b == 2:
                 cpu0 = time.thread_time_ns()

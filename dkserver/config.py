@@ -13,11 +13,20 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from dkserver.store.url import DatabaseUrl, DatabaseUrlError, parse_database_url
+
 DEFAULT_HTTPS = ":443"
 DEFAULT_HTTP = ":80"
 DEFAULT_DB = "dkserver.db"
 DEFAULT_CERT = os.path.join("certs", "server.pem")
 DEFAULT_KEY = os.path.join("certs", "server.key")
+
+# PostgreSQL only: connections per process (the group writer holds one per
+# batch, reads share the rest), how long one statement may run before it is
+# cancelled, how long connecting may take.
+DEFAULT_DB_POOL_SIZE = 8
+DEFAULT_DB_STATEMENT_TIMEOUT = 30.0
+DEFAULT_DB_CONNECT_TIMEOUT = 10.0
 
 # Per client IP and per user id, for /auth/register and /auth/login: enough
 # for a person retrying by hand and a client reconnecting, far too little for
@@ -44,7 +53,14 @@ class ConfigError(Exception):
 class Config:
     https: str = DEFAULT_HTTPS
     http: str | None = DEFAULT_HTTP
-    db_path: str = DEFAULT_DB
+    #: The ``--db`` / ``DK_DB`` text: a SQLite path or a postgresql:// URL
+    #: (possibly with a password: log `database`, never this).
+    db_path: str = field(default=DEFAULT_DB, repr=False)
+    #: ``db_path`` parsed; set from it when not given.
+    database: DatabaseUrl | None = None
+    db_pool_size: int = DEFAULT_DB_POOL_SIZE
+    db_statement_timeout: float = DEFAULT_DB_STATEMENT_TIMEOUT
+    db_connect_timeout: float = DEFAULT_DB_CONNECT_TIMEOUT
     cert_path: str = DEFAULT_CERT
     key_path: str = DEFAULT_KEY
     message_rate: float = 5.0
@@ -86,10 +102,21 @@ class Config:
     shutdown_grace: float = 10.0
 
     def __post_init__(self) -> None:
-        if not self.jwt_secret_path:
-            object.__setattr__(self, "jwt_secret_path", self.db_path + ".jwt-secret")
+        if self.database is None:
+            object.__setattr__(self, "database", parse_database_url(self.db_path))
+        # Beside a SQLite file; a PostgreSQL URL names no place for a file
+        # (from_sources asks for DK_JWT_SECRET_FILE or JWT_SECRET then).
+        if not self.jwt_secret_path and not self.database.is_postgresql:
+            object.__setattr__(
+                self, "jwt_secret_path", f"{self.database.path}.jwt-secret"
+            )
         if not self.client_path:
-            state_dir = os.path.dirname(self.db_path)
+            # The server's own client build goes into its state directory:
+            # beside the SQLite file, or beside the secret file on PostgreSQL.
+            if not self.database.is_postgresql:
+                state_dir = os.path.dirname(self.database.path)
+            else:
+                state_dir = os.path.dirname(self.jwt_secret_path or "")
             object.__setattr__(self, "client_path", os.path.join(state_dir, "dk.pyz"))
 
 
@@ -187,6 +214,20 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
         )
 
     db_path = str(pick("db", "DK_DB", DEFAULT_DB))
+    try:
+        database = parse_database_url(db_path)
+    except DatabaseUrlError as e:
+        raise ConfigError("DK_DB", str(e)) from None
+    jwt_secret = environ.get("JWT_SECRET") or None
+    jwt_secret_path = str(pick("jwt_secret_file", "DK_JWT_SECRET_FILE", ""))
+    if database.is_postgresql and not jwt_secret and not jwt_secret_path:
+        # Every node sharing the database must sign with the same secret, and
+        # a URL names no directory to keep a generated one in: say where.
+        raise ConfigError(
+            "DK_JWT_SECRET_FILE",
+            "required when DK_DB is a PostgreSQL URL (a file the server may "
+            "create, shared by every node using the database), or set JWT_SECRET",
+        )
     origins = tuple(_split_list(str(pick("allowed_origins", "DK_ALLOWED_ORIGINS", ""))))
     for origin in origins:
         if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
@@ -198,6 +239,27 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
         https=https,
         http=http,
         db_path=db_path,
+        database=database,
+        db_pool_size=_positive_int(
+            "DK_DB_POOL_SIZE",
+            pick("db_pool_size", "DK_DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE),
+        ),
+        db_statement_timeout=_positive_float(
+            "DK_DB_STATEMENT_TIMEOUT",
+            pick(
+                "db_statement_timeout",
+                "DK_DB_STATEMENT_TIMEOUT",
+                DEFAULT_DB_STATEMENT_TIMEOUT,
+            ),
+        ),
+        db_connect_timeout=_positive_float(
+            "DK_DB_CONNECT_TIMEOUT",
+            pick(
+                "db_connect_timeout",
+                "DK_DB_CONNECT_TIMEOUT",
+                DEFAULT_DB_CONNECT_TIMEOUT,
+            ),
+        ),
         cert_path=str(pick("cert", "DK_CERT", DEFAULT_CERT)),
         key_path=str(pick("key", "DK_KEY", DEFAULT_KEY)),
         message_rate=_positive_float(
@@ -222,8 +284,8 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
             "DK_WRITE_BURST_LIMIT",
             pick("write_burst", "DK_WRITE_BURST_LIMIT", DEFAULT_WRITE_BURST),
         ),
-        jwt_secret=environ.get("JWT_SECRET") or None,
-        jwt_secret_path=str(pick("jwt_secret_file", "DK_JWT_SECRET_FILE", "")),
+        jwt_secret=jwt_secret,
+        jwt_secret_path=jwt_secret_path,
         sqlite_synchronous=sync,
         admin_users=frozenset(_split_list(str(pick("admins", "DK_ADMIN_USERS", "")))),
         allowed_origins=origins,

@@ -77,7 +77,14 @@ class DkService(MultiService):
             self.log.warn("{warning}", warning=warning)
         context = load_context_factory(config.cert_path, config.key_path)
 
-        self.store = Store.create(config.db_path, reactor, config.sqlite_synchronous)
+        self.store = Store.create(
+            config.database,
+            reactor,
+            config.sqlite_synchronous,
+            pool_size=config.db_pool_size,
+            statement_timeout=config.db_statement_timeout,
+            connect_timeout=config.db_connect_timeout,
+        )
         self.challenges = ChallengeStore(reactor, ttl=config.challenge_ttl)
         self.tokens = TokenIssuer(secret, reactor)
         self.login_ip_limits = BucketRegistry(
@@ -183,7 +190,7 @@ class DkService(MultiService):
         )
         if closed:
             self.log.info("closed {count} sessions left open", count=closed)
-        self.log.info("database {path} ready", path=self.config.db_path)
+        self.log.info("database {path} ready", path=self.config.database.redacted)
 
     def _fatal(self, failure) -> None:
         self.log.failure("cannot open the database; stopping", failure)

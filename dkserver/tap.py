@@ -26,7 +26,13 @@ class Options(usage.Options):
             "description [env SERVER_ADDR, default :443]",
         ],
         ["http", None, None, "Redirect address, or 'none' [default :80]"],
-        ["db", None, None, "SQLite database file [env DK_DB, default dkserver.db]"],
+        [
+            "db",
+            None,
+            None,
+            "SQLite file or postgresql://user@host:port/dbname "
+            "[env DK_DB, default dkserver.db]",
+        ],
         ["cert", None, None, "PEM certificate (chain) [default certs/server.pem]"],
         ["key", None, None, "PEM private key [default certs/server.key]"],
         ["rate", None, None, "Messages per second per user [env MESSAGE_RATE_LIMIT]"],
@@ -101,11 +107,15 @@ def makeService(options: Options):
     from twisted.internet import reactor
 
     from dkserver.service import DkService, tune_gc
-    from dkserver.store import preflight
+    from dkserver.store import StoreError, preflight_database
 
     config = options.config
     try:
-        preflight(config.db_path)
+        preflight_database(config.database, config.db_connect_timeout)
+    except (StoreError, ValueError, OSError) as e:
+        sys.stderr.write(f"dkserver: DK_DB: {e}\n")
+        sys.exit(1)
+    try:
         service = DkService(config, reactor)
         tune_gc()
         return service

@@ -58,6 +58,12 @@ _hypothesis_home: str | None = None
 
 
 def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only: a test about SQLite itself; not run on PostgreSQL"
+    )
+    config.addinivalue_line(
+        "markers", "both_backends: run this storage test on SQLite and PostgreSQL"
+    )
     # Hypothesis also caches (unicode tables, constants) under ./.hypothesis,
     # resolved when it is imported: before the session changes directory.
     global _hypothesis_home
@@ -108,9 +114,18 @@ def hermetic_session(tmp_path_factory):
     assert not made, f"tests created or changed state in the checkout: {made}"
 
 
+@pytest.fixture
+def db_target(backend, tmp_path, request) -> str:
+    """The ``--db`` value of the test's server: a SQLite file or a fresh
+    PostgreSQL database of this run's private server."""
+    if backend == "postgresql":
+        return request.getfixturevalue("pg_url")
+    return str(tmp_path / "dk.db")
+
+
 @pytest_twisted.async_yield_fixture
-async def server(tmp_path):
-    running = await start_server(make_config(tmp_path))
+async def server(tmp_path, db_target):
+    running = await start_server(make_config(tmp_path, db=db_target))
     yield running
     await stop_server(running)
 
@@ -171,3 +186,44 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"SKIPPED {count} PostgreSQL tests: {reason}", yellow=True, bold=True
         )
+
+
+# --- Backends ---------------------------------------------------------------
+# ``backend`` is "sqlite" unless the test is in tests/store or marked
+# ``both_backends`` (the end-to-end modules that exercise storage): those run
+# once per backend, or on the one ``--backend`` names.
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--backend",
+        choices=(*BACKENDS, "all"),
+        default="all",
+        help="run the backend-parametrized tests on this store backend only",
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" not in metafunc.fixturenames:
+        return
+    in_store_tests = (
+        "store"
+        in metafunc.definition.path.relative_to(metafunc.config.rootpath).parts[:2]
+    )
+    if not in_store_tests and not metafunc.definition.get_closest_marker(
+        "both_backends"
+    ):
+        return  # the fixture's "sqlite"
+    chosen = metafunc.config.getoption("--backend")
+    backends = BACKENDS if chosen == "all" else (chosen,)
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        backends = tuple(b for b in backends if b == "sqlite")
+    # An empty list makes pytest report the test as skipped, with the reason.
+    metafunc.parametrize("backend", backends)

@@ -1,25 +1,36 @@
-"""dkserver's storage: one narrow async interface over SQLite.
+"""dkserver's storage: one narrow async interface over SQLite or PostgreSQL.
 
 Handlers call ``await store.messages.pending_direct(user_id)`` and never see
-SQL, a cursor or a driver exception (failures are `StoreError`), so another
-backend could be added behind the same methods.
+SQL, a cursor, a driver exception (failures are `StoreError`) or which
+backend runs: the store modules are written once over `Database`, and the
+engine (dkserver.store.engine) holds what differs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
+from dkserver.store import pg_schema
 from dkserver.store.analytics import AnalyticsStore
 from dkserver.store.apis import Api, ApiStore, TooManyApis
+from dkserver.store.database import Database
 from dkserver.store.descriptions import DescriptionStore
-from dkserver.store.errors import DatabaseUnusable, StoreError, UserExists
+from dkserver.store.engine import PostgresEngine, Sqlite3Engine
+from dkserver.store.errors import (
+    DatabaseUnusable,
+    IntegrityError,
+    StoreError,
+    UserExists,
+)
 from dkserver.store.messages import MessageStore, NewMessage, StoredMessage
-from dkserver.store.pool import open_pool
+from dkserver.store.pool import DEFAULT_PG_POOL_SIZE, open_pg_pool, open_pool
 from dkserver.store.schema import LATEST_VERSION, migrate, preflight
 from dkserver.store.trackers import Tracker, TrackerInfo, TrackerStore
+from dkserver.store.url import DatabaseUrl, parse_database_url
 from dkserver.store.users import User, UserStore
 
 __all__ = [
@@ -28,6 +39,7 @@ __all__ = [
     "ApiStore",
     "DatabaseUnusable",
     "DescriptionStore",
+    "IntegrityError",
     "MessageStore",
     "NewMessage",
     "Store",
@@ -41,44 +53,139 @@ __all__ = [
     "UserExists",
     "UserStore",
     "preflight",
+    "preflight_database",
 ]
+
+
+def preflight_database(database: DatabaseUrl, connect_timeout: float = 10.0) -> None:
+    """Blocking, before the reactor runs: refuse a database dkserver cannot
+    use, with a one-line `StoreError` instead of a failure after startup.
+
+    SQLite: the file checks of `schema.preflight`.  PostgreSQL: connect,
+    bring the schema up to date (under the migration lock) and check that
+    the role may read and write every table and take ids.
+    """
+    if not database.is_postgresql:
+        preflight(str(database.path))
+        return
+    try:
+        conn = psycopg.connect(
+            database.conninfo, connect_timeout=max(1, round(connect_timeout))
+        )
+    except psycopg.Error as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DatabaseUnusable(
+            f"cannot connect to PostgreSQL at {database.redacted}: {reason}"
+        ) from None
+    try:
+        conn.autocommit = True
+        pg_schema.migrate_connection(conn)
+        _check_privileges(conn)
+    except psycopg.Error as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DatabaseUnusable(
+            f"cannot use PostgreSQL database {database.redacted}: {reason}"
+        ) from None
+    finally:
+        conn.close()
+
+
+def _check_privileges(conn: Any) -> None:
+    missing = [
+        table
+        for table in (*pg_schema.TABLES, "schema_version")
+        if not conn.execute(
+            "SELECT has_table_privilege(%s, 'SELECT,INSERT,UPDATE,DELETE')", (table,)
+        ).fetchone()[0]
+    ]
+    missing += [
+        f"{table}.id sequence"
+        for table in pg_schema.SEQUENCED_TABLES
+        if not conn.execute(
+            "SELECT has_sequence_privilege(pg_get_serial_sequence(%s, 'id'), 'USAGE')",
+            (table,),
+        ).fetchone()[0]
+    ]
+    if missing:
+        raise DatabaseUnusable(
+            f"database user {conn.info.user!r} lacks rights on "
+            f"{', '.join(missing)} in database {conn.info.dbname!r}; grant it "
+            "SELECT, INSERT, UPDATE, DELETE on dkserver's tables and USAGE on "
+            "their sequences"
+        )
 
 
 class Store:
     log = Logger()
 
-    def __init__(self, pool: adbapi.ConnectionPool, path: str = "") -> None:
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        path: str = "",
+        engine: Sqlite3Engine | PostgresEngine | None = None,
+    ) -> None:
+        #: The raw adbapi pool (migrations and tests that inspect the file).
         self._pool = pool
         self._path = path
         self._closed = False
-        self.users = UserStore(pool)
-        self.messages = MessageStore(pool)
-        self.descriptions = DescriptionStore(pool)
-        self.analytics = AnalyticsStore(pool)
-        self.trackers = TrackerStore(pool)
-        self.apis = ApiStore(pool)
+        self.engine = engine if engine is not None else Sqlite3Engine()
+        self._db = db = Database(pool, self.engine)
+        self.users = UserStore(db)
+        self.messages = MessageStore(db)
+        self.descriptions = DescriptionStore(db)
+        self.analytics = AnalyticsStore(db)
+        self.trackers = TrackerStore(db)
+        self.apis = ApiStore(db)
 
     @property
-    def pool(self) -> adbapi.ConnectionPool:
+    def pool(self) -> Database:
         """For the group writer (dkserver.store.writer), which shares it."""
-        return self._pool
+        return self._db
 
     @classmethod
-    def create(cls, path: str, reactor: Any, synchronous: str = "NORMAL") -> Store:
-        """Build the store without touching the file; call `migrate` before use.
+    def create(
+        cls,
+        database: str | DatabaseUrl,
+        reactor: Any,
+        synchronous: str = "NORMAL",
+        *,
+        pool_size: int = DEFAULT_PG_POOL_SIZE,
+        statement_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+    ) -> Store:
+        """Build the store without connecting; call `migrate` before use.
 
-        For services constructed before the reactor runs; `open` does both.
+        ``database`` is the ``Database`` setting (a SQLite path or a
+        postgresql:// URL, parsed or not).  ``synchronous`` applies to SQLite,
+        the pool size and timeouts to PostgreSQL.  For services constructed
+        before the reactor runs; `open` does both.
         """
-        return cls(open_pool(path, reactor, synchronous), path)
+        url = (
+            database
+            if isinstance(database, DatabaseUrl)
+            else parse_database_url(database)
+        )
+        if url.is_postgresql:
+            pool = open_pg_pool(
+                url.conninfo, reactor, pool_size, statement_timeout, connect_timeout
+            )
+            return cls(pool, url.redacted, PostgresEngine())
+        return cls(open_pool(str(url.path), reactor, synchronous), str(url.path))
 
     @classmethod
-    async def open(cls, path: str, reactor: Any, synchronous: str = "NORMAL") -> Store:
-        """Open the database at ``path`` and bring its schema up to date.
+    async def open(
+        cls,
+        database: str | DatabaseUrl,
+        reactor: Any,
+        synchronous: str = "NORMAL",
+        **pg_settings: Any,
+    ) -> Store:
+        """Open the database and bring its schema up to date.
 
         Raises `StoreError` (`DatabaseUnusable`) if the schema is newer than
         this code knows; the pool is closed again then.
         """
-        store = cls.create(path, reactor, synchronous)
+        store = cls.create(database, reactor, synchronous, **pg_settings)
         try:
             await store.migrate()
         except BaseException:
@@ -86,18 +193,27 @@ class Store:
             raise
         return store
 
+    @property
+    def is_postgresql(self) -> bool:
+        return isinstance(self.engine, PostgresEngine)
+
     async def migrate(self) -> int:
         """Bring the schema to the latest version (on the pool's thread).
 
         Returns the version found. Running it again is a no-op.
         """
-        found = await migrate(self._pool)
-        if found != LATEST_VERSION:
+        if self.is_postgresql:
+            found = await pg_schema.migrate(self._pool)
+            latest = pg_schema.LATEST_VERSION
+        else:
+            found = await migrate(self._pool)
+            latest = LATEST_VERSION
+        if found != latest:
             self.log.info(
                 "database {path} upgraded from schema {found} to {latest}",
                 path=self._path,
                 found=found,
-                latest=LATEST_VERSION,
+                latest=latest,
             )
         return found
 

@@ -3,10 +3,10 @@
 Times are written as the original server writes them,
 ``YYYY-MM-DD HH:MM:SS.fffffffff+00:00``. Rows the original wrote may carry
 another UTC offset and fewer fraction digits (Go trims trailing zeros), so
-text comparison is not reliable; the statistics filter with SQLite's own date
-functions (``strftime('%s', col)``), which accept both forms, apply the
-offset, and read a zone-less value as UTC. That is a table scan at second
-precision, which is fine for an occasional statistics request.
+text comparison is not reliable; the statistics filter with the database's
+own date functions (the engine's ``epoch_seconds``), which accept both forms,
+apply the offset, and read a zone-less value as UTC. That is a table scan at
+second precision, which is fine for an occasional statistics request.
 """
 
 from __future__ import annotations
@@ -14,15 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.enterprise import adbapi
-
 from dkserver import timestamps
+from dkserver.store.database import Database, Txn
 
 _DAY_S = 86_400
 _NS = 1_000_000_000
-
-#: The instant of a stored time value, in Unix seconds (NULL if unreadable).
-_EPOCH = "CAST(strftime('%s', {}) AS INTEGER)"
 
 
 def _storage_text(ns: int) -> str:
@@ -30,7 +26,7 @@ def _storage_text(ns: int) -> str:
 
 
 class AnalyticsStore:
-    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def start_session(self, session_id: str, user_id: str, start_ns: int) -> None:
@@ -78,9 +74,7 @@ class AnalyticsStore:
         return await self._pool.runInteraction(_stats_txn, now_ns // _NS)
 
 
-def _start_session_txn(
-    txn: adbapi.Transaction, session_id: str, user_id: str, start: str
-) -> None:
+def _start_session_txn(txn: Txn, session_id: str, user_id: str, start: str) -> None:
     txn.execute(
         "INSERT INTO sessions (session_id, user_id, start_time) VALUES (?, ?, ?)",
         (session_id, user_id, start),
@@ -88,7 +82,7 @@ def _start_session_txn(
 
 
 def _end_sessions_txn(
-    txn: adbapi.Transaction,
+    txn: Txn,
     session_id: str | None,
     end_ns: int,
     started_before_ns: int | None = None,
@@ -121,9 +115,7 @@ def _end_sessions_txn(
     return len(updates)
 
 
-def _record_events_txn(
-    txn: adbapi.Transaction, values: list[tuple[str, str, int, str]]
-) -> None:
+def _record_events_txn(txn: Txn, values: list[tuple[str, str, int, str]]) -> None:
     txn.executemany(
         "INSERT INTO message_events (session_id, user_id, is_broadcast, timestamp)"
         " VALUES (?, ?, ?, ?)",
@@ -131,7 +123,7 @@ def _record_events_txn(
     )
 
 
-def _stats_txn(txn: adbapi.Transaction, now_s: int) -> dict[str, Any]:
+def _stats_txn(txn: Txn, now_s: int) -> dict[str, Any]:
     return {
         "daily_active_users": _active_users(txn, now_s - _DAY_S, now_s),
         "weekly_active_users": _active_users(txn, now_s - 7 * _DAY_S, now_s),
@@ -144,8 +136,9 @@ def _stats_txn(txn: adbapi.Transaction, now_s: int) -> dict[str, Any]:
     }
 
 
-def _active_users(txn: adbapi.Transaction, since_s: int, now_s: int) -> int:
-    start, end = _EPOCH.format("start_time"), _EPOCH.format("end_time")
+def _active_users(txn: Txn, since_s: int, now_s: int) -> int:
+    start = txn.engine.epoch_seconds("start_time")
+    end = txn.engine.epoch_seconds("end_time")
     txn.execute(
         f"SELECT COUNT(DISTINCT user_id) FROM sessions WHERE {start} <= ?"
         f" AND (end_time IS NULL OR {end} >= ?)",
@@ -154,9 +147,7 @@ def _active_users(txn: adbapi.Transaction, since_s: int, now_s: int) -> int:
     return txn.fetchone()[0]
 
 
-def _message_counts(
-    txn: adbapi.Transaction, since_s: int | None, now_s: int
-) -> dict[str, int]:
+def _message_counts(txn: Txn, since_s: int | None, now_s: int) -> dict[str, int]:
     if since_s is None:
         txn.execute("SELECT COUNT(*) FROM messages")
         total = txn.fetchone()[0]
@@ -164,7 +155,9 @@ def _message_counts(
         broadcast = txn.fetchone()[0]
     else:
         txn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(is_broadcast = 1), 0) FROM messages"
+            "SELECT COUNT(*),"
+            " CAST(COALESCE(SUM(CASE WHEN is_broadcast = 1 THEN 1 END), 0) AS BIGINT)"
+            " FROM messages"
             " WHERE received_ns >= ? AND received_ns < ?",
             (since_s * _NS, (now_s + 1) * _NS),
         )
@@ -172,10 +165,11 @@ def _message_counts(
     return {"direct": total - broadcast, "broadcast": broadcast, "total": total}
 
 
-def _session_stats(txn: adbapi.Transaction) -> dict[str, Any]:
+def _session_stats(txn: Txn) -> dict[str, Any]:
     txn.execute(
-        "SELECT COUNT(*), COUNT(duration), SUM(end_time IS NULL), AVG(duration),"
-        " MAX(duration) FROM sessions"
+        "SELECT COUNT(*), COUNT(duration),"
+        " CAST(SUM(CASE WHEN end_time IS NULL THEN 1 ELSE 0 END) AS BIGINT),"
+        " AVG(duration), MAX(duration) FROM sessions"
     )
     count, completed, still_open, avg, longest = txn.fetchone()
     median = None
@@ -195,10 +189,11 @@ def _session_stats(txn: adbapi.Transaction) -> dict[str, Any]:
     }
 
 
-def _peak_hour(txn: adbapi.Transaction) -> int | None:
+def _peak_hour(txn: Txn) -> int | None:
+    hour = txn.engine.utc_hour("timestamp")
     txn.execute(
-        "SELECT CAST(strftime('%H', timestamp) AS INTEGER) AS hour, COUNT(*) AS n"
-        " FROM message_events WHERE hour IS NOT NULL"
+        f"SELECT hour, COUNT(*) AS n FROM (SELECT {hour} AS hour"
+        " FROM message_events) AS e WHERE hour IS NOT NULL"
         " GROUP BY hour ORDER BY n DESC, hour LIMIT 1"
     )
     row = txn.fetchone()

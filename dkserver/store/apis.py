@@ -8,15 +8,13 @@ is not a JSON array of strings, and the original's timestamps all read.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from twisted.enterprise import adbapi
-
 from dkserver import timestamps
-from dkserver.store.errors import StoreError
+from dkserver.store.database import Database, Txn
+from dkserver.store.errors import IntegrityError, StoreError
 from dkserver.store.schema import utc_time_or_null
 
 
@@ -62,7 +60,7 @@ def decode_documents(text: object) -> list[str]:
 
 class ApiStore:
     def __init__(
-        self, pool: adbapi.ConnectionPool, clock_ns: Callable[[], int] = time.time_ns
+        self, pool: Database, clock_ns: Callable[[], int] = time.time_ns
     ) -> None:
         self._pool = pool
         self._clock_ns = clock_ns
@@ -107,7 +105,8 @@ UPSERT = (
     " ON CONFLICT(user_id, api_name) DO UPDATE SET"
     " documents = excluded.documents, policy = excluded.policy,"
     " updated_at = excluded.updated_at"
-    " WHERE documents IS NOT excluded.documents OR policy IS NOT excluded.policy"
+    " WHERE user_apis.documents IS DISTINCT FROM excluded.documents"
+    " OR user_apis.policy IS DISTINCT FROM excluded.policy"
 )
 
 COUNT_OWN = "SELECT COUNT(*) FROM user_apis WHERE user_id = ?"
@@ -115,7 +114,7 @@ EXISTS_ONE = "SELECT 1 FROM user_apis WHERE user_id = ? AND api_name = ?"
 
 
 def _upsert_txn(
-    txn: adbapi.Transaction,
+    txn: Txn,
     user_id: str,
     name: str,
     documents: str,
@@ -131,7 +130,7 @@ def _upsert_txn(
             raise TooManyApis(max_per_user)
     try:
         txn.execute(UPSERT, (user_id, name, documents, policy, now, now))
-    except sqlite3.IntegrityError as e:
+    except IntegrityError as e:
         raise StoreError(f"cannot store API of {user_id!r}: {e}") from e
 
 
@@ -154,7 +153,7 @@ def _api(row: tuple, username: str | None = None) -> Api:
     )
 
 
-def _for_user_txn(txn: adbapi.Transaction, user_id: str) -> list[Api]:
+def _for_user_txn(txn: Txn, user_id: str) -> list[Api]:
     txn.execute(
         f"SELECT {_COLUMNS} FROM user_apis a WHERE a.user_id = ? ORDER BY a.id",
         (user_id,),
@@ -170,6 +169,6 @@ SELECT_EVERYONE = (
 )
 
 
-def _everyone_txn(txn: adbapi.Transaction) -> list[Api]:
+def _everyone_txn(txn: Txn) -> list[Api]:
     txn.execute(SELECT_EVERYONE)
     return [_api(row[:-1], row[-1]) for row in txn.fetchall()]

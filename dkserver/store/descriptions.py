@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
-from twisted.enterprise import adbapi
-
-from dkserver.store.errors import StoreError
+from dkserver.store.database import Database, Txn
+from dkserver.store.errors import IntegrityError, StoreError
 
 
 class DescriptionStore:
-    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def set(self, user_id: str, descriptions: list[str]) -> None:
@@ -38,18 +36,18 @@ def _decode(text: str | None) -> list[str]:
     return value
 
 
-def _set_txn(txn: adbapi.Transaction, user_id: str, text: str) -> None:
+def _set_txn(txn: Txn, user_id: str, text: str) -> None:
     try:
         txn.execute(
             "INSERT INTO user_descriptions (user_id, descriptions) VALUES (?, ?)"
             " ON CONFLICT(user_id) DO UPDATE SET descriptions = excluded.descriptions",
             (user_id, text),
         )
-    except sqlite3.IntegrityError as e:
+    except IntegrityError as e:
         raise StoreError(f"cannot set descriptions of {user_id!r}: {e}") from e
 
 
-def _get_txn(txn: adbapi.Transaction, user_id: str) -> str | None:
+def _get_txn(txn: Txn, user_id: str) -> str | None:
     txn.execute(
         "SELECT descriptions FROM user_descriptions WHERE user_id = ?", (user_id,)
     )

@@ -21,3 +21,15 @@ class DatabaseUnusable(StoreError, ValueError):
     Also a `ValueError`, so startup code that reports bad configuration
     reports this the same way, in one line.
     """
+
+
+class IntegrityError(StoreError):
+    """A statement violated a constraint (unknown user, duplicate key), on
+    whichever backend runs."""
+
+
+class NulNotStorable(StoreError):
+    """Text with a U+0000 character, which PostgreSQL cannot store."""
+
+    def __init__(self) -> None:
+        super().__init__("text with a NUL character cannot be stored on PostgreSQL")

@@ -6,15 +6,14 @@ writer can turn many frames into a single fsync.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.enterprise import adbapi
-
 from dkserver import timestamps
-from dkserver.store.errors import StoreError
+from dkserver.store.database import Database, Txn
+from dkserver.store.engine import ESCAPED, decode_content, encode_content
+from dkserver.store.errors import IntegrityError, StoreError
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -75,7 +74,7 @@ class StoredMessage:
 
 
 class MessageStore:
-    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def add_many(self, msgs: Sequence[NewMessage]) -> list[int]:
@@ -124,8 +123,11 @@ class MessageStore:
         return await self._pool.runInteraction(_get_txn, message_id)
 
 
-def _row(row: tuple[Any, ...]) -> StoredMessage:
+def _row(row: tuple[Any, ...], escaped: bool = False) -> StoredMessage:
+    """``escaped``: the backend stores content with `encode_content`."""
     mid, from_user, to_user, ts, content, status, bcast, sig, fwd, client_ts = row
+    if escaped and content[:1] == ESCAPED:
+        content = decode_content(content)
     if client_ts:
         text = client_ts  # the sender's exact text (schema v4)
     elif ts:
@@ -145,61 +147,67 @@ def _row(row: tuple[Any, ...]) -> StoredMessage:
     )
 
 
-def _limit(limit: int | None) -> int:
-    return -1 if limit is None else limit  # SQLite: negative means no limit
+def _limit(txn: Txn, limit: int | None) -> int | None:
+    return txn.engine.no_limit if limit is None else limit
 
 
-def insert_messages_txn(
-    txn: adbapi.Transaction, msgs: Sequence[NewMessage]
-) -> list[int]:
-    """Insert messages as ``pending`` with one ``executemany``; their ids.
+_MESSAGE_COLUMNS = (
+    "id",
+    "from_user",
+    "to_user",
+    "timestamp",
+    "content",
+    "status",
+    "is_broadcast",
+    "signature",
+    "is_forward_message",
+    "received_ns",
+    "client_timestamp",
+)
 
-    Ids are assigned here, after the table's AUTOINCREMENT sequence: the
-    pool's single connection is the only writer, so no other insert can take
-    them, and explicit ids keep ``sqlite_sequence`` up to date.  ``timestamp`` is
-    written in the original's format (it reads this file too), and
-    ``client_timestamp`` only when rendering that would not give back the
-    client's text (see `timestamps.storage_columns`).
+
+def insert_messages_txn(txn: Txn, msgs: Sequence[NewMessage]) -> list[int]:
+    """Insert messages as ``pending`` in one statement run; their ids.
+
+    The engine assigns the ids up front, in arrival order, and inserts the
+    rows at once (SQLite: ``executemany``; PostgreSQL: ``COPY`` or one
+    multi-row ``INSERT``).  ``timestamp`` is written in the original's format
+    (it reads this file too), and ``client_timestamp`` only when rendering
+    that would not give back the client's text (see
+    `timestamps.storage_columns`).
     """
-    txn.execute(
-        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'),"
-        " 0), COALESCE((SELECT MAX(id) FROM messages), 0))"
-    )
-    first = txn.fetchone()[0] + 1
-    ids = list(range(first, first + len(msgs)))
-    txn.executemany(
-        "INSERT INTO messages (id, from_user, to_user, timestamp, content, status,"
-        " is_broadcast, signature, is_forward_message, received_ns,"
-        " client_timestamp)"
-        " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
-        [
-            (
-                mid,
-                m.from_user,
-                m.to_user,
-                stored_ts,
-                m.content,
-                int(m.is_broadcast),
-                m.signature or "",  # the original writes Go's "" for none
-                int(m.is_forward_message),
-                m.received_ns,
-                client_ts,
-            )
-            for mid, m in zip(ids, msgs, strict=True)
-            for stored_ts, client_ts in (timestamps.storage_columns(m.timestamp),)
-        ],
-    )
+    ids = txn.engine.next_message_ids(txn, len(msgs))
+    rows = [
+        (
+            mid,
+            m.from_user,
+            m.to_user,
+            stored_ts,
+            m.content,
+            PENDING,
+            int(m.is_broadcast),
+            m.signature or "",  # the original writes Go's "" for none
+            int(m.is_forward_message),
+            m.received_ns,
+            client_ts,
+        )
+        for mid, m in zip(ids, msgs, strict=True)
+        for stored_ts, client_ts in (timestamps.storage_columns(m.timestamp),)
+    ]
+    if txn.engine.refuses_nul:  # PostgreSQL only: no cost on SQLite's hot path
+        rows = [(*r[:4], encode_content(r[4]), *r[5:]) for r in rows]
+    txn.engine.insert_rows(txn, "messages", _MESSAGE_COLUMNS, rows)
     return ids
 
 
-def _add_many_txn(txn: adbapi.Transaction, msgs: list[NewMessage]) -> list[int]:
+def _add_many_txn(txn: Txn, msgs: list[NewMessage]) -> list[int]:
     try:
         return insert_messages_txn(txn, msgs)
-    except sqlite3.IntegrityError as e:
+    except IntegrityError as e:
         raise StoreError(f"cannot store messages: {e}") from e
 
 
-def mark_delivered_txn(txn: adbapi.Transaction, ids: Sequence[int]) -> None:
+def mark_delivered_txn(txn: Txn, ids: Sequence[int]) -> None:
     txn.executemany(
         "UPDATE messages SET status = 'delivered' WHERE id = ? AND status = 'pending'",
         [(mid,) for mid in ids],
@@ -207,7 +215,7 @@ def mark_delivered_txn(txn: adbapi.Transaction, ids: Sequence[int]) -> None:
 
 
 def _pending_direct_txn(
-    txn: adbapi.Transaction, user_id: str, limit: int | None, after_id: int = 0
+    txn: Txn, user_id: str, limit: int | None, after_id: int = 0
 ) -> list[StoredMessage]:
     txn.execute(
         f"SELECT {_COLUMNS} FROM messages m"
@@ -216,13 +224,13 @@ def _pending_direct_txn(
         # and scan every message (22 ms at 100k rows instead of 0.1 ms).
         " WHERE m.to_user = ? AND m.status = 'pending' AND m.id > ?"
         " ORDER BY m.id LIMIT ?",
-        (user_id, after_id, _limit(limit)),
+        (user_id, after_id, _limit(txn, limit)),
     )
-    return [_row(r) for r in txn.fetchall()]
+    return [_row(r, txn.engine.refuses_nul) for r in txn.fetchall()]
 
 
 def _undelivered_broadcasts_txn(
-    txn: adbapi.Transaction, user_id: str, limit: int | None, after_id: int = 0
+    txn: Txn, user_id: str, limit: int | None, after_id: int = 0
 ) -> list[StoredMessage]:
     txn.execute("SELECT broadcast_floor FROM users WHERE user_id = ?", (user_id,))
     row = txn.fetchone()
@@ -237,9 +245,9 @@ def _undelivered_broadcasts_txn(
         " AND NOT EXISTS (SELECT 1 FROM broadcast_deliveries d"
         "  WHERE d.message_id = m.id AND d.user_id = u.user_id)"
         " ORDER BY m.id LIMIT ?",
-        (user_id, max(after_id, floor), _limit(limit)),
+        (user_id, max(after_id, floor), _limit(txn, limit)),
     )
-    found = [_row(r) for r in txn.fetchall()]
+    found = [_row(r, txn.engine.refuses_nul) for r in txn.fetchall()]
     if after_id <= floor:
         # Everything below the first broadcast still to send is done: raise
         # the floor so the next connect skips it (see schema v3).
@@ -258,20 +266,18 @@ def _undelivered_broadcasts_txn(
     return found
 
 
-def _record_deliveries_txn(
-    txn: adbapi.Transaction, pairs: list[tuple[int, str]]
-) -> None:
+def _record_deliveries_txn(txn: Txn, pairs: list[tuple[int, str]]) -> None:
     try:
         txn.executemany(
-            "INSERT OR IGNORE INTO broadcast_deliveries (message_id, user_id)"
-            " VALUES (?, ?)",
+            "INSERT INTO broadcast_deliveries (message_id, user_id)"
+            " VALUES (?, ?) ON CONFLICT DO NOTHING",
             pairs,
         )
-    except sqlite3.IntegrityError as e:
+    except IntegrityError as e:
         raise StoreError(f"cannot record broadcast delivery: {e}") from e
 
 
-def _get_txn(txn: adbapi.Transaction, message_id: int) -> StoredMessage | None:
+def _get_txn(txn: Txn, message_id: int) -> StoredMessage | None:
     txn.execute(f"SELECT {_COLUMNS} FROM messages m WHERE m.id = ?", (message_id,))
     row = txn.fetchone()
-    return None if row is None else _row(row)
+    return None if row is None else _row(row, txn.engine.refuses_nul)

@@ -1,4 +1,4 @@
-"""The one SQLite connection pool dkserver uses.
+"""The connection pools: one SQLite connection, or a PostgreSQL pool.
 
 SQLite allows a single writer, so the pool holds exactly one connection on one
 thread (``cp_min = cp_max = 1``): every transaction is serialized there and
@@ -51,4 +51,47 @@ def open_pool(
         cp_max=1,
         cp_reactor=reactor,
         cp_openfun=openfun,
+    )
+
+
+#: PostgreSQL connections per process, by default: the group writer holds
+#: one for its batch, reads (logins, backlogs, REST) share the rest.
+DEFAULT_PG_POOL_SIZE = 8
+
+
+def open_pg_pool(
+    conninfo: str,
+    reactor: Any,
+    pool_size: int = DEFAULT_PG_POOL_SIZE,
+    statement_timeout: float = 30.0,
+    connect_timeout: float = 10.0,
+) -> adbapi.ConnectionPool:
+    """A psycopg 3 pool on adbapi's threads; connections open lazily there.
+
+    adbapi rather than a pool of our own: it already runs each interaction
+    on a thread with commit/rollback, reconnects a connection whose rollback
+    fails (``cp_reconnect``), and is what the SQLite side uses, so the stores
+    and the group writer see one interface.  Every connection runs in UTC
+    (zone-less stored times read as UTC, as on SQLite) with the statement
+    timeout set, so a stuck query fails instead of holding a thread forever.
+    """
+
+    def openfun(conn: Any) -> None:
+        conn.execute("SET TIME ZONE 'UTC'")
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false)",
+            (str(max(1, int(statement_timeout * 1000))),),
+        )
+        conn.commit()
+
+    return adbapi.ConnectionPool(
+        "psycopg",
+        conninfo=conninfo,
+        connect_timeout=max(1, round(connect_timeout)),
+        cp_min=1,
+        cp_max=pool_size,
+        cp_reactor=reactor,
+        cp_openfun=openfun,
+        cp_reconnect=True,
+        cp_noisy=False,
     )

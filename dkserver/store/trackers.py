@@ -15,15 +15,13 @@ expected JSON and naive or offset timestamps from the original all read.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from twisted.enterprise import adbapi
-
 from dkserver import timestamps
-from dkserver.store.errors import StoreError
+from dkserver.store.database import Database, Txn
+from dkserver.store.errors import IntegrityError, StoreError
 from dkserver.store.schema import utc_time_or_null
 
 
@@ -107,7 +105,7 @@ def _same(stored: TrackerInfo, wanted: TrackerInfo) -> bool:
 
 class TrackerStore:
     def __init__(
-        self, pool: adbapi.ConnectionPool, clock_ns: Callable[[], int] = time.time_ns
+        self, pool: Database, clock_ns: Callable[[], int] = time.time_ns
     ) -> None:
         self._pool = pool
         self._clock_ns = clock_ns
@@ -153,7 +151,7 @@ DELETE_ONE = "DELETE FROM user_trackers WHERE user_id = ? AND tracker_name = ?"
 
 
 def _replace_txn(
-    txn: adbapi.Transaction,
+    txn: Txn,
     user_id: str,
     trackers: dict[str, TrackerInfo],
     now: str,
@@ -171,7 +169,7 @@ def _replace_txn(
     try:
         txn.executemany(DELETE_ONE, unlisted)
         txn.executemany(_UPSERT, [(*row, now) for row in changed])
-    except sqlite3.IntegrityError as e:
+    except IntegrityError as e:
         raise StoreError(f"cannot store trackers of {user_id!r}: {e}") from e
     return True
 
@@ -195,7 +193,7 @@ def _tracker(row: tuple, username: str | None = None) -> Tracker:
     )
 
 
-def _for_user_txn(txn: adbapi.Transaction, user_id: str) -> list[Tracker]:
+def _for_user_txn(txn: Txn, user_id: str) -> list[Tracker]:
     txn.execute(
         f"SELECT {_COLUMNS} FROM user_trackers t WHERE t.user_id = ? ORDER BY t.id",
         (user_id,),
@@ -212,6 +210,6 @@ SELECT_EVERYONE = (
 )
 
 
-def _everyone_txn(txn: adbapi.Transaction) -> list[Tracker]:
+def _everyone_txn(txn: Txn) -> list[Tracker]:
     txn.execute(SELECT_EVERYONE)
     return [_tracker(row[:-1], row[-1]) for row in txn.fetchall()]

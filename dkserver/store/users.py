@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.enterprise import adbapi
-
-from dkserver.store.errors import StoreError, UserExists
+from dkserver.store.database import Database, Txn
+from dkserver.store.errors import IntegrityError, StoreError, UserExists
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +31,7 @@ class UserStore:
     thread on every login, token check and key lookup."""
 
     def __init__(
-        self, pool: adbapi.ConnectionPool, clock_ns: Callable[[], int] = time.time_ns
+        self, pool: Database, clock_ns: Callable[[], int] = time.time_ns
     ) -> None:
         self._pool = pool
         self._clock_ns = clock_ns
@@ -79,7 +77,7 @@ class UserStore:
 
 
 def _create_txn(
-    txn: adbapi.Transaction, user_id: str, username: str, public_key: str, ns: int
+    txn: Txn, user_id: str, username: str, public_key: str, ns: int
 ) -> None:
     if _exists_txn(txn, user_id):
         raise UserExists(user_id)
@@ -91,11 +89,11 @@ def _create_txn(
             " registered_ns) VALUES (?, ?, ?, ?, ?)",
             (user_id, username, public_key, created_at, ns),
         )
-    except sqlite3.IntegrityError as e:
+    except IntegrityError as e:
         raise StoreError(f"cannot register user: {e}") from e
 
 
-def _get_txn(txn: adbapi.Transaction, user_id: str) -> User | None:
+def _get_txn(txn: Txn, user_id: str) -> User | None:
     txn.execute(
         "SELECT user_id, username, public_key, COALESCE(registered_ns, 0)"
         " FROM users WHERE user_id = ?",
@@ -105,11 +103,11 @@ def _get_txn(txn: adbapi.Transaction, user_id: str) -> User | None:
     return None if row is None else User(*row)
 
 
-def _exists_txn(txn: adbapi.Transaction, user_id: str) -> bool:
+def _exists_txn(txn: Txn, user_id: str) -> bool:
     txn.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,))
     return txn.fetchone() is not None
 
 
-def _all_ids_txn(txn: adbapi.Transaction) -> list[str]:
+def _all_ids_txn(txn: Txn) -> list[str]:
     txn.execute("SELECT user_id FROM users ORDER BY user_id")
     return [user_id for (user_id,) in txn.fetchall()]

@@ -11,18 +11,17 @@ Deferred returned by :meth:`GroupWriter.submit_message` fires then.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dkserver.store.analytics import _end_sessions_txn, _storage_text
-from dkserver.store.errors import StoreError
+from dkserver.store.database import Database, Txn
+from dkserver.store.errors import IntegrityError, NulNotStorable, StoreError
 from dkserver.store.messages import NewMessage, insert_messages_txn, mark_delivered_txn
 
 #: Bound on the recipient cache (user ids), cleared when exceeded.
@@ -64,11 +63,12 @@ class _Batch:
 class GroupWriter:
     log = Logger()
 
-    def __init__(
-        self, pool: adbapi.ConnectionPool, clock: Any, delay: float = GROUP_DELAY
-    ) -> None:
+    def __init__(self, pool: Database, clock: Any, delay: float = GROUP_DELAY) -> None:
         self._pool = pool
         self._clock = clock
+        #: PostgreSQL: a NUL outside the content (which is escaped) would
+        #: fail the whole batch, so such a message is refused alone.
+        self._refuse_nul = pool.engine.refuses_nul
         #: How long the first submission waits for company before a commit.
         self.delay = delay
         self._next = _Batch()
@@ -107,6 +107,9 @@ class GroupWriter:
         measurable share of the CPU.  ``done`` must not raise."""
         if self._closed:
             done(None, Failure(StoreError("the server is shutting down; not stored")))
+            return
+        if self._refuse_nul and _has_nul(message):
+            done(None, Failure(NulNotStorable()))
             return
         self._next.messages.append((message, session_id))
         self._next.waiters.append(done)
@@ -200,13 +203,15 @@ class GroupWriter:
             self._kick()
 
 
-def _commit_txn(
-    txn: adbapi.Transaction, batch: _Batch, known_users: set[str]
-) -> list[int | None]:
+def _has_nul(m: NewMessage) -> bool:
+    return "\0" in f"{m.from_user}{m.to_user}{m.timestamp}{m.signature or ''}"
+
+
+def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | None]:
     if batch.sessions_started:
         txn.executemany(
-            "INSERT OR IGNORE INTO sessions (session_id, user_id, start_time)"
-            " VALUES (?, ?, ?)",
+            "INSERT INTO sessions (session_id, user_id, start_time)"
+            " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             batch.sessions_started,
         )
     ids = _insert_messages(txn, batch.messages, known_users) if batch.messages else []
@@ -214,9 +219,10 @@ def _commit_txn(
         mark_delivered_txn(txn, batch.delivered)
     if batch.broadcast_deliveries:
         txn.executemany(
-            "INSERT OR IGNORE INTO broadcast_deliveries (message_id, user_id)"
-            " SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?1)",
-            batch.broadcast_deliveries,
+            "INSERT INTO broadcast_deliveries (message_id, user_id)"
+            " SELECT ?, ? WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?)"
+            " ON CONFLICT DO NOTHING",
+            [(mid, uid, mid) for mid, uid in batch.broadcast_deliveries],
         )
     for session_id, end_ns in batch.sessions_ended:
         _end_sessions_txn(txn, session_id, end_ns)
@@ -224,7 +230,7 @@ def _commit_txn(
 
 
 def _insert_messages(
-    txn: adbapi.Transaction,
+    txn: Txn,
     messages: list[tuple[NewMessage, str | None]],
     known_users: set[str],
 ) -> list[int | None]:
@@ -266,7 +272,7 @@ def _insert_messages(
     return ids
 
 
-def _insert_events(txn: adbapi.Transaction, events: list[tuple]) -> None:
+def _insert_events(txn: Txn, events: list[tuple]) -> None:
     """Analytics rows; their session rows were written earlier by this writer.
 
     Should one be missing (its batch failed), the foreign key refuses the
@@ -280,18 +286,18 @@ def _insert_events(txn: adbapi.Transaction, events: list[tuple]) -> None:
             " VALUES (?, ?, ?, ?)",
             events,
         )
-    except sqlite3.IntegrityError:
-        txn.execute("ROLLBACK TO events")
+    except IntegrityError:
+        txn.execute("ROLLBACK TO SAVEPOINT events")
         txn.executemany(
             "INSERT INTO message_events (session_id, user_id, is_broadcast, timestamp)"
-            " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS"
-            " (SELECT 1 FROM sessions WHERE session_id = ?1)",
-            events,
+            " SELECT ?, ?, ?, ? WHERE EXISTS"
+            " (SELECT 1 FROM sessions WHERE session_id = ?)",
+            [(*event, event[0]) for event in events],
         )
-    txn.execute("RELEASE events")
+    txn.execute("RELEASE SAVEPOINT events")
 
 
-def _existing_users(txn: adbapi.Transaction, user_ids: set[str]) -> set[str]:
+def _existing_users(txn: Txn, user_ids: set[str]) -> set[str]:
     found: set[str] = set()
     pending = list(user_ids)
     for start in range(0, len(pending), 500):

@@ -9,9 +9,9 @@ Prometheus text, open to loopback clients.
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 
+import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
@@ -24,6 +24,7 @@ from tests.support.client import (
     register,
     register_and_login,
 )
+from tests.support.db import db_rows as support_db_rows
 from tests.support.server import make_config, start_server, stop_server
 from tests.support.waiting import sleep
 from tests.support.ws import (
@@ -33,6 +34,9 @@ from tests.support.ws import (
     upgrade_status,
 )
 
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
+
 STORAGE_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{1,9})?\+00:00$")
 
 
@@ -41,11 +45,7 @@ def auth(token: str) -> dict[str, str]:
 
 
 def db_rows(server, sql: str, args=()) -> list[tuple]:
-    db = sqlite3.connect(server.config.db_path)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
+    return support_db_rows(server, sql, *args)
 
 
 async def eventually(check, timeout: float = 3.0):

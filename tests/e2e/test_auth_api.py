@@ -6,6 +6,7 @@ import base64
 import json
 
 import jwt
+import pytest
 import pytest_twisted
 
 from tests.support.client import (
@@ -16,6 +17,9 @@ from tests.support.client import (
     register,
     register_and_login,
 )
+
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 
 @pytest_twisted.ensureDeferred

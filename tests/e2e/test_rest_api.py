@@ -18,6 +18,9 @@ from tests.support.client import Identity, get, post_json, register_and_login
 from tests.support.waiting import sleep
 from tests.support.ws import connect
 
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
+
 DESCRIPTIONS_UPDATED = "Descriptions list updated"
 
 

@@ -19,6 +19,9 @@ from tests.support.client import Identity, get, post_json, register_and_login
 from tests.support.db import db_rows
 from tests.support.server import make_config, start_server, stop_server
 
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
+
 UPDATED = "Tracker list updated successfully"
 SAVED = "API saved successfully"
 

@@ -35,6 +35,9 @@ from tests.support.ws import (
     verify_frame,
 )
 
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
+
 RATE_LIMITED = "Rate limit exceeded. Please slow down."
 ZERO_TIME = "0001-01-01T00:00:00Z"
 MIB = 1024 * 1024

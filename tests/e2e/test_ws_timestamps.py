@@ -29,6 +29,9 @@ from tests.support.server import make_config, start_server, stop_server
 from tests.support.waiting import wait_for
 from tests.support.ws import broadcast_frame, connect, direct_frame, verify_frame
 
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
+
 #: mattn/go-sqlite3's ``2006-01-02 15:04:05.999999999-07:00``: the column
 #: format the original server reads, which dkserver must keep writing.
 GO_COLUMN = re.compile(

@@ -1,4 +1,12 @@
-"""Fixtures for the storage tests: real SQLite files in ``tmp_path``."""
+"""Fixtures for the storage tests, on each backend.
+
+A test that asks for ``store``, ``db_path`` or ``sql`` runs twice, on a real
+SQLite file in ``tmp_path`` and on a fresh database of the test run's private
+PostgreSQL (``db_path`` is then its URL, and ``sql`` runs the statement there,
+``?`` placeholders and all).  Tests about SQLite itself (pragmas, query plans,
+the original server's file) are marked ``sqlite_only``; ``--backend`` picks
+one backend for the whole run.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +15,21 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
 from dkserver.store import Store
+from dkserver.store.engine import PostgresEngine
 from tests.support.paths import FIXTURES
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> str:
+def db_path(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """Where the test's database lives: a SQLite path or a PostgreSQL URL."""
+    if backend == "postgresql":
+        return request.getfixturevalue("pg_url")
     return str(tmp_path / "dk.db")
 
 
@@ -44,6 +57,8 @@ def sql() -> Callable[..., list[tuple]]:
     """Run one statement on a separate plain connection, for inspecting files."""
 
     def run(path: str, statement: str, params: tuple = ()) -> list[tuple]:
+        if path.startswith("postgresql://"):
+            return _pg_run(path, statement, params)
         conn = sqlite3.connect(path)
         try:
             rows = conn.execute(statement, params).fetchall()
@@ -53,3 +68,9 @@ def sql() -> Callable[..., list[tuple]]:
             conn.close()
 
     return run
+
+
+def _pg_run(url: str, statement: str, params: tuple) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        cur = conn.execute(PostgresEngine().sql(statement), params)
+        return cur.fetchall() if cur.description is not None else []

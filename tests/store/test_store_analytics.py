@@ -157,6 +157,7 @@ async def test_legacy_session_text_with_offset_is_filtered_by_instant(
     assert (stats["daily_active_users"], stats["weekly_active_users"]) == (2, 3)
 
 
+@pytest.mark.sqlite_only
 @pytest_twisted.ensureDeferred
 async def test_startup_closes_only_sessions_older_than_the_process(store, db_path):
     import sqlite3

@@ -55,6 +55,7 @@ async def test_limit_refuses_new_names_but_allows_updates(store):
     ]
 
 
+@pytest.mark.sqlite_only
 @pytest_twisted.ensureDeferred
 async def test_everyone_newest_first_skipping_unknown_owners(store, sql, db_path):
     await store.users.create("alice", "Alice", "a2V5")
@@ -108,6 +109,7 @@ async def test_apis_of_unknown_user_are_refused(store):
         await store.apis.upsert("ghost", "w", [], "", 10)
 
 
+@pytest.mark.sqlite_only
 @pytest_twisted.ensureDeferred
 async def test_upsert_path_uses_the_user_name_index(store, db_path):
     await store.users.create("alice", "Alice", "a2V5")

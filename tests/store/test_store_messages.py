@@ -155,9 +155,22 @@ async def test_delivery_of_unknown_message_is_an_error(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_nul_character_is_kept_on_sqlite_and_refused_on_postgresql(
+    store, backend
+):
+    name = "nul\0name"
+    if backend == "sqlite":
+        await store.users.create(name, name, "a2V5", registered_ns=T0)
+        assert (await store.users.get(name)).username == name
+    else:
+        with pytest.raises(StoreError, match="NUL"):
+            await store.users.create(name, name, "a2V5", registered_ns=T0)
+
+
+@pytest_twisted.ensureDeferred
 async def test_sql_metacharacters_are_stored_as_data(store):
     evil = "x'); DROP TABLE messages; --"
-    quote = "q\"'%_\\\0"
+    quote = "q\"'%_\\?"
     await store.users.create(evil, quote, "a2V5", registered_ns=T0)
     await store.users.create(quote, evil, "a2V5", registered_ns=T0)
     assert sorted(await store.users.all_ids()) == sorted([evil, quote])
@@ -177,10 +190,8 @@ async def test_sql_metacharacters_are_stored_as_data(store):
 
 @pytest_twisted.ensureDeferred
 async def test_broadcast_floor_skips_done_broadcasts_but_never_a_pending_one(
-    store, db_path
+    store, db_path, sql
 ):
-    import sqlite3
-
     from dkserver.store.messages import NewMessage as NM
 
     await store.users.create("sender", "S", "k", registered_ns=0)
@@ -205,18 +216,14 @@ async def test_broadcast_floor_skips_done_broadcasts_but_never_a_pending_one(
     )
     got = await store.messages.undelivered_broadcasts("reader")
     assert [m.id for m in got] == [ids[3]]
-    floor = (
-        sqlite3.connect(db_path)
-        .execute("SELECT broadcast_floor FROM users WHERE user_id = 'reader'")
-        .fetchone()[0]
+    ((floor,),) = sql(
+        db_path, "SELECT broadcast_floor FROM users WHERE user_id = 'reader'"
     )
     assert floor == ids[3] - 1  # not past the one still pending
     await store.messages.record_broadcast_deliveries([(ids[3], "reader")])
     assert await store.messages.undelivered_broadcasts("reader") == []
-    floor = (
-        sqlite3.connect(db_path)
-        .execute("SELECT broadcast_floor FROM users WHERE user_id = 'reader'")
-        .fetchone()[0]
+    ((floor,),) = sql(
+        db_path, "SELECT broadcast_floor FROM users WHERE user_id = 'reader'"
     )
     assert floor == ids[4]
     # A new broadcast is above the floor and is offered.
@@ -224,3 +231,17 @@ async def test_broadcast_floor_skips_done_broadcasts_but_never_a_pending_one(
     assert [m.id for m in await store.messages.undelivered_broadcasts("reader")] == [
         new
     ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["a\0b", "\0", "\uffff", "\uffff0", "\uffff\0\uffff", "x\uffff\0", "plain"],
+)
+@pytest_twisted.ensureDeferred
+async def test_content_with_nul_or_the_escape_marker_reads_back_exactly(store, content):
+    await register(store, "alice")
+    await register(store, "bob")
+    (mid,) = await store.messages.add_many([msg("alice", "bob", content=content)])
+    assert (await store.messages.get(mid)).content == content
+    (pending,) = await store.messages.pending_direct("bob")
+    assert pending.content == content

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
 from dkserver import timestamps
 from dkserver.store import NewMessage, Store, preflight
 from tests.support.paths import FIXTURES
+
+#: About the original server's SQLite file.
+pytestmark = pytest.mark.sqlite_only
 
 SENT = json.loads((FIXTURES / "original-server.json").read_text())["sent"]
 

@@ -12,6 +12,9 @@ from dkserver.store import DatabaseUnusable, NewMessage, Store, StoreError, pref
 from dkserver.store.pool import open_pool
 from dkserver.store.schema import LATEST_VERSION
 
+#: About SQLite's own schema and migrations (PostgreSQL's: tests/store/postgres).
+pytestmark = pytest.mark.sqlite_only
+
 TABLES = {
     "users",
     "messages",

@@ -85,6 +85,7 @@ def check_columns(sql, db_path: str, ids: list[int]) -> None:
     ) == [(len(ids),)]
 
 
+@pytest.mark.sqlite_only
 @pytest_twisted.ensureDeferred
 async def test_add_many_writes_the_original_format_and_reads_back_the_exact_text(
     store, sql, db_path
@@ -106,6 +107,7 @@ async def test_add_many_writes_the_original_format_and_reads_back_the_exact_text
     assert [m.timestamp for m in offered] == [text for text, _, _ in CASES]
 
 
+@pytest.mark.sqlite_only
 @pytest_twisted.ensureDeferred
 async def test_group_writer_writes_the_original_format_and_keeps_exact_text(
     store, sql, db_path
@@ -153,6 +155,7 @@ async def test_rows_written_by_the_original_render_as_it_renders_them(
     assert got.timestamp == rendered
 
 
+@pytest.mark.sqlite_only
 @pytest_twisted.ensureDeferred
 async def test_version_3_database_gains_client_timestamp_and_keeps_its_rows(
     db_path, sql

@@ -37,6 +37,7 @@ async def test_replace_inserts_then_reads_back_exactly(store):
     assert got[0].created_at == got[0].updated_at == "2025-11-24T16:00:00.123Z"
 
 
+@pytest.mark.sqlite_only
 @pytest_twisted.ensureDeferred
 async def test_unchanged_list_writes_nothing_and_keeps_updated_at(store, db_path):
     await users(store, "alice")
@@ -166,6 +167,7 @@ def plan(db_path: str, statement: str, params: tuple) -> str:
         conn.close()
 
 
+@pytest.mark.sqlite_only
 @pytest_twisted.ensureDeferred
 async def test_replace_path_uses_the_user_name_index_not_a_scan(store, db_path):
     await users(store, "alice", "bob")

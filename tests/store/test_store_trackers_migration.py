@@ -13,6 +13,9 @@ from twisted.internet import reactor
 from dkserver.store import Store, TrackerInfo
 from dkserver.store.schema import LATEST_VERSION
 
+#: About migrating the original server's SQLite tables.
+pytestmark = pytest.mark.sqlite_only
+
 TRACKER_INSERT = (
     "INSERT INTO user_trackers (user_id, tracker_name, tracker_description,"
     " tracker_version, tracker_documents, created_at, updated_at)"

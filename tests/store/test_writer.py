@@ -1,15 +1,33 @@
-"""Group commit on a real SQLite file: many submissions, few transactions."""
+"""Group commit on each backend: many submissions, few transactions."""
 
 from __future__ import annotations
 
-import sqlite3
+import dataclasses
 
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
+from dkserver.store.errors import NulNotStorable
 from dkserver.store.messages import NewMessage
 from dkserver.store.writer import GroupWriter
+
+
+class _Inspect:
+    """``con.execute(q).fetchone()`` over the ``sql`` fixture, either backend."""
+
+    def __init__(self, sql, db_path: str) -> None:
+        self._sql, self._db = sql, db_path
+
+    def execute(self, statement: str, params: tuple = ()) -> _Inspect:
+        self._rows = self._sql(self._db, statement, params)
+        return self
+
+    def fetchone(self):
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self):
+        return self._rows
 
 
 def message(to: str, n: int, sender: str = "alice") -> NewMessage:
@@ -26,7 +44,7 @@ def message(to: str, n: int, sender: str = "alice") -> NewMessage:
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_submissions_share_transactions(store, db_path):
+async def test_concurrent_submissions_share_transactions(store, sql, db_path):
     await store.users.create("alice", "A", "k")
     await store.users.create("bob", "B", "k")
     writer = GroupWriter(store.pool, reactor)
@@ -39,7 +57,7 @@ async def test_concurrent_submissions_share_transactions(store, db_path):
     for mid in ids[:10]:
         writer.mark_delivered(mid)
     await writer.flush()
-    con = sqlite3.connect(db_path)
+    con = _Inspect(sql, db_path)
     assert con.execute(
         "SELECT count(*) FROM messages WHERE status='delivered'"
     ).fetchone() == (10,)
@@ -51,7 +69,9 @@ async def test_concurrent_submissions_share_transactions(store, db_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_recipient_is_refused_without_failing_the_batch(store, db_path):
+async def test_unknown_recipient_is_refused_without_failing_the_batch(
+    store, sql, db_path
+):
     await store.users.create("alice", "A", "k")
     await store.users.create("bob", "B", "k")
     writer = GroupWriter(store.pool, reactor)
@@ -66,13 +86,13 @@ async def test_unknown_recipient_is_refused_without_failing_the_batch(store, db_
     writer.record_broadcast_delivery(results[2], "bob")
     writer.record_broadcast_delivery(results[2], "bob")
     await writer.flush()
-    con = sqlite3.connect(db_path)
+    con = _Inspect(sql, db_path)
     assert con.execute("SELECT count(*) FROM broadcast_deliveries").fetchone() == (1,)
     assert con.execute("SELECT count(*) FROM messages").fetchone() == (2,)
 
 
 @pytest_twisted.ensureDeferred
-async def test_session_end_is_written_after_its_events(store, db_path):
+async def test_session_end_is_written_after_its_events(store, sql, db_path):
     await store.users.create("alice", "A", "k")
     writer = GroupWriter(store.pool, reactor)
     start = 1_795_668_342_000_000_000
@@ -80,7 +100,7 @@ async def test_session_end_is_written_after_its_events(store, db_path):
     writer.submit_message(message("broadcast", 1), "s2")
     writer.end_session("s2", start + 5_500_000_000)
     await writer.flush()
-    con = sqlite3.connect(db_path)
+    con = _Inspect(sql, db_path)
     assert con.execute(
         "SELECT duration FROM sessions WHERE session_id='s2'"
     ).fetchone() == (5,)
@@ -88,7 +108,7 @@ async def test_session_end_is_written_after_its_events(store, db_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_missing_session_costs_only_its_analytics_row(store, db_path):
+async def test_missing_session_costs_only_its_analytics_row(store, sql, db_path):
     await store.users.create("alice", "A", "k")
     await store.users.create("bob", "B", "k")
     writer = GroupWriter(store.pool, reactor)
@@ -100,7 +120,7 @@ async def test_missing_session_costs_only_its_analytics_row(store, db_path):
         ]
     )
     assert all(ids)
-    con = sqlite3.connect(db_path)
+    con = _Inspect(sql, db_path)
     assert con.execute("SELECT count(*) FROM messages").fetchone() == (2,)
     assert con.execute("SELECT session_id FROM message_events").fetchall() == [
         ("real",)
@@ -109,7 +129,7 @@ async def test_missing_session_costs_only_its_analytics_row(store, db_path):
 
 @pytest_twisted.ensureDeferred
 async def test_a_burst_larger_than_one_batch_keeps_order_and_bookkeeping(
-    store, db_path, monkeypatch
+    store, sql, db_path, monkeypatch
 ):
     from dkserver.store import writer as writer_module
 
@@ -125,7 +145,31 @@ async def test_a_burst_larger_than_one_batch_keeps_order_and_bookkeeping(
     assert ids == list(range(first + 1, first + 30))
     await writer.flush()
     assert writer.batches >= 5  # 29 messages in batches of 7
-    con = sqlite3.connect(db_path)
+    con = _Inspect(sql, db_path)
     assert con.execute(
         "SELECT status FROM messages WHERE id = ?", (first,)
     ).fetchone() == ("delivered",)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unstorable_message_fails_alone_not_its_batch(store, sql, db_path):
+    await store.users.create("alice", "A", "k")
+    await store.users.create("bob", "B", "k")
+    writer = GroupWriter(store.pool, reactor)
+    nul = dataclasses.replace(message("bob", 2), signature="a\0b")
+    results = await gatherResults(
+        [
+            writer.submit_message(message("bob", 1), None),
+            writer.submit_message(nul, None).addErrback(lambda f: f.value),
+            writer.submit_message(message("bob", 3), None),
+        ]
+    )
+    stored = _Inspect(sql, db_path).execute(
+        "SELECT content, signature FROM messages ORDER BY id"
+    )
+    if store.engine.refuses_nul:
+        assert isinstance(results[1], NulNotStorable)
+        assert stored.fetchall() == [("m1", ""), ("m3", "")]
+    else:
+        assert stored.fetchall() == [("m1", ""), ("m2", "a\0b"), ("m3", "")]
+    assert isinstance(results[0], int) and isinstance(results[2], int)

@@ -14,18 +14,26 @@ from dkserver.config import Config
 from dkserver.service import DkService
 
 
-def make_config(tmp_path, **overrides) -> Config:
+def make_config(tmp_path, db: str | None = None, **overrides) -> Config:
+    """A test configuration; ``db`` is a SQLite path or a PostgreSQL URL
+    (default: ``dk.db`` in ``tmp_path``)."""
+    db = str(tmp_path / "dk.db") if db is None else db
     base = Config(
         https="127.0.0.1:0",
         http="127.0.0.1:0",
-        db_path=str(tmp_path / "dk.db"),
+        db_path=db,
+        # beside the SQLite file as the server would put it; in tmp_path for a URL
+        jwt_secret_path=(
+            str(tmp_path / "jwt-secret") if "://" in db else db + ".jwt-secret"
+        ),
         cert_path=str(tmp_path / "certs" / "server.pem"),
         key_path=str(tmp_path / "certs" / "server.key"),
         login_rate=10_000.0,
         login_burst=10_000,
         shutdown_grace=2.0,
     )
-    return dataclasses.replace(base, **overrides)
+    # re-derive the parsed ``database`` should an override name another db_path
+    return dataclasses.replace(base, **{"database": None, **overrides})
 
 
 def trusting_client(trust: ssl.Certificate, pool=None) -> HTTPClient:

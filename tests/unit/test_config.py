@@ -132,3 +132,49 @@ def test_missing_operator_folder_stops_twistd_with_one_line(monkeypatch, tmp_pat
         Options().parseOptions([])
     assert str(info.value).startswith("DK_APP_DIR: ")
     assert "\n" not in str(info.value)
+
+
+def test_database_url_is_parsed_once_with_pool_settings():
+    config = from_sources(
+        {"db": "postgresql://dk:pw@db.example:5433/dk"},
+        {
+            "DK_JWT_SECRET_FILE": "/etc/dk/jwt",
+            "DK_DB_POOL_SIZE": "3",
+            "DK_DB_STATEMENT_TIMEOUT": "2.5",
+            "DK_DB_CONNECT_TIMEOUT": "4",
+        },
+    )
+    assert config.database.is_postgresql
+    assert (config.database.host, config.database.port) == ("db.example", 5433)
+    assert (config.db_pool_size, config.db_statement_timeout) == (3, 2.5)
+    assert config.db_connect_timeout == 4.0
+    assert config.jwt_secret_path == "/etc/dk/jwt"
+    assert "pw" not in repr(config)
+
+
+def test_sqlite_keeps_its_secret_beside_the_file():
+    config = from_sources({"db": "sqlite:///var/lib/dk.db"}, {})
+    assert not config.database.is_postgresql
+    assert config.database.path == "/var/lib/dk.db"
+    assert config.jwt_secret_path == "/var/lib/dk.db.jwt-secret"
+
+
+@pytest.mark.parametrize(
+    ("options", "environ", "key"),
+    [
+        ({"db": "mysql://x/y"}, {}, "DK_DB"),
+        ({"db": "postgresql://u@h/db"}, {}, "DK_JWT_SECRET_FILE"),
+        ({}, {"DK_DB_POOL_SIZE": "0"}, "DK_DB_POOL_SIZE"),
+        ({}, {"DK_DB_STATEMENT_TIMEOUT": "soon"}, "DK_DB_STATEMENT_TIMEOUT"),
+        ({}, {"DK_DB_CONNECT_TIMEOUT": "-1"}, "DK_DB_CONNECT_TIMEOUT"),
+    ],
+)
+def test_bad_database_settings_name_the_key(options, environ, key):
+    with pytest.raises(ConfigError) as e:
+        from_sources(options, environ)
+    assert e.value.key == key
+
+
+def test_jwt_secret_alone_is_enough_on_postgresql():
+    config = from_sources({"db": "postgresql://u@h/db"}, {"JWT_SECRET": "x" * 32})
+    assert config.jwt_secret_path == ""

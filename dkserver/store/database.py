@@ -1,0 +1,91 @@
+"""The pool the stores use: an adbapi pool plus the engine of its backend.
+
+As Synapse's ``DatabasePool``/``LoggingTransaction``: each store hands a
+synchronous ``_txn(txn, ...)`` function to :meth:`Database.runInteraction`;
+``txn`` speaks the stores' SQL (``?`` placeholders) on either backend and
+turns driver exceptions into dkserver's own (`IntegrityError` for a violated
+constraint, `StoreError` for the rest), so nothing above the store modules
+ever sees ``sqlite3`` or ``psycopg``.  The cost is one wrapper object per
+transaction and one dictionary lookup per statement; the group writer runs a
+handful of statements per batch, not per message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+
+from dkserver.store.engine import Engine
+from dkserver.store.errors import IntegrityError, NulNotStorable, StoreError
+
+R = TypeVar("R")
+
+
+class Txn:
+    """A transaction's cursor, speaking the stores' SQL on ``engine``."""
+
+    __slots__ = ("_cursor", "engine")
+
+    def __init__(self, cursor: Any, engine: Engine) -> None:
+        self._cursor = cursor
+        self.engine = engine
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        try:
+            self._cursor.execute(self.engine.sql(sql), params)
+        except self.engine.integrity_errors as e:
+            raise IntegrityError(str(e).strip()) from e
+        except self.engine.driver_errors as e:
+            raise _driver_error(e) from e
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return  # psycopg refuses an empty executemany batch less kindly
+        try:
+            self._cursor.executemany(self.engine.sql(sql), rows)
+        except self.engine.integrity_errors as e:
+            raise IntegrityError(str(e).strip()) from e
+        except self.engine.driver_errors as e:
+            raise _driver_error(e) from e
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    def copy(self, statement: str) -> Any:
+        """PostgreSQL ``COPY … FROM STDIN`` (psycopg's context manager)."""
+        return self._cursor.copy(statement)
+
+
+class Database:
+    def __init__(self, pool: adbapi.ConnectionPool, engine: Engine) -> None:
+        self.pool = pool
+        self.engine = engine
+
+    def runInteraction(
+        self, func: Callable[..., R], *args: Any, **kwargs: Any
+    ) -> Deferred:
+        """Run ``func(txn, *args, **kwargs)`` in one transaction on the pool's
+        thread; the Deferred fires with its result (commit) or its error
+        (rollback)."""
+        return self.pool.runInteraction(_interaction, self.engine, func, args, kwargs)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _interaction(
+    cursor: Any, engine: Engine, func: Callable[..., R], args: tuple, kwargs: dict
+) -> R:
+    return func(Txn(cursor, engine), *args, **kwargs)
+
+
+def _driver_error(e: BaseException) -> StoreError:
+    if "NUL (0x00)" in str(e):
+        return NulNotStorable()
+    return StoreError(f"database error: {str(e).strip()}")

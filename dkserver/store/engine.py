@@ -1,0 +1,181 @@
+"""What differs between SQLite and PostgreSQL, in one object per backend.
+
+As Synapse's ``storage/engines``: the store modules write their SQL once,
+with ``?`` placeholders and the syntax both backends share (``ON CONFLICT
+… DO NOTHING``, ``IS DISTINCT FROM``, ``CASE`` rather than boolean sums), and
+ask the engine only for what cannot be shared: the parameter style, "no
+limit", reading a stored time as an instant, assigning message ids and
+bulk-inserting them, and which driver exceptions mean a constraint failed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+#: ``pg_advisory_xact_lock`` key held by every transaction that inserts
+#: messages (see `PostgresEngine.next_message_ids`).
+MESSAGE_ID_LOCK = 0x6B64_6D73_6769_6473
+
+#: Marks message content stored escaped on PostgreSQL (see `encode_content`):
+#: U+FFFF, a noncharacter, which content rarely starts with.
+ESCAPED = "\uffff"
+
+
+def encode_content(text: str) -> str:
+    """PostgreSQL text cannot hold U+0000, which clients may send (SQLite and
+    the original keep it).  Content with a NUL, or starting with the marker,
+    is stored as the marker plus the text with U+FFFF doubled and U+0000 as
+    U+FFFF "0"; all other content is stored exactly as sent."""
+    if "\0" not in text and not text.startswith(ESCAPED):
+        return text
+    return ESCAPED + text.replace(ESCAPED, ESCAPED * 2).replace("\0", ESCAPED + "0")
+
+
+def decode_content(stored: str) -> str:
+    if not stored.startswith(ESCAPED):
+        return stored
+    out, i, body = [], 0, stored[1:]
+    while i < len(body):
+        ch = body[i]
+        if ch == ESCAPED and i + 1 < len(body):
+            out.append("\0" if body[i + 1] == "0" else ESCAPED)
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+#: At and above this many rows a batch goes in with ``COPY``, below with one
+#: multi-row ``INSERT … VALUES`` (bench/pg_write.py measured the crossover).
+COPY_THRESHOLD = 16
+
+
+class Sqlite3Engine:
+    name = "sqlite"
+    #: Driver exceptions for a violated constraint.
+    integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
+    #: Every other error the driver raises.
+    driver_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    #: The LIMIT value that means none.
+    no_limit: int | None = -1
+    #: Whether text containing U+0000 cannot be stored.
+    refuses_nul = False
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def epoch_seconds(self, column: str) -> str:
+        """SQL: the stored time text in ``column`` as Unix seconds, NULL if
+        unreadable.  SQLite's date functions read the original's offsets,
+        fewer fraction digits and zone-less (UTC) values alike."""
+        return f"CAST(strftime('%s', {column}) AS INTEGER)"
+
+    def utc_hour(self, column: str) -> str:
+        """SQL: the UTC hour (0-23) of the stored time in ``column``, or NULL."""
+        return f"CAST(strftime('%H', {column}) AS INTEGER)"
+
+    def next_message_ids(self, txn: Any, count: int) -> list[int]:
+        """Ids for ``count`` new messages, in order.
+
+        After the table's AUTOINCREMENT sequence: the pool's single
+        connection is the only writer, so no other insert can take them, and
+        explicit ids keep ``sqlite_sequence`` up to date.
+        """
+        txn.execute(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence"
+            " WHERE name = 'messages'), 0), COALESCE((SELECT MAX(id) FROM messages),"
+            " 0))"
+        )
+        first = txn.fetchone()[0] + 1
+        return list(range(first, first + count))
+
+    def insert_rows(
+        self, txn: Any, table: str, columns: Sequence[str], rows: Sequence[tuple]
+    ) -> None:
+        """Insert ``rows`` in one statement run (SQLite: one ``executemany``)."""
+        marks = ", ".join("?" * len(columns))
+        txn.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows
+        )
+
+
+class PostgresEngine:
+    name = "postgresql"
+    integrity_errors: tuple[type[BaseException], ...] = (psycopg.IntegrityError,)
+    driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+    no_limit: int | None = None  # LIMIT NULL is LIMIT ALL
+    #: PostgreSQL text cannot hold U+0000 (SQLite's can).
+    refuses_nul = True
+
+    def __init__(self) -> None:
+        self._converted: dict[str, str] = {}
+
+    def sql(self, text: str) -> str:
+        """``?`` placeholders become psycopg's ``%s`` (a literal ``%`` doubles).
+
+        Converted once per distinct statement; the stores' SQL has no ``?``
+        or ``%`` inside string literals.
+        """
+        converted = self._converted.get(text)
+        if converted is None:
+            converted = text.replace("%", "%%").replace("?", "%s")
+            if len(self._converted) < 10_000:  # bounded: IN lists vary in length
+                self._converted[text] = converted
+        return converted
+
+    def epoch_seconds(self, column: str) -> str:
+        # Only text shaped like a time is cast (a cast error would abort the
+        # transaction); the session runs in UTC, so a zone-less value is UTC
+        # as on SQLite.  Nanoseconds round to microseconds, then floor.
+        return (
+            f"CASE WHEN {column} ~ '^\\d{{4}}-\\d\\d-\\d\\d[ T]\\d\\d:\\d\\d:\\d\\d'"
+            f" THEN CAST(floor(extract(epoch FROM CAST({column} AS timestamptz)))"
+            " AS BIGINT) END"
+        )
+
+    def utc_hour(self, column: str) -> str:
+        return (
+            f"CASE WHEN {column} ~ '^\\d{{4}}-\\d\\d-\\d\\d[ T]\\d\\d:\\d\\d:\\d\\d'"
+            f" THEN CAST(extract(hour FROM CAST({column} AS timestamptz)"
+            " AT TIME ZONE 'UTC') AS INTEGER) END"
+        )
+
+    def next_message_ids(self, txn: Any, count: int) -> list[int]:
+        """Ids for ``count`` new messages, in arrival order.
+
+        Several connections (and later several nodes) may insert messages;
+        the transaction-scoped advisory lock makes them take ids and commit
+        one after the other, so a reader that sees id N sees every message
+        below N (what the broadcast floor relies on, as on SQLite).
+        """
+        txn.execute("SELECT pg_advisory_xact_lock(?)", (MESSAGE_ID_LOCK,))
+        txn.execute(
+            "SELECT nextval(pg_get_serial_sequence('messages', 'id'))"
+            " FROM generate_series(1, ?)",
+            (count,),
+        )
+        return sorted(row[0] for row in txn.fetchall())
+
+    def insert_rows(
+        self, txn: Any, table: str, columns: Sequence[str], rows: Sequence[tuple]
+    ) -> None:
+        """One ``COPY`` for a large batch, one multi-row ``INSERT`` below."""
+        names = ", ".join(columns)
+        if len(rows) >= COPY_THRESHOLD:
+            with txn.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        one = "(" + ", ".join("?" * len(columns)) + ")"
+        txn.execute(
+            f"INSERT INTO {table} ({names}) VALUES {', '.join([one] * len(rows))}",
+            [value for row in rows for value in row],
+        )
+
+
+Engine = Sqlite3Engine | PostgresEngine

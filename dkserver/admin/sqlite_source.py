@@ -135,6 +135,10 @@ def _copy(path: Path, dest: sqlite3.Connection) -> int:
 
 def _open_source(path: Path, dest: sqlite3.Connection | None) -> int:
     uri = f"{path.resolve().as_uri()}?mode=ro"
+    # Reading a WAL-mode file creates its -wal and -shm files, which a
+    # read-only connection cannot remove again: remove them if this made them.
+    sidecars = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    made = [f for f in sidecars if not f.exists()]
     try:
         src = sqlite3.connect(uri, uri=True, timeout=5)
     except sqlite3.Error as e:
@@ -162,4 +166,14 @@ def _open_source(path: Path, dest: sqlite3.Connection | None) -> int:
         raise AdminError(f"{path} is not a usable SQLite database: {e}") from e
     finally:
         src.close()
+        _remove_made(made)
     return found
+
+
+def _remove_made(made: list[Path]) -> None:
+    wal = [f for f in made if f.name.endswith("-wal")]
+    if any(f.exists() and f.stat().st_size > 0 for f in wal):
+        return  # someone wrote meanwhile: their WAL content is not ours to drop
+    for f in made:
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest_twisted
+from twisted.internet import threads
 
 from tests.support.client import Identity, login
 from tests.support.envelope import decrypt_with, rfc3339_unix_nanos
@@ -48,6 +51,36 @@ def _check_relayed(frame: dict, sent: dict, sender: Identity) -> None:
 @pytest_twisted.ensureDeferred
 async def test_original_server_pending_messages_reach_bob_once_and_verify(tmp_path):
     _copy_fixture_db(tmp_path)
+    await _serves_the_fixture_once(server_config(tmp_path))
+
+
+@pytest_twisted.ensureDeferred
+async def test_original_server_database_ported_to_postgresql_serves_bob_once(
+    tmp_path, pg_empty_url
+):
+    """``dkserver port-db`` of the original's file, then dkserver on PostgreSQL:
+    everyone logs in, and bob gets his three messages once, verifying."""
+    _copy_fixture_db(tmp_path)
+    ported = await threads.deferToThread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "dkserver.cli",
+            "port-db",
+            str(tmp_path / "dk.db"),
+            pg_empty_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ported.returncode == 0, ported.stderr
+    assert "holds a verified copy" in ported.stdout
+    await _serves_the_fixture_once(server_config(tmp_path, db=pg_empty_url))
+
+
+async def _serves_the_fixture_once(config) -> None:
     fixture = json.loads((FIXTURES / "original-server.json").read_text())
     ids = {
         user_id: Identity.from_seed_hex(user_id, seed)
@@ -55,7 +88,7 @@ async def test_original_server_pending_messages_reach_bob_once_and_verify(tmp_pa
     }
     first, second, broadcast = fixture["sent"]
 
-    server = await start_server(server_config(tmp_path))
+    server = await start_server(config)
     try:
         bob_token = await login(server, ids["bob"])
         bob_ws = await connect(server, bob_token)

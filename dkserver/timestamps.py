@@ -39,10 +39,6 @@ class Timestamp:
     unix_nanos: int
     text: str
 
-    @property
-    def storage_text(self) -> str:
-        return to_storage(self.text)
-
 
 def parse(text: str, *, allow_naive: bool = False) -> Timestamp:
     """Parse RFC 3339 (``T`` or space separated, up to nine fraction digits).
@@ -148,6 +144,12 @@ def from_unix_nanos(ns: int) -> Timestamp:
         base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
         _last_second = (secs, base)
     return Timestamp(ns, f"{base}.{frac:09d}Z")
+
+
+def storage_from_unix_nanos(ns: int) -> str:
+    """A server instant in the original's column format (the per-second
+    cache of :func:`from_unix_nanos` keeps this cheap on the write path)."""
+    return to_storage(from_unix_nanos(ns).text)
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)

@@ -21,17 +21,16 @@ _DAY_S = 86_400
 _NS = 1_000_000_000
 
 
-def _storage_text(ns: int) -> str:
-    return timestamps.to_storage(timestamps.from_unix_nanos(ns).text)
-
-
 class AnalyticsStore:
     def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def start_session(self, session_id: str, user_id: str, start_ns: int) -> None:
         await self._pool.runInteraction(
-            _start_session_txn, session_id, user_id, _storage_text(start_ns)
+            _start_session_txn,
+            session_id,
+            user_id,
+            timestamps.storage_from_unix_nanos(start_ns),
         )
 
     async def end_session(self, session_id: str, end_ns: int) -> None:
@@ -59,7 +58,7 @@ class AnalyticsStore:
         """
         if rows:
             values = [
-                (sid, uid, int(bcast), _storage_text(ns))
+                (sid, uid, int(bcast), timestamps.storage_from_unix_nanos(ns))
                 for sid, uid, bcast, ns in rows
             ]
             await self._pool.runInteraction(_record_events_txn, values)
@@ -108,7 +107,7 @@ def _end_sessions_txn(
                 continue  # opened after this process started: live
             # whole seconds, truncated, as the original's int(d.Seconds())
             duration = max(0, (end_ns - start_ns) // _NS)
-        updates.append((_storage_text(end_ns), duration, sid))
+        updates.append((timestamps.storage_from_unix_nanos(end_ns), duration, sid))
     txn.executemany(
         "UPDATE sessions SET end_time = ?, duration = ? WHERE session_id = ?", updates
     )

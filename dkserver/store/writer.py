@@ -19,7 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dkserver.store.analytics import _end_sessions_txn, _storage_text
+from dkserver import timestamps
+from dkserver.store.analytics import _end_sessions_txn
 from dkserver.store.database import Database, Txn
 from dkserver.store.errors import IntegrityError, NulNotStorable, StoreError
 from dkserver.store.messages import NewMessage, insert_messages_txn, mark_delivered_txn
@@ -125,7 +126,7 @@ class GroupWriter:
 
     def start_session(self, session_id: str, user_id: str, start_ns: int) -> None:
         self._next.sessions_started.append(
-            (session_id, user_id, _storage_text(start_ns))
+            (session_id, user_id, timestamps.storage_from_unix_nanos(start_ns))
         )
         self._kick()
 
@@ -261,7 +262,7 @@ def _insert_messages(
                     session_id,
                     m.from_user,
                     int(m.is_broadcast),
-                    _storage_text(m.received_ns),
+                    timestamps.storage_from_unix_nanos(m.received_ns),
                 )
             )
     if accepted:

@@ -26,6 +26,7 @@ from dkserver.config import Config, endpoint_description
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
 from dkserver.periodic import periodic_service
+from dkserver.proxyproto import ProxyProtocolEndpoint
 from dkserver.ratelimit import BucketRegistry, make_refill_service
 from dkserver.store import Store
 from dkserver.store.writer import GroupWriter
@@ -143,6 +144,13 @@ class DkService(MultiService):
         https_endpoint = serverFromString(
             reactor, endpoint_description("https", config.https)
         )
+        if config.proxy_protocol:
+            # The header comes before the TLS bytes: the outermost layer.
+            https_endpoint = ProxyProtocolEndpoint(https_endpoint)
+            self.log.info(
+                "https expects a PROXY protocol header on every connection "
+                "(DK_PROXY_PROTOCOL): reachable from the load balancer only"
+            )
         self.https = ListeningService(
             "https", https_endpoint, TLSMemoryBIOFactory(context, False, self.site)
         )

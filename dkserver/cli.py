@@ -76,9 +76,10 @@ def cmd_checkconfig(args: argparse.Namespace) -> int:
         preflight(config.db_path)
     except (DatabaseUnusable, OSError) as e:
         return _usage_failure(f"DK_DB/--db: {e}")
+    proxied = " (PROXY protocol)" if config.proxy_protocol else ""
     print(
-        f"configuration OK: https {config.https}, http {config.http or 'none'}, "
-        f"database {config.db_path}"
+        f"configuration OK: https {config.https}{proxied}, "
+        f"http {config.http or 'none'}, database {config.db_path}"
     )
     return EXIT_OK
 

@@ -161,3 +161,21 @@ async def test_websocket_upgrade_sees_the_header_address(tmp_path):
         for via in (first, again, other):
             await via.close()
         await stop_server(server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusing_an_oversized_body_works_through_the_header_layer(
+    proxied_server,
+):
+    """The 413 path pauses, closes and then aborts the transport: each call
+    must pass through the PROXY layer to the socket."""
+    via = Via(proxied_server, header=v2_header("203.0.113.9", 40000))
+    try:
+        code, body = await post_json(via, "/auth/register", b"x" * (1024 * 1024 + 1))
+        assert code == 413
+        assert body == {"error": True, "message": "Request body too large"}
+        code, _ = await post_json(via, "/auth/login", {"user_id": "after413"})
+        assert code == 200
+        assert "203.0.113.9" in proxied_server.service.login_ip_limits
+    finally:
+        await via.close()

@@ -71,6 +71,15 @@ def test_checkconfig_accepts_valid_options(capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_checkconfig_names_the_proxy_protocol(capsys, tmp_path):
+    db = str(tmp_path / "dk.db")
+    code, out, _ = run(
+        capsys, "checkconfig", "--https", ":8443", "--proxy-protocol", "--db", db
+    )
+    assert code == 0
+    assert out.startswith("configuration OK: https :8443 (PROXY protocol), http ")
+
+
 def test_checkconfig_reports_a_bad_option_in_one_line_exit_2(capsys):
     code, out, err = run(capsys, "checkconfig", "--https", ":99999")
     assert code == 2 and out == ""

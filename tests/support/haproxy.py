@@ -17,11 +17,10 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from tests.reliability.daemon import free_port
-from tests.support.waiting import sleep
+from tests.support.waiting import wait_for
 
 ENV_REQUIRE = "DK_TEST_REQUIRE_HAPROXY"
 
@@ -104,22 +103,19 @@ backend dkserver
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"haproxy exited with {self.proc.returncode}:\n{self.log_text()}"
-                )
-            states = self.server_states() if self.socket_path.exists() else {}
-            if len(states) == len(self.backends) and all(
-                state == ("UP", "L7OK") for state in states.values()
-            ):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"haproxy's health checks did not pass: {states}\n{self.log_text()}"
-                )
-            await sleep(0.1)
+        try:
+            await wait_for(self._healthy, "haproxy's health checks", timeout, 0.1)
+        except AssertionError as e:
+            states = self.server_states()
+            raise AssertionError(f"{e}: {states}\n{self.log_text()}") from None
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"haproxy exited with {self.proc.returncode}")
+        states = self.server_states() if self.socket_path.exists() else {}
+        return len(states) == len(self.backends) and all(
+            state == ("UP", "L7OK") for state in states.values()
+        )
 
     def server_states(self) -> dict[str, tuple[str, str]]:
         """``{server: (status, check_status)}`` from the admin socket."""

@@ -43,6 +43,7 @@ def test_the_test_run_settings_survive_the_hermetic_session():
     missing PostgreSQL would be a skip instead of a failure."""
     if os.environ.get("CI"):
         assert os.environ.get("DK_TEST_REQUIRE_POSTGRES") == "1"
+        assert os.environ.get("DK_TEST_REQUIRE_REDIS") == "1"
 
 
 def test_hypothesis_keeps_no_example_database_in_the_working_directory():

@@ -13,6 +13,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from dkserver.cluster.url import (
+    RedisUrl,
+    RedisUrlError,
+    check_node_id,
+    default_node_id,
+    parse_redis_url,
+)
 from dkserver.store.url import DatabaseUrl, DatabaseUrlError, parse_database_url
 
 DEFAULT_HTTPS = ":443"
@@ -61,6 +68,11 @@ class Config:
     db_pool_size: int = DEFAULT_DB_POOL_SIZE
     db_statement_timeout: float = DEFAULT_DB_STATEMENT_TIMEOUT
     db_connect_timeout: float = DEFAULT_DB_CONNECT_TIMEOUT
+    #: ``--redis`` / ``DK_REDIS_URL``: set, this process is one node of a
+    #: cluster sharing the PostgreSQL database; None, a single process.
+    redis: RedisUrl | None = None
+    #: This node's name in the cluster (sessions, presence); unique per node.
+    node_id: str = ""
     cert_path: str = DEFAULT_CERT
     key_path: str = DEFAULT_KEY
     message_rate: float = 5.0
@@ -114,6 +126,8 @@ class Config:
             object.__setattr__(
                 self, "jwt_secret_path", f"{self.database.path}.jwt-secret"
             )
+        if not self.node_id:
+            object.__setattr__(self, "node_id", default_node_id(self.https))
         if not self.client_path:
             # The server's own client build goes into its state directory:
             # beside the SQLite file, or beside the secret file on PostgreSQL.
@@ -248,6 +262,25 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
             "required when DK_DB is a PostgreSQL URL (a file the server may "
             "create, shared by every node using the database), or set JWT_SECRET",
         )
+    redis = None
+    redis_raw = str(pick("redis", "DK_REDIS_URL", "")).strip()
+    if redis_raw:
+        try:
+            redis = parse_redis_url(redis_raw)
+        except RedisUrlError as e:
+            raise ConfigError("DK_REDIS_URL", str(e)) from None
+        if not database.is_postgresql:
+            # Nodes must share one database; a SQLite file is one process's.
+            raise ConfigError(
+                "DK_REDIS_URL",
+                "a cluster needs a PostgreSQL database shared by every node; "
+                "DK_DB is a SQLite file",
+            )
+    node_raw = str(pick("node_id", "DK_NODE_ID", "")).strip()
+    try:
+        node_id = check_node_id(node_raw) if node_raw else default_node_id(https)
+    except ValueError as e:
+        raise ConfigError("DK_NODE_ID", str(e)) from None
     origins = tuple(_split_list(str(pick("allowed_origins", "DK_ALLOWED_ORIGINS", ""))))
     for origin in origins:
         if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
@@ -280,6 +313,8 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
                 DEFAULT_DB_CONNECT_TIMEOUT,
             ),
         ),
+        redis=redis,
+        node_id=node_id,
         cert_path=str(pick("cert", "DK_CERT", DEFAULT_CERT)),
         key_path=str(pick("key", "DK_KEY", DEFAULT_KEY)),
         message_rate=_positive_float(

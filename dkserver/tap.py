@@ -42,6 +42,19 @@ class Options(usage.Options):
             "SQLite file or postgresql://user@host:port/dbname "
             "[env DK_DB, default dkserver.db]",
         ],
+        [
+            "redis",
+            None,
+            None,
+            "redis://host:port/db: run as one node of a cluster (needs a "
+            "PostgreSQL --db) [env DK_REDIS_URL]",
+        ],
+        [
+            "node-id",
+            None,
+            None,
+            "This node's name in the cluster [env DK_NODE_ID, default host:port]",
+        ],
         ["cert", None, None, "PEM certificate (chain) [default certs/server.pem]"],
         ["key", None, None, "PEM private key [default certs/server.key]"],
         ["rate", None, None, "Messages per second per user [env MESSAGE_RATE_LIMIT]"],
@@ -98,6 +111,8 @@ def build_config(options) -> Config:
             "https": options["https"],
             "http": options["http"],
             "db": options["db"],
+            "redis": options["redis"],
+            "node_id": options["node-id"],
             "cert": options["cert"],
             "key": options["key"],
             "rate": options["rate"],

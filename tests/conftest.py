@@ -24,6 +24,7 @@ from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from tests.support import postgres as _pg
+from tests.support import redis as _redis
 from tests.support.server import make_config, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,18 +175,46 @@ def pg_empty_url(pg_server):
     pg_server.drop_database(name)
 
 
+# --- Redis: a private server per test (tests/support/redis.py) --------------
+
+_REDIS_SKIP = "Redis unavailable: "
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh Redis for this test (private, or DK_TEST_REDIS_URL flushed)."""
+    try:
+        server = _redis.open_server()
+    except _redis.RedisUnavailable as e:
+        if os.environ.get(_redis.ENV_REQUIRE):  # CI: a skip would hide the gap
+            pytest.fail(
+                f"{_redis.ENV_REQUIRE} is set and {_REDIS_SKIP}{e}", pytrace=False
+            )
+        pytest.skip(_REDIS_SKIP + str(e).splitlines()[0])
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    return redis_server.url
+
+
 def pytest_terminal_summary(terminalreporter):
-    reasons: dict[str, int] = {}
-    for report in terminalreporter.stats.get("skipped", []):
-        longrepr = report.longrepr
-        message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-        if _PG_SKIP in message:
-            reason = message[message.index(_PG_SKIP) + len(_PG_SKIP) :]
-            reasons[reason] = reasons.get(reason, 0) + 1
-    for reason, count in reasons.items():
-        terminalreporter.write_line(
-            f"SKIPPED {count} PostgreSQL tests: {reason}", yellow=True, bold=True
-        )
+    for marker, what in ((_PG_SKIP, "PostgreSQL"), (_REDIS_SKIP, "Redis")):
+        reasons: dict[str, int] = {}
+        for report in terminalreporter.stats.get("skipped", []):
+            longrepr = report.longrepr
+            message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+            if marker in message:
+                reason = message[message.index(marker) + len(marker) :]
+                reasons[reason] = reasons.get(reason, 0) + 1
+        for reason, count in reasons.items():
+            terminalreporter.write_line(
+                f"SKIPPED {count} {what} tests: {reason}", yellow=True, bold=True
+            )
 
 
 # --- Backends ---------------------------------------------------------------

@@ -29,6 +29,7 @@ from dkserver.store.errors import (
 from dkserver.store.messages import MessageStore, NewMessage, StoredMessage
 from dkserver.store.pool import DEFAULT_PG_POOL_SIZE, open_pg_pool, open_pool
 from dkserver.store.schema import LATEST_VERSION, migrate, preflight
+from dkserver.store.settings import SettingsStore
 from dkserver.store.trackers import Tracker, TrackerInfo, TrackerStore
 from dkserver.store.url import DatabaseUrl, parse_database_url
 from dkserver.store.users import User, UserStore
@@ -42,6 +43,7 @@ __all__ = [
     "IntegrityError",
     "MessageStore",
     "NewMessage",
+    "SettingsStore",
     "Store",
     "StoreError",
     "StoredMessage",
@@ -93,7 +95,7 @@ def preflight_database(database: DatabaseUrl, connect_timeout: float = 10.0) -> 
 def _check_privileges(conn: Any) -> None:
     missing = [
         table
-        for table in (*pg_schema.TABLES, "schema_version")
+        for table in (*pg_schema.TABLES, *pg_schema.LOCAL_TABLES, "schema_version")
         if not conn.execute(
             "SELECT has_table_privilege(%s, 'SELECT,INSERT,UPDATE,DELETE')", (table,)
         ).fetchone()[0]
@@ -136,6 +138,7 @@ class Store:
         self.analytics = AnalyticsStore(db)
         self.trackers = TrackerStore(db)
         self.apis = ApiStore(db)
+        self.settings = SettingsStore(db)
 
     @property
     def pool(self) -> Database:

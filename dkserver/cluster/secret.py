@@ -15,7 +15,8 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from dkserver.auth.secret import SecretError, generate_secret, parse_generated_secret
-from dkserver.store.settings import SettingsStore
+from dkserver.store.database import Txn
+from dkserver.store.settings import SettingsStore, get_or_create_txn
 
 #: Its ``server_settings`` name.
 SETTING = "jwt_secret"
@@ -27,6 +28,18 @@ async def database_secret(settings: SettingsStore) -> bytes:
     """The cluster's secret, generated and stored if this node is the first."""
     candidate = generate_secret().hex()
     stored = await settings.get_or_create(SETTING, candidate)
+    if stored == candidate:
+        _log.info("generated a new JWT secret in the database (server_settings)")
+    return _checked(stored)
+
+
+def preflight_secret_txn(txn: Txn) -> None:
+    """Blocking, before the reactor runs (`preflight_database`'s check): the
+    secret exists and is usable, or startup stops with one line."""
+    _checked(get_or_create_txn(txn, SETTING, generate_secret().hex()))
+
+
+def _checked(stored: str) -> bytes:
     secret = parse_generated_secret(stored)
     if secret is None:
         raise SecretError(
@@ -34,6 +47,4 @@ async def database_secret(settings: SettingsStore) -> bytes:
             "delete the row to generate a new secret (this logs every user "
             "out) or set JWT_SECRET"
         )
-    if stored == candidate:
-        _log.info("generated a new JWT secret in the database (server_settings)")
     return secret

@@ -8,6 +8,7 @@ engine (dkserver.store.engine) holds what differs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -17,7 +18,7 @@ from twisted.logger import Logger
 from dkserver.store import pg_schema
 from dkserver.store.analytics import AnalyticsStore
 from dkserver.store.apis import Api, ApiStore, TooManyApis
-from dkserver.store.database import Database
+from dkserver.store.database import Database, Txn
 from dkserver.store.descriptions import DescriptionStore
 from dkserver.store.engine import PostgresEngine, Sqlite3Engine
 from dkserver.store.errors import (
@@ -59,13 +60,18 @@ __all__ = [
 ]
 
 
-def preflight_database(database: DatabaseUrl, connect_timeout: float = 10.0) -> None:
+def preflight_database(
+    database: DatabaseUrl,
+    connect_timeout: float = 10.0,
+    check: Callable[[Txn], object] | None = None,
+) -> None:
     """Blocking, before the reactor runs: refuse a database dkserver cannot
     use, with a one-line `StoreError` instead of a failure after startup.
 
     SQLite: the file checks of `schema.preflight`.  PostgreSQL: connect,
-    bring the schema up to date (under the migration lock) and check that
-    the role may read and write every table and take ids.
+    bring the schema up to date (under the migration lock), check that the
+    role may read and write every table and take ids, then run ``check`` in
+    a transaction of its own (the shared JWT secret: dkserver.cluster.secret).
     """
     if not database.is_postgresql:
         preflight(str(database.path))
@@ -83,6 +89,9 @@ def preflight_database(database: DatabaseUrl, connect_timeout: float = 10.0) -> 
         conn.autocommit = True
         pg_schema.migrate_connection(conn)
         _check_privileges(conn)
+        if check is not None:
+            with conn.transaction():
+                check(Txn(conn.cursor(), PostgresEngine()))
     except psycopg.Error as e:
         reason = " ".join(str(e).split()) or type(e).__name__
         raise DatabaseUnusable(

@@ -109,10 +109,6 @@ class DkService(MultiService):
         )
         self.writer = GroupWriter(self.store.pool, reactor, node_id=config.node_id)
         self.bus = LocalBus()
-        #: Whose sessions this process closes when it starts and stops: in a
-        #: cluster its own (and those written before nodes were recorded);
-        #: a single process every session, whatever node id it had before.
-        self.session_owner = config.node_id if config.redis is not None else None
         self.message_limits = BucketRegistry(
             config.message_rate, config.message_burst, reactor
         )
@@ -126,6 +122,10 @@ class DkService(MultiService):
             self.metrics,
             reactor,
         )
+        #: Whose sessions this process closes when it starts and stops: in a
+        #: cluster its own (and those written before nodes were recorded);
+        #: a single process every session, whatever node id it had before.
+        self.session_owner = config.node_id if config.redis is not None else None
         #: For the node registry: a dead node's sessions are closed here.
         self.dead_node_sessions = DeadNodeSessions(
             self.store.analytics, config.node_id, self.hub.time_ns

@@ -27,19 +27,17 @@ _log = Logger()
 async def database_secret(settings: SettingsStore) -> bytes:
     """The cluster's secret, generated and stored if this node is the first."""
     candidate = generate_secret().hex()
-    stored = await settings.get_or_create(SETTING, candidate)
-    if stored == candidate:
-        _log.info("generated a new JWT secret in the database (server_settings)")
-    return _checked(stored)
+    return _checked(await settings.get_or_create(SETTING, candidate), candidate)
 
 
 def preflight_secret_txn(txn: Txn) -> None:
     """Blocking, before the reactor runs (`preflight_database`'s check): the
     secret exists and is usable, or startup stops with one line."""
-    _checked(get_or_create_txn(txn, SETTING, generate_secret().hex()))
+    candidate = generate_secret().hex()
+    _checked(get_or_create_txn(txn, SETTING, candidate), candidate)
 
 
-def _checked(stored: str) -> bytes:
+def _checked(stored: str, candidate: str) -> bytes:
     secret = parse_generated_secret(stored)
     if secret is None:
         raise SecretError(
@@ -47,4 +45,6 @@ def _checked(stored: str) -> bytes:
             "delete the row to generate a new secret (this logs every user "
             "out) or set JWT_SECRET"
         )
+    if stored == candidate:
+        _log.info("generated a new JWT secret in the database (server_settings)")
     return secret

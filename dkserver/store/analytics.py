@@ -66,7 +66,7 @@ class AnalyticsStore:
         already closed, by its node or by another survivor, is left alone.
         """
         return await self._pool.runInteraction(
-            _end_sessions_txn, None, end_ns, None, node_id, False
+            _end_sessions_txn, None, end_ns, node_id=node_id, with_unowned=False
         )
 
     async def record_message_events(

@@ -22,6 +22,7 @@ from dkserver.auth.challenges import ChallengeStore
 from dkserver.auth.handler import AuthHandler
 from dkserver.auth.secret import load_or_create_secret
 from dkserver.auth.tokens import TokenIssuer
+from dkserver.cluster.service import build_cluster
 from dkserver.config import Config, endpoint_description
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
@@ -103,7 +104,11 @@ class DkService(MultiService):
             self.metrics,
         )
         self.writer = GroupWriter(self.store.pool, reactor)
-        self.bus = LocalBus()
+        # The one place a cluster is chosen: with --redis the bus is Redis's.
+        self.cluster = build_cluster(
+            config, reactor, lambda payload: self.hub.prepare(payload)
+        )
+        self.bus = LocalBus() if self.cluster is None else self.cluster.bus
         self.message_limits = BucketRegistry(
             config.message_rate, config.message_burst, reactor
         )
@@ -183,6 +188,8 @@ class DkService(MultiService):
             "challenge-prune", 10.0, self.challenges.prune, reactor
         ).setServiceParent(self.timers)
         self.timers.setServiceParent(self)
+        if self.cluster is not None:
+            self.cluster.setServiceParent(self)
 
     def startService(self) -> None:
         self._started_ns = self.hub.time_ns()
@@ -250,6 +257,8 @@ class DkService(MultiService):
             if listener is not None and listener.running:
                 await listener.stopService()
         await self._close_websockets()
+        if self.cluster is not None:
+            await self.cluster.stop()  # leave the cluster: our users go offline
         # Frames read before the close are stored before the database closes.
         if not await self._wait_until(
             lambda: not self.hub.unhandled_frames, self.config.shutdown_grace

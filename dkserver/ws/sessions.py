@@ -17,11 +17,19 @@ class Connection(Protocol):
     def deliver(self, frame: Any, ack: Any) -> None:
         """Queue a prepared frame; ``ack`` is reported once it is flushed."""
 
+    def rescan(self) -> None:
+        """Send the stored backlog again (live messages may have been lost)."""
+
 
 class LiveBus(Protocol):
     def add(self, conn: Connection) -> bool: ...
 
     def remove(self, conn: Connection) -> bool: ...
+
+    def when_live(self, user_id: str) -> Any:
+        """None, or a Deferred the backlog scan waits for: it fires once live
+        messages to ``user_id`` reach this process (so that a message stored
+        after the scan started is not missed)."""
 
     def connections(self, user_id: str) -> tuple[Connection, ...]: ...
 
@@ -65,6 +73,9 @@ class LocalBus:
             del self._by_user[conn.user_id]
             return True
         return False
+
+    def when_live(self, user_id: str) -> None:
+        return None  # one process: delivery is live as soon as add() returns
 
     def connections(self, user_id: str) -> tuple[Connection, ...]:
         return tuple(self._by_user.get(user_id, ()))

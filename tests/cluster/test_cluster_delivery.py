@@ -16,7 +16,7 @@ from tests.support.ws import broadcast_frame, connect, direct_frame
 
 
 async def login_on(cluster, index: int, name: str) -> tuple[Identity, str]:
-    ident = Identity(name)
+    ident = Identity(cluster.user(name))
     return ident, await register_and_login(cluster[index], ident)
 
 
@@ -36,11 +36,13 @@ async def test_direct_message_reaches_every_connection_on_other_nodes(cluster):
     bob_on_1 = await connect(cluster[1], bob_token)
     bob_on_2 = await connect(cluster[2], bob_token)
 
-    alice_ws.send_json(direct_frame(alice, "bob", "across nodes", bob.public_key_b64))
+    alice_ws.send_json(
+        direct_frame(alice, bob.user_id, "across nodes", bob.public_key_b64)
+    )
     got_1, got_2 = await bob_on_1.recv(), await bob_on_2.recv()
     assert got_1["id"] == got_2["id"]
     assert decrypt_with(bob.signing_key, got_1["content"]) == "across nodes"
-    assert got_1["from"] == "alice" and got_2["to"] == "bob"
+    assert got_1["from"] == alice.user_id and got_2["to"] == bob.user_id
     await alice_ws.expect_silence(0.2)
     # The node holding a connection records the delivery.
     await wait_for(lambda: status(cluster, got_1["id"]) == "delivered", "delivered")
@@ -51,8 +53,8 @@ async def test_direct_message_reaches_every_connection_on_other_nodes(cluster):
 @pytest_twisted.ensureDeferred
 async def test_broadcast_reaches_each_user_on_every_node_once(cluster):
     alice, alice_token = await login_on(cluster, 0, "alice")
-    _, bob_token = await login_on(cluster, 1, "bob")
-    _, carol_token = await login_on(cluster, 2, "carol")
+    bob, bob_token = await login_on(cluster, 1, "bob")
+    carol, carol_token = await login_on(cluster, 2, "carol")
     _, dave_token = await login_on(cluster, 2, "dave")
     alice_ws = await connect(cluster[0], alice_token)
     bob_ws = await connect(cluster[1], bob_token)
@@ -75,7 +77,9 @@ async def test_broadcast_reaches_each_user_on_every_node_once(cluster):
         )
         return {r[0] for r in rows}
 
-    await wait_for(lambda: recipients() == {"bob", "carol"}, "deliveries recorded")
+    await wait_for(
+        lambda: recipients() == {bob.user_id, carol.user_id}, "deliveries recorded"
+    )
     # Offline then: dave gets it from the backlog, once, on any node.
     dave_ws = await connect(cluster[1], dave_token)
     assert (await dave_ws.recv())["id"] == message_id
@@ -99,7 +103,7 @@ async def test_messages_stored_while_the_recipient_connects_arrive_once(cluster)
         for _ in range(count):
             sent += 1
             alice_ws.send_json(
-                direct_frame(alice, "bob", f"m{sent}", bob.public_key_b64)
+                direct_frame(alice, bob.user_id, f"m{sent}", bob.public_key_b64)
             )
 
     for round_number in range(4):

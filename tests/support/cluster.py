@@ -53,6 +53,9 @@ class Cluster:
     def __init__(self, directory: Path, pg_url: str, redis_url: str, size: int = 3):
         self.dir = Path(directory)
         self.redis_url = redis_url
+        #: The tests' RedisServer when they may restart it (see restore).
+        self.redis_server = None
+        self._users = 0
         self.pg_url = pg_url
         secret = self.dir / "jwt-secret"
         self.nodes: list[Node] = []
@@ -103,6 +106,26 @@ class Cluster:
         code, body = await get(self[index], "/active-users")
         assert code == 200, body
         return set(body["online"]), set(body["offline"])
+
+    def user(self, name: str) -> str:
+        """A user id no other test of this cluster uses."""
+        self._users += 1
+        return f"{name}{self._users}"
+
+    async def restore(self) -> None:
+        """Every node running and unfrozen, Redis up: the next test's start."""
+        if self.redis_server is not None and self.redis_server.private:
+            self.redis_server.start()  # a no-op when it runs
+        restarted = False
+        for node in self.nodes:
+            if node.frozen:
+                node.thaw()
+            if node.proc is None or node.proc.poll() is not None:
+                await node.drop_handle()
+                await node.start(timeout=30)
+                restarted = True
+        if restarted:
+            await self.wait_connected()
 
     async def stop(self) -> None:
         for node in self.nodes:

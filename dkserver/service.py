@@ -189,6 +189,7 @@ class DkService(MultiService):
         ).setServiceParent(self.timers)
         self.timers.setServiceParent(self)
         if self.cluster is not None:
+            self.cluster.forwards.serve = self.hub.answer_for_node
             self.cluster.setServiceParent(self)
 
     def startService(self) -> None:

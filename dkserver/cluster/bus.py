@@ -38,6 +38,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from dkserver.cluster.forward import NodeForwards
 from dkserver.cluster.nodes import PRESENCE_CHANNEL, NodeRegistry
 from dkserver.cluster.redis import RedisService
 from dkserver.ws.sessions import Connection, LocalBus
@@ -77,6 +78,7 @@ class ClusterBus:
         clock: Any,
         prepare: Callable[[bytes], Any],
         local: LocalBus | None = None,
+        forwards: NodeForwards | None = None,
     ) -> None:
         self.node_id = node_id
         self._origin = node_id.encode()
@@ -86,6 +88,8 @@ class ClusterBus:
         #: ``prepare(payload)`` frames a payload once (Hub.prepare).
         self.prepare = prepare
         self.local = local if local is not None else LocalBus()
+        #: Forward requests to and from other nodes (None: not offered).
+        self.forwards = forwards
         self._subs: dict[str, _Subscription] = {}
         #: A publish failed: the other nodes must rescan once we can publish.
         self._lost_publishes = False
@@ -229,12 +233,19 @@ class ClusterBus:
                 self.local.send_broadcast(
                     sender.decode(), self.prepare(payload), int(message_id)
                 )
+        elif self.forwards is not None and channel == self.forwards.channel:
+            self.forwards.message(data)
         elif channel == PRESENCE_CHANNEL:
             self.nodes.presence_message(data)
         elif channel == RESCAN_CHANNEL:
             if data != self._origin:
                 self.log.info("node {node} asked for a rescan", node=data.decode())
                 self._rescan_all()
+
+    def ask_elsewhere(self, user_id: str, content: str) -> Deferred | None:
+        if self.forwards is None:
+            return None
+        return self.forwards.ask(user_id, content)
 
     # -- recovery --------------------------------------------------------------
 

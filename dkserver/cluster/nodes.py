@@ -184,6 +184,12 @@ class NodeRegistry(Service):
     def remote_users(self) -> Iterable[str]:
         return self._remote.keys()
 
+    def nodes_of(self, user_id: str) -> list[str]:
+        """The other nodes where ``user_id`` is online."""
+        if user_id not in self._remote:
+            return []
+        return sorted(n for n, m in self._mirrors.items() if user_id in m.users)
+
     # -- our presence ----------------------------------------------------------
 
     def user_online(self, user_id: str) -> None:

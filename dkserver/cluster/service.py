@@ -13,6 +13,7 @@ from typing import Any
 from twisted.application.service import MultiService
 
 from dkserver.cluster.bus import ClusterBus
+from dkserver.cluster.forward import NodeForwards
 from dkserver.cluster.nodes import NodeRegistry
 from dkserver.cluster.redis import RedisService
 from dkserver.config import Config
@@ -37,8 +38,17 @@ class Cluster(MultiService):
         self.nodes = NodeRegistry(
             self.redis, config.node_id, reactor, local.online_users
         )
+        self.forwards = NodeForwards(
+            config.node_id, self.redis, self.nodes, reactor, config.forward_timeout
+        )
         self.bus = ClusterBus(
-            config.node_id, self.redis, self.nodes, reactor, prepare, local=local
+            config.node_id,
+            self.redis,
+            self.nodes,
+            reactor,
+            prepare,
+            local=local,
+            forwards=self.forwards,
         )
         self.redis.setServiceParent(self)
         self.nodes.setServiceParent(self)

@@ -45,6 +45,10 @@ class LiveBus(Protocol):
 
     def send_broadcast(self, from_user: str, frame: Any, message_id: int) -> int: ...
 
+    def ask_elsewhere(self, user_id: str, content: str) -> Any:
+        """None, or a Deferred of the answer content of a forward request
+        sent to the user's connections in another process."""
+
 
 class LocalBus:
     """Connections of this process, by user id (a user may have several)."""
@@ -76,6 +80,9 @@ class LocalBus:
 
     def when_live(self, user_id: str) -> None:
         return None  # one process: delivery is live as soon as add() returns
+
+    def ask_elsewhere(self, user_id: str, content: str) -> None:
+        return None  # one process: no other connections than ours
 
     def connections(self, user_id: str) -> tuple[Connection, ...]:
         return tuple(self._by_user.get(user_id, ()))

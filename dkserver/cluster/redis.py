@@ -123,6 +123,7 @@ class RedisService(Service):
         self._on_subscriber_lost: list[Callable[[], None]] = []
         self._ping_call = None
         self._ping_deadline = None
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -138,6 +139,7 @@ class RedisService(Service):
 
     def stopService(self) -> Deferred:
         super().stopService()
+        self._stopping = True
         self._stop_pings()
         return gatherResults(
             [
@@ -252,12 +254,14 @@ class RedisService(Service):
         if kind == "commands":
             if conn is self._command:
                 self._command = None
-                self.log.warn("Redis command connection lost; reconnecting")
+                if not self._stopping:
+                    self.log.warn("Redis command connection lost; reconnecting")
             return
         if conn is self._subscriber:
             self._subscriber = None
             self._stop_pings()
-            self.log.warn("Redis subscriber connection lost; reconnecting")
+            if not self._stopping:
+                self.log.warn("Redis subscriber connection lost; reconnecting")
             for hook in self._on_subscriber_lost:
                 _call(hook, "Redis subscriber-lost hook")
 

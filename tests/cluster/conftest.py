@@ -1,4 +1,4 @@
-"""One 3-node cluster per test module: real ``twistd dkserver`` processes
+"""One 3-node cluster for the cluster tests: real ``twistd dkserver`` processes
 on one private PostgreSQL database and one private Redis.
 
 Starting three nodes costs seconds, so a module's tests share them; each
@@ -18,7 +18,7 @@ from tests.support import redis as _redis
 from tests.support.cluster import Cluster
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster_redis():
     try:
         server = _redis.open_server()
@@ -30,14 +30,14 @@ def cluster_redis():
     server.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster_db(pg_server):
     name = pg_server.create_database(migrated=True)
     yield pg_server.url(name)
     pg_server.drop_database(name)
 
 
-@pytest_twisted.async_yield_fixture(scope="module")
+@pytest_twisted.async_yield_fixture(scope="session")
 async def shared_cluster(tmp_path_factory, cluster_db, cluster_redis):
     nodes = Cluster(
         tmp_path_factory.mktemp("cluster"), cluster_db, cluster_redis.url, size=3

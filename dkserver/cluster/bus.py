@@ -43,7 +43,7 @@ from twisted.logger import Logger
 
 from dkserver.cluster.forward import NodeForwards
 from dkserver.cluster.nodes import PRESENCE_CHANNEL, NodeRegistry
-from dkserver.cluster.redis import RedisService
+from dkserver.cluster.redis import RedisService, channel
 from dkserver.ws.sessions import Connection, LocalBus
 
 BROADCAST_CHANNEL = b"dk:bcast"
@@ -55,7 +55,7 @@ SUBSCRIBE_WAIT = 2.0
 
 
 def user_channel(user_id: str) -> bytes:
-    return USER_PREFIX + user_id.encode()
+    return channel(USER_PREFIX, user_id)
 
 
 class _Subscription:
@@ -103,8 +103,8 @@ class ClusterBus:
         # A node that died between a commit and its publish left messages
         # stored but never sent live: the survivors' users rescan.
         nodes.on_node_died(lambda node: self._rescan_all())
-        for channel in (BROADCAST_CHANNEL, RESCAN_CHANNEL, PRESENCE_CHANNEL):
-            redis.subscribe(channel)
+        for fixed in (BROADCAST_CHANNEL, RESCAN_CHANNEL, PRESENCE_CHANNEL):
+            redis.subscribe(fixed)
 
     # -- who is connected ------------------------------------------------------
 

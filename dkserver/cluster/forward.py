@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from dkserver.cluster.nodes import NodeRegistry
-from dkserver.cluster.redis import RedisService
+from dkserver.cluster.redis import RedisService, channel
 from dkserver.ws.forward import ForwardTimeout, NotConnected
 
 NODE_PREFIX = b"dk:node:"
@@ -35,7 +35,7 @@ FORWARD_MARGIN = 2.0
 
 
 def node_channel(node_id: str) -> bytes:
-    return NODE_PREFIX + node_id.encode()
+    return channel(NODE_PREFIX, node_id)
 
 
 class _Ask:

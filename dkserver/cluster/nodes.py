@@ -3,7 +3,9 @@
 Liveness: every HEARTBEAT_INTERVAL a node stamps itself into the ZSET
 ``dk:nodes`` with Redis's own clock (``TIME`` inside the script: one clock
 for the cluster).  The same script removes nodes whose stamp is older than
-NODE_EXPIRY, with their presence, so a node that dies (SIGKILL, a network
+NODE_EXPIRY, with their presence (unless its own stamp is that old too:
+then Redis was paused or this node frozen, and the others get a round to
+stamp again), so a node that dies (SIGKILL, a network
 cut, SIGSTOP) stops counting its users at most NODE_EXPIRY +
 HEARTBEAT_INTERVAL after its last heartbeat (the next survivor's heartbeat
 removes it; every node sees it gone by its own next heartbeat).  A node that
@@ -47,13 +49,18 @@ PRESENCE_CHANNEL = b"dk:presence"
 _HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf',
-  '(' .. (now - tonumber(ARGV[2])))
-for _, node in ipairs(dead) do
-  redis.call('ZREM', KEYS[1], node)
-  redis.call('DEL', ARGV[3] .. node)
-  redis.call('HDEL', KEYS[2], node)
+-- Our own stamp is stale too: Redis (or we) stood still, not the others;
+-- they get one round to stamp again before anyone is expired.
+if not mine or now - tonumber(mine) <= tonumber(ARGV[2]) then
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf',
+    '(' .. (now - tonumber(ARGV[2])))
+  for _, node in ipairs(dead) do
+    redis.call('ZREM', KEYS[1], node)
+    redis.call('DEL', ARGV[3] .. node)
+    redis.call('HDEL', KEYS[2], node)
+  end
 end
 local live = redis.call('ZRANGE', KEYS[1], 0, -1)
 local versions = redis.call('HMGET', KEYS[2], unpack(live))
@@ -225,7 +232,7 @@ class NodeRegistry(Service):
 
     async def _announce(self) -> None:
         self._dirty = False
-        self._epoch = os.urandom(6).hex()
+        self._epoch = "e" + os.urandom(6).hex()  # never reads as a number
         self._seq = 0
         users = list(self._local_users())
         try:
@@ -275,13 +282,18 @@ class NodeRegistry(Service):
             [self.node_id, int(self.expiry * 1000), PRESENCE_PREFIX],
         )
         self._last_beat = self.clock.seconds()
-        if int(added) or self._dirty:
-            await self._announce()
         others = {}
+        own_epoch = ""
         for node, version in zip(live, versions, strict=True):
             node = node.decode() if isinstance(node, bytes) else str(node)
-            if node != self.node_id:
+            if node == self.node_id:
+                own_epoch = _version(version)[0]
+            else:
                 others[node] = _version(version)
+        # Our set is gone or not ours (we were expired, Redis restarted; the
+        # reply that said so may have been lost with an aborted connection).
+        if int(added) or self._dirty or own_epoch != self._epoch:
+            await self._announce()
         for node in self._live - others.keys():
             self._node_gone(node)
         for node in others.keys() - self._live:

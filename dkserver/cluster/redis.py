@@ -55,6 +55,11 @@ def log_errors(d: Deferred, what: str) -> Deferred:
     return d
 
 
+def channel(prefix: bytes, name: str) -> bytes:
+    """``dk:u:<user>``, ``dk:node:<node>``: a channel named after something."""
+    return prefix + name.encode()
+
+
 class _Factory(txredisapi.RedisFactory):
     """A one-connection txredisapi pool that tells its owner when the
     connection becomes usable and when it is gone."""

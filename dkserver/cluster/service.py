@@ -26,7 +26,8 @@ class Cluster(MultiService):
     Started with the root service; stopped by it after the WebSockets are
     closed (so the node's users go offline at once) and before the database.
     Other cluster parts (shared limits, analytics) take ``redis.commands``, a
-    txredisapi connection, and ``nodes.on_node_died``.
+    txredisapi connection (bulk replies stay strings: ``convertNumbers`` is
+    off, integer replies are ints), and ``nodes.on_node_died``.
     """
 
     def __init__(self, config: Config, reactor: Any, prepare: Callable[[bytes], Any]):

@@ -13,6 +13,7 @@ import os
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 
 from tests.support import redis as _redis
 from tests.support.cluster import Cluster
@@ -37,17 +38,19 @@ def cluster_db(pg_server):
     pg_server.drop_database(name)
 
 
-@pytest_twisted.async_yield_fixture(scope="session")
-async def shared_cluster(tmp_path_factory, cluster_db, cluster_redis):
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory, cluster_db, cluster_redis):
+    # pytest-twisted has no session-scoped async fixtures: block on the
+    # reactor instead (it runs the cluster's start and stop).
     nodes = Cluster(
         tmp_path_factory.mktemp("cluster"), cluster_db, cluster_redis.url, size=3
     )
     nodes.redis_server = cluster_redis
     try:
-        await nodes.start()
+        pytest_twisted.blockon(Deferred.fromCoroutine(nodes.start()))
         yield nodes
     finally:
-        await nodes.stop()
+        pytest_twisted.blockon(Deferred.fromCoroutine(nodes.stop()))
 
 
 @pytest_twisted.async_yield_fixture

@@ -141,3 +141,31 @@ async def test_dropped_subscriber_connections_resubscribe(cluster):
     assert len(received) == 10
     alice_ws.close()
     bob_ws.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_paused_redis_declares_no_node_dead_and_loses_nothing(cluster):
+    """SIGSTOP on Redis longer than the node expiry: every stamp is stale
+    when it resumes, which is Redis's pause, not the nodes' death."""
+    alice, alice_ws, bob, bob_ws, _ = await pair(cluster, 0, 2)
+    logs_before = [len(node.log_text()) for node in cluster.nodes]
+    cluster.redis_server.pause()
+    try:
+        for i in range(3):
+            send(alice_ws, alice, bob, f"while paused {i}")
+        await wait_for(lambda: len(stored(cluster, alice, bob)) == 3, "stored", 10)
+        await sleep(5.5)  # past NODE_EXPIRY
+    finally:
+        cluster.redis_server.resume()
+    received: dict[int, dict] = {}
+    await wait_all_received(bob_ws, received, cluster, alice, bob, "after resume")
+
+    async def both_online_on_1() -> bool:
+        online, _ = await cluster.active_users(1)
+        return {alice.user_id, bob.user_id} <= online
+
+    await wait_for(both_online_on_1, "presence back", 15)
+    for node, start in zip(cluster.nodes, logs_before, strict=True):
+        assert "is gone" not in node.log_text()[start:], node.node_id
+    alice_ws.close()
+    bob_ws.close()

@@ -4,39 +4,12 @@ answer; a target node that dies mid-request gives a prompt error."""
 
 from __future__ import annotations
 
-import json
-
 import pytest_twisted
-from twisted.internet import defer
 
-from tests.support.client import Identity, post_json, register_and_login
+from tests.e2e.test_forward_api import answer_frame, ask, query_of
+from tests.support.client import Identity, register_and_login
 from tests.support.waiting import wait_for
 from tests.support.ws import connect
-
-
-def ask(server, token: str, query: str) -> defer.Deferred:
-    return defer.ensureDeferred(
-        post_json(
-            server,
-            "/direct-message/",
-            {"type": "forward", "query": query},
-            {"Authorization": f"Bearer {token}"},
-        )
-    )
-
-
-def answer_frame(user_id: str, answer: str) -> dict:
-    inner = json.dumps({"type": "forward_response", "message": answer})
-    return {
-        "to": user_id,
-        "content": json.dumps({"type": "forward_response", "message": inner}),
-        "is_forward_message": True,
-    }
-
-
-def query_of(frame: dict) -> str:
-    assert frame["is_forward_message"] is True, frame
-    return json.loads(json.loads(frame["content"])["message"])["message"]
 
 
 async def agent_on(cluster, index: int):
@@ -62,9 +35,9 @@ async def test_forward_request_at_one_node_is_answered_by_the_agent_on_another(
 ):
     ident, token, agent = await agent_on(cluster, 1)
     for node in (0, 2):
-        pending = ask(cluster[node], token, f"what time is it, node {node}?")
-        frame = await agent.recv()
-        assert query_of(frame) == f"what time is it, node {node}?"
+        question = f"what time is it, node {node}?"
+        pending = ask(cluster[node], token, {"type": "forward", "query": question})
+        assert query_of(await agent.recv(), ident.user_id) == question
         agent.send_json(answer_frame(ident.user_id, f"noon at {node}"))
         code, body = await pending
         assert (code, body) == (200, {"success": True, "answer": f"noon at {node}"})
@@ -74,7 +47,7 @@ async def test_forward_request_at_one_node_is_answered_by_the_agent_on_another(
 @pytest_twisted.ensureDeferred
 async def test_forward_to_a_node_that_dies_mid_request_fails_promptly(cluster):
     _, token, agent = await agent_on(cluster, 2)
-    pending = ask(cluster[0], token, "still there?")
+    pending = ask(cluster[0], token, {"type": "forward", "query": "still there?"})
     await agent.recv()  # asked on node 2, which dies before answering
     cluster.nodes[2].kill()
     code, body = await pending
@@ -82,5 +55,5 @@ async def test_forward_to_a_node_that_dies_mid_request_fails_promptly(cluster):
     # the forward timeout (30 s).
     assert code == 404, (code, body)
     # A new request finds nobody to ask at once.
-    code, _ = await ask(cluster[1], token, "anyone?")
+    code, _ = await ask(cluster[1], token, {"type": "forward", "query": "anyone?"})
     assert code == 404

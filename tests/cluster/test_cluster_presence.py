@@ -59,13 +59,17 @@ async def test_active_users_are_the_same_on_every_node(cluster):
     alice_ws.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_users_of_a_killed_node_go_offline_within_the_bound(cluster):
+async def alice_on_0_and_carol_on_2(cluster):
     u, tokens = await users(cluster, "alice", "carol")
     alice_ws = await connect(cluster[0], tokens["alice"])
     carol_ws = await connect(cluster[2], tokens["carol"])
     await online_everywhere(cluster, range(3), u, {"alice", "carol"}, "both online")
+    return u, alice_ws, carol_ws
 
+
+@pytest_twisted.ensureDeferred
+async def test_users_of_a_killed_node_go_offline_within_the_bound(cluster):
+    u, alice_ws, carol_ws = await alice_on_0_and_carol_on_2(cluster)
     cluster.nodes[2].kill()
     killed = time.monotonic()
     await online_everywhere(cluster, (0, 1), u, {"alice"}, "carol offline (SIGKILL)")
@@ -76,11 +80,7 @@ async def test_users_of_a_killed_node_go_offline_within_the_bound(cluster):
 
 @pytest_twisted.ensureDeferred
 async def test_a_frozen_node_drops_out_and_announces_itself_when_it_wakes(cluster):
-    u, tokens = await users(cluster, "alice", "carol")
-    alice_ws = await connect(cluster[0], tokens["alice"])
-    carol_ws = await connect(cluster[2], tokens["carol"])
-    await online_everywhere(cluster, range(3), u, {"alice", "carol"}, "both online")
-
+    u, alice_ws, carol_ws = await alice_on_0_and_carol_on_2(cluster)
     cluster.nodes[2].freeze()
     frozen = time.monotonic()
     await online_everywhere(cluster, (0, 1), u, {"alice"}, "carol offline (SIGSTOP)")

@@ -175,6 +175,8 @@ class DkServerProtocol(WebSocketServerProtocol):
         live = self.hub.bus.when_live(self.user_id)
         if live is not None:
             await live  # subscribed before the scan: nothing falls between
+            if self._gone:
+                return
         sent = 0
         async for message, ack in self.hub.backlog_pages(self.user_id):
             if self._gone:

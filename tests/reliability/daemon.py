@@ -72,8 +72,8 @@ class Daemon:
         ``extra_args`` follow the others on the command line."""
         self.dir = Path(directory)
         self.port = free_port()
-        self.db = self.dir / "dk.db"
-        self.db_arg = str(self.db) if db is None else db
+        #: A Path (SQLite, the default) or a PostgreSQL URL.
+        self.db = self.dir / "dk.db" if db is None else db
         self.extra_args = tuple(extra_args)
         self.cert = self.dir / "server.pem"
         self.key = self.dir / "server.key"
@@ -114,7 +114,7 @@ class Daemon:
                     "--http",
                     "none",
                     "--db",
-                    self.db_arg,
+                    str(self.db),
                     "--cert",
                     str(self.cert),
                     "--key",

@@ -24,6 +24,7 @@ from dkserver.auth.secret import SecretError, load_or_create_secret
 from dkserver.auth.tokens import TokenIssuer
 from dkserver.cluster.analytics import DeadNodeSessions
 from dkserver.cluster.secret import database_secret
+from dkserver.cluster.service import build_cluster
 from dkserver.config import Config, endpoint_description
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
@@ -109,7 +110,11 @@ class DkService(MultiService):
             self.metrics,
         )
         self.writer = GroupWriter(self.store.pool, reactor, node_id=config.node_id)
-        self.bus = LocalBus()
+        # The one place a cluster is chosen: with --redis the bus is Redis's.
+        self.cluster = build_cluster(
+            config, reactor, lambda payload: self.hub.prepare(payload)
+        )
+        self.bus = LocalBus() if self.cluster is None else self.cluster.bus
         self.message_limits = BucketRegistry(
             config.message_rate, config.message_burst, reactor
         )
@@ -126,11 +131,13 @@ class DkService(MultiService):
         #: Whose sessions this process closes when it starts and stops: in a
         #: cluster its own (and those written before nodes were recorded);
         #: a single process every session, whatever node id it had before.
-        self.session_owner = config.node_id if config.redis is not None else None
+        self.session_owner = None if self.cluster is None else config.node_id
         #: For the node registry: a dead node's sessions are closed here.
         self.dead_node_sessions = DeadNodeSessions(
             self.store.analytics, config.node_id, self.hub.time_ns
         )
+        if self.cluster is not None:
+            self.cluster.nodes.on_node_died(self.dead_node_sessions.node_died)
         self.ws_factory = DkWebSocketFactory(config, self.hub, reactor)
         self.write_limits = BucketRegistry(
             config.write_rate, config.write_burst, reactor
@@ -197,6 +204,9 @@ class DkService(MultiService):
             "challenge-prune", 10.0, self.challenges.prune, reactor
         ).setServiceParent(self.timers)
         self.timers.setServiceParent(self)
+        if self.cluster is not None:
+            self.cluster.forwards.serve = self.hub.answer_for_node
+            self.cluster.setServiceParent(self)
 
     def startService(self) -> None:
         self._started_ns = self.hub.time_ns()
@@ -274,6 +284,8 @@ class DkService(MultiService):
             if listener is not None and listener.running:
                 await listener.stopService()
         await self._close_websockets()
+        if self.cluster is not None:
+            await self.cluster.stop()  # leave the cluster: our users go offline
         # Frames read before the close are stored before the database closes.
         if not await self._wait_until(
             lambda: not self.hub.unhandled_frames, self.config.shutdown_grace

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 import pytest_twisted
 
 from tests.support.client import Identity, register_and_login
@@ -74,6 +75,22 @@ async def test_users_of_a_killed_node_go_offline_within_the_bound(cluster):
     killed = time.monotonic()
     await online_everywhere(cluster, (0, 1), u, {"alice"}, "carol offline (SIGKILL)")
     print(f"presence expiry after SIGKILL: {time.monotonic() - killed:.2f} s")
+
+    # The survivors close the dead node's session rows (analytics), and only
+    # those: alice's session on a live node stays open.
+    def open_sessions() -> dict[str, str]:
+        with psycopg.connect(cluster.pg_url) as conn:
+            rows = conn.execute(
+                "SELECT user_id, node_id FROM sessions WHERE end_time IS NULL"
+                " AND user_id = ANY(%s)",
+                ([u["alice"], u["carol"]],),
+            ).fetchall()
+        return dict(rows)
+
+    async def carol_closed() -> bool:
+        return open_sessions() == {u["alice"]: "n0"}
+
+    await wait_for(carol_closed, "the dead node's session closed", 15)
     alice_ws.close()
     await carol_ws.wait_closed()  # the node is gone
 

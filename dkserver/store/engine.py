@@ -35,6 +35,11 @@ def encode_content(text: str) -> str:
     return ESCAPED + text.replace(ESCAPED, ESCAPED * 2).replace("\0", ESCAPED + "0")
 
 
+#: The columns PostgreSQL stores through `encode_content`, per table: what a
+#: copy into PostgreSQL (``port-db``) must encode and a reader decode.
+ESCAPED_COLUMNS: dict[str, tuple[str, ...]] = {"messages": ("content",)}
+
+
 def decode_content(stored: str) -> str:
     if not stored.startswith(ESCAPED):
         return stored

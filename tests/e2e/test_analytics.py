@@ -25,7 +25,7 @@ from tests.support.client import (
     register_and_login,
 )
 from tests.support.db import db_rows as support_db_rows
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.server import start_server, stop_server
 from tests.support.waiting import sleep
 from tests.support.ws import (
     broadcast_frame,
@@ -63,8 +63,8 @@ def utc_hour() -> int:
 
 
 @pytest_twisted.async_yield_fixture
-async def admin_server(tmp_path):
-    running = await start_server(make_config(tmp_path, admin_users=frozenset({"root"})))
+async def admin_server(backend_config):
+    running = await start_server(backend_config(admin_users=frozenset({"root"})))
     yield running
     await stop_server(running)
 
@@ -299,11 +299,9 @@ async def scrape(server) -> str:
 
 
 @pytest_twisted.ensureDeferred
-async def test_metrics_count_connections_messages_and_refusals(tmp_path):
+async def test_metrics_count_connections_messages_and_refusals(backend_config):
     # Small burst, negligible refill: the sixth frame in a row is rate-limited.
-    server = await start_server(
-        make_config(tmp_path, message_burst=5, message_rate=0.01)
-    )
+    server = await start_server(backend_config(message_burst=5, message_rate=0.01))
     try:
         text = await scrape(server)
         for name in (

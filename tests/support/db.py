@@ -9,6 +9,24 @@ import psycopg
 
 from dkserver.store.engine import PostgresEngine, encode_content
 
+_ENGINE = PostgresEngine()
+
+#: Open autocommit connections by conninfo, newest last: tests poll db_rows
+#: in loops, and a PostgreSQL connection costs a server process and a SCRAM
+#: exchange, far more than opening a SQLite file.
+_PG_CONNECTIONS: dict[str, psycopg.Connection] = {}
+_PG_KEEP = 4
+
+
+def _pg_connection(conninfo: str) -> psycopg.Connection:
+    conn = _PG_CONNECTIONS.pop(conninfo, None)
+    if conn is None or conn.closed or conn.broken:
+        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
+    _PG_CONNECTIONS[conninfo] = conn
+    while len(_PG_CONNECTIONS) > _PG_KEEP:  # the databases of finished tests
+        _PG_CONNECTIONS.pop(next(iter(_PG_CONNECTIONS))).close()
+    return conn
+
 
 def db_rows(server, sql: str, *params) -> list[tuple]:
     """Rows of ``sql`` (``?`` placeholders) on the database of ``server`` (a
@@ -17,9 +35,8 @@ def db_rows(server, sql: str, *params) -> list[tuple]:
     config = getattr(server, "config", server)
     database = config.database
     if database.is_postgresql:
-        with psycopg.connect(database.conninfo) as conn:
-            cur = conn.execute(PostgresEngine().sql(sql), params)
-            return cur.fetchall() if cur.description is not None else []
+        cur = _pg_connection(database.conninfo).execute(_ENGINE.sql(sql), params)
+        return cur.fetchall() if cur.description is not None else []
     uri = Path(config.db_path).resolve().as_uri() + "?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=5)
     try:

@@ -85,6 +85,11 @@ class Sqlite3Engine:
         """Free text as this backend stores it (SQLite: as it is)."""
         return text
 
+    def can_hold(self, key: str) -> bool:
+        """Whether a key column may hold ``key``; a lookup of one it cannot
+        finds nothing (rather than failing)."""
+        return True
+
     def read_text(self, stored: Any) -> Any:
         """Stored free text as it was written (see `store_text`)."""
         return stored
@@ -151,6 +156,9 @@ class PostgresEngine:
     def store_text(self, text: str) -> str:
         """Free text escaped where it holds U+0000 (see `encode_content`)."""
         return encode_content(text)
+
+    def can_hold(self, key: str) -> bool:
+        return "\0" not in key  # PostgreSQL would refuse the parameter
 
     def read_text(self, stored: Any) -> Any:
         return decode_content(stored) if isinstance(stored, str) else stored

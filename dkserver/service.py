@@ -20,12 +20,15 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from dkserver.auth.challenges import ChallengeStore
 from dkserver.auth.handler import AuthHandler
-from dkserver.auth.secret import load_or_create_secret
+from dkserver.auth.secret import SecretError, load_or_create_secret
 from dkserver.auth.tokens import TokenIssuer
+from dkserver.cluster.analytics import DeadNodeSessions
+from dkserver.cluster.secret import database_secret
 from dkserver.config import Config, endpoint_description
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
 from dkserver.periodic import periodic_service
+from dkserver.proxyproto import ProxyProtocolEndpoint
 from dkserver.ratelimit import BucketRegistry, make_refill_service
 from dkserver.store import Store
 from dkserver.store.writer import GroupWriter
@@ -68,13 +71,18 @@ class DkService(MultiService):
         self.setName("dkserver")
         self.config = config
         self.reactor = reactor
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.node_id)
 
-        secret, warnings = load_or_create_secret(
-            config.jwt_secret, config.jwt_secret_path
-        )
-        for warning in warnings:
-            self.log.warn("{warning}", warning=warning)
+        #: None while the secret is still to be read from the database
+        #: (`_migrate`); the auth handler holds requests until then.
+        self.tokens: TokenIssuer | None = None
+        if not config.secret_in_database:
+            secret, warnings = load_or_create_secret(
+                config.jwt_secret, config.jwt_secret_path
+            )
+            for warning in warnings:
+                self.log.warn("{warning}", warning=warning)
+            self.tokens = TokenIssuer(secret, reactor)
         context = load_context_factory(config.cert_path, config.key_path)
 
         self.store = Store.create(
@@ -86,7 +94,6 @@ class DkService(MultiService):
             connect_timeout=config.db_connect_timeout,
         )
         self.challenges = ChallengeStore(reactor, ttl=config.challenge_ttl)
-        self.tokens = TokenIssuer(secret, reactor)
         self.login_ip_limits = BucketRegistry(
             config.login_rate, config.login_burst, reactor
         )
@@ -101,7 +108,7 @@ class DkService(MultiService):
             self.login_user_limits,
             self.metrics,
         )
-        self.writer = GroupWriter(self.store.pool, reactor)
+        self.writer = GroupWriter(self.store.pool, reactor, node_id=config.node_id)
         self.bus = LocalBus()
         self.message_limits = BucketRegistry(
             config.message_rate, config.message_burst, reactor
@@ -115,6 +122,14 @@ class DkService(MultiService):
             self.forward,
             self.metrics,
             reactor,
+        )
+        #: Whose sessions this process closes when it starts and stops: in a
+        #: cluster its own (and those written before nodes were recorded);
+        #: a single process every session, whatever node id it had before.
+        self.session_owner = config.node_id if config.redis is not None else None
+        #: For the node registry: a dead node's sessions are closed here.
+        self.dead_node_sessions = DeadNodeSessions(
+            self.store.analytics, config.node_id, self.hub.time_ns
         )
         self.ws_factory = DkWebSocketFactory(config, self.hub, reactor)
         self.write_limits = BucketRegistry(
@@ -143,6 +158,13 @@ class DkService(MultiService):
         https_endpoint = serverFromString(
             reactor, endpoint_description("https", config.https)
         )
+        if config.proxy_protocol:
+            # The header comes before the TLS bytes: the outermost layer.
+            https_endpoint = ProxyProtocolEndpoint(https_endpoint)
+            self.log.info(
+                "https expects a PROXY protocol header on every connection "
+                "(DK_PROXY_PROTOCOL): reachable from the load balancer only"
+            )
         self.https = ListeningService(
             "https", https_endpoint, TLSMemoryBIOFactory(context, False, self.site)
         )
@@ -184,16 +206,26 @@ class DkService(MultiService):
 
     async def _migrate(self) -> None:
         await self.store.migrate()
+        if self.tokens is None:
+            self.tokens = TokenIssuer(
+                await database_secret(self.store.settings), self.reactor
+            )
+            self.auth.use_tokens(self.tokens)
         # Sessions a crash left open end now (their duration is an upper bound).
         closed = await self.store.analytics.end_open_sessions(
-            self.hub.time_ns(), started_before_ns=self._started_ns
+            self.hub.time_ns(),
+            started_before_ns=self._started_ns,
+            node_id=self.session_owner,
         )
         if closed:
             self.log.info("closed {count} sessions left open", count=closed)
         self.log.info("database {path} ready", path=self.config.database.redacted)
 
     def _fatal(self, failure) -> None:
-        self.log.failure("cannot open the database; stopping", failure)
+        if failure.check(SecretError):
+            self.log.error("{error}; stopping", error=str(failure.value))
+        else:
+            self.log.failure("cannot open the database; stopping", failure)
         if self.reactor.running:
             self.reactor.stop()
 
@@ -255,6 +287,8 @@ class DkService(MultiService):
             self.log.warn("{count} requests still running at shutdown", count=left)
         await self.timers.stopService()
         await self.writer.close()
-        await self.store.analytics.end_open_sessions(self.hub.time_ns())
+        await self.store.analytics.end_open_sessions(
+            self.hub.time_ns(), node_id=self.session_owner
+        )
         await self.store.close()
         self.log.info("shutdown complete")

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from dkserver.auth.handler import AuthHandler
 from dkserver.config import Config
 from dkserver.metrics import CONTENT_TYPE_LATEST, Metrics
+from dkserver.peers import peer_host
 from dkserver.ratelimit import BucketRegistry
 from dkserver.store import Store, TooManyApis
 from dkserver.web import documents, trackers
@@ -41,8 +42,7 @@ from dkserver.ws.upgrade import UpgradeResource, check_origin
 
 
 def client_ip(request: IRequest) -> str:
-    address = request.getClientAddress()
-    return getattr(address, "host", None) or "unknown"
+    return peer_host(request.getClientAddress())
 
 
 def bearer_token(request: IRequest) -> str | None:
@@ -274,9 +274,13 @@ class DkApp:
         user_id = await self.authenticated_user(request)
         if user_id not in self.config.admin_users:
             raise ApiError(403, "Administrators only")
+        # From the shared database: the same on every node of a cluster.
         stats = await self.store.analytics.stats(self.hub.time_ns())
+        stats["node"] = self.config.node_id
         stats["live"] = {
+            # this process's connections
             "connections": self.hub.bus.connection_count(),
+            # the bus's view: the whole cluster's once it is the cluster bus
             "online_users": len(self.hub.bus.online_users()),
         }
         return json_response(request, stats)

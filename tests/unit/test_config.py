@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from twisted.python import usage
 
-from dkserver.config import ConfigError, endpoint_description, from_sources
+from dkserver.config import (
+    ConfigError,
+    endpoint_description,
+    from_sources,
+    state_directory,
+)
 from dkserver.tap import Options
 
 
@@ -163,7 +168,6 @@ def test_sqlite_keeps_its_secret_beside_the_file():
     ("options", "environ", "key"),
     [
         ({"db": "mysql://x/y"}, {}, "DK_DB"),
-        ({"db": "postgresql://u@h/db"}, {}, "DK_JWT_SECRET_FILE"),
         ({}, {"DK_DB_POOL_SIZE": "0"}, "DK_DB_POOL_SIZE"),
         ({}, {"DK_DB_STATEMENT_TIMEOUT": "soon"}, "DK_DB_STATEMENT_TIMEOUT"),
         ({}, {"DK_DB_CONNECT_TIMEOUT": "-1"}, "DK_DB_CONNECT_TIMEOUT"),
@@ -178,3 +182,77 @@ def test_bad_database_settings_name_the_key(options, environ, key):
 def test_jwt_secret_alone_is_enough_on_postgresql():
     config = from_sources({"db": "postgresql://u@h/db"}, {"JWT_SECRET": "x" * 32})
     assert config.jwt_secret_path == ""
+    assert not config.secret_in_database
+
+
+def test_postgresql_without_a_secret_setting_keeps_it_in_the_database():
+    config = from_sources(
+        {"db": "postgresql://u@h/db"}, {"XDG_CACHE_HOME": "/home/dk/.cache"}
+    )
+    assert config.secret_in_database
+    assert config.jwt_secret_path == ""
+    # the client build goes to the cache directory, never the working directory
+    assert config.client_path == "/home/dk/.cache/dkserver/dk.pyz"
+
+
+def test_postgresql_secret_file_still_holds_the_secret_and_places_the_build():
+    config = from_sources(
+        {"db": "postgresql://u@h/db"}, {"DK_JWT_SECRET_FILE": "/etc/dk/jwt"}
+    )
+    assert not config.secret_in_database
+    assert config.client_path == "/etc/dk/dk.pyz"
+
+
+def test_sqlite_never_keeps_its_secret_in_the_database():
+    config = from_sources({"db": "/var/lib/dk.db"}, {"XDG_CACHE_HOME": "/c"})
+    assert not config.secret_in_database
+    assert config.client_path == "/var/lib/dk.pyz"
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        (
+            {"CACHE_DIRECTORY": "/var/cache/dkserver:/x", "HOME": "/h"},
+            "/var/cache/dkserver",
+        ),
+        (
+            {"STATE_DIRECTORY": "/var/lib/dkserver", "XDG_CACHE_HOME": "/c"},
+            "/var/lib/dkserver",
+        ),
+        ({"XDG_CACHE_HOME": "/c", "HOME": "/h"}, "/c/dkserver"),
+        # relative values are not directories the specifications allow
+        (
+            {"XDG_CACHE_HOME": "cache", "STATE_DIRECTORY": "s", "HOME": "/h"},
+            "/h/.cache/dkserver",
+        ),
+    ],
+)
+def test_state_directory_follows_systemd_then_xdg(environ, expected):
+    assert state_directory(environ) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "argv", "expected"),
+    [
+        ({}, [], False),
+        ({"DK_PROXY_PROTOCOL": "1"}, [], True),
+        ({"DK_PROXY_PROTOCOL": "yes"}, [], True),
+        ({"DK_PROXY_PROTOCOL": "off"}, [], False),
+        ({"DK_PROXY_PROTOCOL": "0"}, ["--proxy-protocol"], True),
+        ({}, ["--proxy-protocol"], True),
+    ],
+)
+def test_proxy_protocol_from_environment_or_flag(monkeypatch, environ, argv, expected):
+    monkeypatch.delenv("DK_PROXY_PROTOCOL", raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    options = Options()
+    options.parseOptions(argv)
+    assert options.config.proxy_protocol is expected
+
+
+def test_proxy_protocol_typo_is_a_one_line_usage_error(monkeypatch):
+    monkeypatch.setenv("DK_PROXY_PROTOCOL", "maybe")
+    with pytest.raises(usage.UsageError, match=r"^DK_PROXY_PROTOCOL: must be 1/"):
+        Options().parseOptions([])

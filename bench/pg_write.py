@@ -267,7 +267,7 @@ def run_sqlite(
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA synchronous={synchronous}")
-        schema._migrate(conn)
+        schema.migrate_connection(conn)
         conn.execute(
             "INSERT INTO users (user_id, username, public_key, registered_ns)"
             " VALUES ('alice', 'alice', 'k', 0), ('bob', 'bob', 'k', 0)"

@@ -13,6 +13,9 @@ decoys must be untouched and the checkout must hold no state the tests made.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
 import shutil
 import tempfile
@@ -23,6 +26,7 @@ import pytest_twisted
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
+from dkserver.admin import port_db
 from tests.support import postgres as _pg
 from tests.support import redis as _redis
 from tests.support.server import make_config, start_server, stop_server
@@ -136,6 +140,46 @@ def db_target(backend, tmp_path, request) -> str:
     return str(tmp_path / "dk.db")
 
 
+@pytest.fixture
+def backend_config(tmp_path, db_target):
+    """``make_config`` on the test's backend: ``backend_config(**overrides)``,
+    for a test that starts (and restarts) its own server."""
+    return functools.partial(make_config, tmp_path, db_target)
+
+
+@pytest.fixture
+def from_sqlite_file(backend, request):
+    """``from_sqlite_file(path)``: the ``--db`` of a server that holds what the
+    SQLite file at ``path`` (one the original server wrote, say) holds: the
+    file itself, which dkserver upgrades in place, or on PostgreSQL a fresh
+    database that ``dkserver port-db`` filled from it, as an operator would."""
+
+    def target(path) -> str:
+        if backend != "postgresql":
+            return str(path)
+        url = request.getfixturevalue("pg_empty_url")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            rc = port_db.main([str(path), url])
+        assert rc == 0, out.getvalue()
+        return url
+
+    return target
+
+
+@pytest.fixture(scope="module")
+def module_db_target(backend, tmp_path_factory, request):
+    """``db_target`` for a module-scoped server: one database per module and
+    backend."""
+    if backend != "postgresql":
+        yield str(tmp_path_factory.mktemp("db") / "dk.db")
+        return
+    pg_server = request.getfixturevalue("pg_server")
+    name = pg_server.create_database(migrated=True)
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
 @pytest_twisted.async_yield_fixture
 async def server(tmp_path, db_target):
     running = await start_server(make_config(tmp_path, db=db_target))
@@ -232,12 +276,14 @@ def pytest_terminal_summary(terminalreporter):
 # --- Backends ---------------------------------------------------------------
 # ``backend`` is "sqlite" unless the test is in tests/store or marked
 # ``both_backends`` (the end-to-end modules that exercise storage): those run
-# once per backend, or on the one ``--backend`` names.
+# once per backend, or on the one ``--backend`` names.  The parameter is
+# module-scoped, so a module-scoped server (``module_db_target``) serves all
+# of a module's tests on one backend, then on the other.
 
 BACKENDS = ("sqlite", "postgresql")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def backend() -> str:
     return "sqlite"
 
@@ -267,4 +313,4 @@ def pytest_generate_tests(metafunc):
     if metafunc.definition.get_closest_marker("sqlite_only"):
         backends = tuple(b for b in backends if b == "sqlite")
     # An empty list makes pytest report the test as skipped, with the reason.
-    metafunc.parametrize("backend", backends)
+    metafunc.parametrize("backend", backends, scope="module")

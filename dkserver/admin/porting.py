@@ -10,9 +10,14 @@ That needs the target to hold nothing but a prefix of this source, which
 Values are copied as they are: text columns are read as SQLite text (the
 exact bytes, so timestamps like ``2026-11-26 01:45:42.123456789-03:00`` stay
 byte for byte), integers as integers; ids are kept and the sequences are
-moved past them afterwards.  The verification compares, per table, the row
-count, the last key and a SHA-256 over every row in key order, computed on
-both sides from the same column lists.
+moved past them afterwards.  The one exception is the columns dkserver
+stores escaped on PostgreSQL (``engine.ESCAPED_COLUMNS``: message content,
+which may hold U+0000): they are written through ``encode_content``, as the
+server writes them, and read back through ``decode_content``, so every
+comparison (resume check and verification) is between the source's text and
+the text the server will serve.  The verification compares, per table, the
+row count, the last key and a SHA-256 over every row in key order, computed
+on both sides from the same column lists.
 
 Blocking calls are fine here: this runs as a command, never in the reactor.
 """
@@ -29,6 +34,7 @@ import psycopg
 from psycopg import sql
 
 from dkserver.store import pg_schema
+from dkserver.store.engine import ESCAPED_COLUMNS, decode_content, encode_content
 
 from .errors import AdminError, CopyFailed, VerificationFailed
 from .tables import TABLES, Table
@@ -70,6 +76,15 @@ class Port:
         self.out = out
         self.source_sequences = source_sequences or {}
         self.columns = {t.name: self._columns(t) for t in TABLES}
+        #: Per table, the positions of the columns stored escaped.
+        self.escaped = {
+            t.name: [
+                i
+                for i, (name, _) in enumerate(self.columns[t.name])
+                if name in ESCAPED_COLUMNS.get(t.name, ())
+            ]
+            for t in TABLES
+        }
 
     # -- columns ---------------------------------------------------------
 
@@ -98,6 +113,14 @@ class Port:
                 f"only in PostgreSQL: {', '.join(only_target) or '-'})"
             )
         return target
+
+    def _encoded(self, table: Table, row: Sequence[Any]) -> Sequence[Any]:
+        """``row`` as the server stores it in PostgreSQL."""
+        return _recode(row, self.escaped[table.name], encode_content)
+
+    def _decoded(self, table: Table, row: Sequence[Any]) -> tuple:
+        """A PostgreSQL ``row`` as the server reads it (the source's form)."""
+        return tuple(_recode(row, self.escaped[table.name], decode_content))
 
     def _key_index(self, table: Table) -> list[int]:
         names = [name for name, _ in self.columns[table.name]]
@@ -165,7 +188,8 @@ class Port:
             sql.Identifier(table.name),
             self._pg_order(table, desc=True),
         )
-        return self.target.execute(query).fetchone()
+        row = self.target.execute(query).fetchone()
+        return None if row is None else self._decoded(table, row)
 
     # -- the port --------------------------------------------------------
 
@@ -269,7 +293,7 @@ class Port:
                 with self.target.transaction(), self.target.cursor() as cur:
                     with cur.copy(copy_sql) as copy:
                         for row in rows:
-                            copy.write_row(row)
+                            copy.write_row(self._encoded(table, row))
             except psycopg.Error as e:
                 raise CopyFailed(
                     f"copying {table.name} stopped after {copied} new rows "
@@ -290,14 +314,7 @@ class Port:
     def reset_sequences(self) -> dict[str, int]:
         """Move each id sequence past both the highest id copied and the
         highest SQLite ever handed out, so no id is ever reused."""
-        next_ids: dict[str, int] = {}
-        for name in pg_schema.SEQUENCED_TABLES:
-            query = sql.SQL(
-                "SELECT setval(pg_get_serial_sequence(%s, 'id'),"
-                " GREATEST(COALESCE((SELECT MAX(id) FROM {}), 0), %s) + 1, false)"
-            ).format(sql.Identifier(name))
-            floor = int(self.source_sequences.get(name) or 0)
-            next_ids[name] = self.target.execute(query, (name, floor)).fetchone()[0]
+        next_ids = pg_schema.reset_sequences(self.target, self.source_sequences)
         self.out(
             "sequences: next id "
             + ", ".join(f"{name} {n}" for name, n in next_ids.items())
@@ -343,7 +360,8 @@ class Port:
         cur.itersize = self.chunk_size
         cur.execute(query)
         try:
-            yield from cur
+            for row in cur:
+                yield self._decoded(table, row)
         finally:
             cur.close()
 
@@ -358,6 +376,19 @@ class Port:
             last = row
         last_key = None if last is None else tuple(last[i] for i in index)
         return Summary(rows=count, last_key=last_key, digest=digest.hexdigest())
+
+
+def _recode(
+    row: Sequence[Any], positions: Sequence[int], recode: Callable[[str], str]
+) -> Sequence[Any]:
+    """``row`` with ``recode`` applied to the text at ``positions``."""
+    if not positions:
+        return row
+    out = list(row)
+    for i in positions:
+        if isinstance(out[i], str):
+            out[i] = recode(out[i])
+    return out
 
 
 def _row_bytes(row: Sequence[Any]) -> bytes:

@@ -106,14 +106,13 @@ def snapshot(path: Path, work_dir: str | None = None) -> Iterator[Snapshot]:
         conn.execute("PRAGMA synchronous=OFF")  # a throwaway copy: no fsyncs
         found = _copy(path, conn)
         try:
-            schema._migrate(conn)
+            schema.migrate_connection(conn)
         except (StoreError, sqlite3.Error) as e:
             raise AdminError(
                 f"{path} cannot be brought to dkserver's schema "
                 f"(tried on a copy; the file is unchanged): {e}"
             ) from e
-        sequences = dict(conn.execute("SELECT name, seq FROM sqlite_sequence"))
-        yield Snapshot(conn=conn, found_version=found, sequences=sequences)
+        yield Snapshot(conn=conn, found_version=found, sequences=schema.sequences(conn))
     finally:
         if conn is not None:
             conn.close()
@@ -144,20 +143,15 @@ def _open_source(path: Path, dest: sqlite3.Connection | None) -> int:
     except sqlite3.Error as e:
         raise AdminError(f"cannot open {path}: {e}") from e
     try:
-        found = src.execute("PRAGMA user_version").fetchone()[0]
-        tables = {
-            name
-            for (name,) in src.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"
-            )
-        }
+        found = schema.version_of(src)
+        tables = schema.tables(src)
         missing = [t for t in _REQUIRED_TABLES if t not in tables]
         if missing:
             raise AdminError(
                 f"{path} has no {' or '.join(missing)} table: not a dkserver "
                 "or DistributedKnowledge database"
             )
-        schema._check_version(found)
+        schema.check_version(found)
         if dest is not None:
             src.backup(dest)
     except DatabaseUnusable as e:

@@ -129,6 +129,7 @@ def _upsert_txn(
         if txn.fetchone() is None:
             raise TooManyApis(max_per_user)
     try:
+        policy = txn.engine.store_text(policy)
         txn.execute(UPSERT, (user_id, name, documents, policy, now, now))
     except IntegrityError as e:
         raise StoreError(f"cannot store API of {user_id!r}: {e}") from e
@@ -139,8 +140,9 @@ _COLUMNS = (
 )
 
 
-def _api(row: tuple, username: str | None = None) -> Api:
+def _api(txn: Txn, row: tuple, username: str | None = None) -> Api:
     row_id, user_id, name, documents, policy, created, updated = row
+    policy = txn.engine.read_text(policy)
     return Api(
         row_id,
         user_id,
@@ -158,7 +160,7 @@ def _for_user_txn(txn: Txn, user_id: str) -> list[Api]:
         f"SELECT {_COLUMNS} FROM user_apis a WHERE a.user_id = ? ORDER BY a.id",
         (user_id,),
     )
-    return [_api(row) for row in txn.fetchall()]
+    return [_api(txn, row) for row in txn.fetchall()]
 
 
 #: As for trackers: rows of users that no longer exist are left out.
@@ -171,4 +173,4 @@ SELECT_EVERYONE = (
 
 def _everyone_txn(txn: Txn) -> list[Api]:
     txn.execute(SELECT_EVERYONE)
-    return [_api(row[:-1], row[-1]) for row in txn.fetchall()]
+    return [_api(txn, row[:-1], row[-1]) for row in txn.fetchall()]

@@ -48,6 +48,8 @@ def _set_txn(txn: Txn, user_id: str, text: str) -> None:
 
 
 def _get_txn(txn: Txn, user_id: str) -> str | None:
+    if not txn.engine.can_hold(user_id):
+        return None
     txn.execute(
         "SELECT descriptions FROM user_descriptions WHERE user_id = ?", (user_id,)
     )

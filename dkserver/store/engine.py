@@ -35,6 +35,18 @@ def encode_content(text: str) -> str:
     return ESCAPED + text.replace(ESCAPED, ESCAPED * 2).replace("\0", ESCAPED + "0")
 
 
+#: The free-text columns PostgreSQL stores through `encode_content`, per
+#: table (the engines' `store_text`; messages.py escapes content itself, on
+#: its hot path): what a copy into PostgreSQL (``port-db``) must encode and a
+#: reader decode.  Names refuse control characters and documents are JSON,
+#: which escapes U+0000, so neither needs it.
+ESCAPED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "messages": ("content",),
+    "user_trackers": ("tracker_description", "tracker_version"),
+    "user_apis": ("policy",),
+}
+
+
 def decode_content(stored: str) -> str:
     if not stored.startswith(ESCAPED):
         return stored
@@ -68,6 +80,19 @@ class Sqlite3Engine:
 
     def sql(self, text: str) -> str:
         return text
+
+    def store_text(self, text: str) -> str:
+        """Free text as this backend stores it (SQLite: as it is)."""
+        return text
+
+    def can_hold(self, key: str) -> bool:
+        """Whether a key column may hold ``key``; a lookup of one it cannot
+        finds nothing (rather than failing)."""
+        return True
+
+    def read_text(self, stored: Any) -> Any:
+        """Stored free text as it was written (see `store_text`)."""
+        return stored
 
     def epoch_seconds(self, column: str) -> str:
         """SQL: the stored time text in ``column`` as Unix seconds, NULL if
@@ -127,6 +152,16 @@ class PostgresEngine:
             if len(self._converted) < 10_000:  # bounded: IN lists vary in length
                 self._converted[text] = converted
         return converted
+
+    def store_text(self, text: str) -> str:
+        """Free text escaped where it holds U+0000 (see `encode_content`)."""
+        return encode_content(text)
+
+    def can_hold(self, key: str) -> bool:
+        return "\0" not in key  # PostgreSQL would refuse the parameter
+
+    def read_text(self, stored: Any) -> Any:
+        return decode_content(stored) if isinstance(stored, str) else stored
 
     def epoch_seconds(self, column: str) -> str:
         # Only text shaped like a time is cast (a cast error would abort the

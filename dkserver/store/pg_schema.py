@@ -30,7 +30,7 @@ work done.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -267,15 +267,21 @@ def check_version(found: int) -> None:
         )
 
 
-def reset_sequences(conn: Any) -> dict[str, int]:
-    """Move each id sequence past its table's highest id (after rows were
-    inserted with explicit ids, as ``port-db`` does); returns the next id
-    each table will hand out."""
+def reset_sequences(
+    conn: Any, floors: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Move each id sequence past its table's highest id, and past
+    ``floors[table]`` (the highest id SQLite ever handed out, deleted rows
+    included), after rows were inserted with explicit ids as ``port-db``
+    does, so no id is ever reused; returns the next id each table will hand
+    out."""
     next_ids: dict[str, int] = {}
     for table in SEQUENCED_TABLES:
+        floor = int((floors or {}).get(table) or 0)
         row = conn.execute(
             f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
-            f" COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+            f" GREATEST(COALESCE((SELECT MAX(id) FROM {table}), 0), %s) + 1, false)",
+            (floor,),
         ).fetchone()
         next_ids[table] = int(row[0])
     return next_ids

@@ -137,16 +137,19 @@ _LEGACY_MESSAGE_COLUMNS = (
 
 async def migrate(pool: adbapi.ConnectionPool) -> int:
     """Bring the database to ``LATEST_VERSION``; returns the version found."""
-    return await pool.runWithConnection(_migrate)
+    return await pool.runWithConnection(migrate_connection)
 
 
-def _migrate(conn: sqlite3.Connection) -> int:
+def migrate_connection(conn: sqlite3.Connection) -> int:
+    """Blocking: bring ``conn``'s database to ``LATEST_VERSION`` (as
+    :func:`migrate` does on the pool's thread; ``port-db`` runs it on its
+    private copy of a file); returns the version found."""
     conn.commit()  # PRAGMA foreign_keys is ignored inside a transaction
     conn.execute("PRAGMA foreign_keys=OFF")
     try:
         conn.execute("BEGIN IMMEDIATE")  # no other process migrates meanwhile
-        found = conn.execute("PRAGMA user_version").fetchone()[0]
-        _check_version(found)
+        found = version_of(conn)
+        check_version(found)
         for version in range(found + 1, LATEST_VERSION + 1):
             log.info("migrating database schema to version {version}", version=version)
             _STEPS[version](conn)
@@ -162,7 +165,13 @@ def _migrate(conn: sqlite3.Connection) -> int:
     return found
 
 
-def _check_version(found: int) -> None:
+def version_of(conn: sqlite3.Connection) -> int:
+    """The schema version of ``conn``'s database (0: empty, or the original's)."""
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def check_version(found: int) -> None:
+    """Refuse a schema newer than this dkserver's."""
     if found > LATEST_VERSION:
         raise DatabaseUnusable(
             f"database schema version {found} is newer than this dkserver "
@@ -195,12 +204,12 @@ def preflight(path: str) -> None:
     try:
         conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            found = conn.execute("PRAGMA user_version").fetchone()[0]
+            found = version_of(conn)
         finally:
             conn.close()
     except sqlite3.DatabaseError as e:
         raise DatabaseUnusable(f"{db} is not a usable SQLite database: {e}") from e
-    _check_version(found)
+    check_version(found)
 
 
 def _check_foreign_keys(conn: sqlite3.Connection) -> None:
@@ -227,9 +236,18 @@ def _check_foreign_keys(conn: sqlite3.Connection) -> None:
         )
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
+def tables(conn: sqlite3.Connection) -> set[str]:
+    """The names of the database's tables."""
     rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
     return {name for (name,) in rows}
+
+
+def sequences(conn: sqlite3.Connection) -> dict[str, int]:
+    """The highest id each AUTOINCREMENT table ever handed out, which may
+    exceed the highest id left (deleted rows): ids are never reused."""
+    if "sqlite_sequence" not in tables(conn):
+        return {}
+    return dict(conn.execute("SELECT name, seq FROM sqlite_sequence"))
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -247,12 +265,12 @@ def _legacy_ns(text: object) -> int | None:
 
 
 def _to_v1(conn: sqlite3.Connection) -> None:
-    tables = _tables(conn)
-    if "users" in tables:
+    existing = tables(conn)
+    if "users" in existing:
         _upgrade_users(conn)
     else:
         conn.execute(_USERS)
-    if "messages" in tables:
+    if "messages" in existing:
         _rebuild_messages(conn)
     else:
         conn.execute(_MESSAGES.format(name="messages"))

@@ -84,8 +84,12 @@ def decode_documents(text: object) -> tuple[dict[str, str], dict[str, str]]:
     return _string_map(value.get("datasets")), _string_map(value.get("templates"))
 
 
-def _info(description: object, version: object, documents: object) -> TrackerInfo:
+def _info(
+    txn: Txn, description: object, version: object, documents: object
+) -> TrackerInfo:
     datasets, templates = decode_documents(documents)
+    description = txn.engine.read_text(description)
+    version = txn.engine.read_text(version)
     return TrackerInfo(
         description if isinstance(description, str) else "",
         version if isinstance(version, str) else "",
@@ -157,9 +161,17 @@ def _replace_txn(
     now: str,
 ) -> bool:
     txn.execute(SELECT_OWN, (user_id,))
-    stored = {name: _info(d, v, docs) for name, d, v, docs in txn.fetchall()}
+    stored = {name: _info(txn, d, v, docs) for name, d, v, docs in txn.fetchall()}
+    text = txn.engine.store_text
     changed = [
-        (user_id, name, info.description, info.version, encode_documents(info), now)
+        (
+            user_id,
+            name,
+            text(info.description),
+            text(info.version),
+            encode_documents(info),
+            now,
+        )
         for name, info in trackers.items()
         if name not in stored or not _same(stored[name], info)
     ]
@@ -180,13 +192,13 @@ _COLUMNS = (
 )
 
 
-def _tracker(row: tuple, username: str | None = None) -> Tracker:
+def _tracker(txn: Txn, row: tuple, username: str | None = None) -> Tracker:
     row_id, user_id, name, description, version, documents, created, updated = row
     return Tracker(
         row_id,
         user_id,
         name,
-        _info(description, version, documents),
+        _info(txn, description, version, documents),
         timestamps.stored_to_rfc3339(created),
         timestamps.stored_to_rfc3339(updated),
         username,
@@ -198,7 +210,7 @@ def _for_user_txn(txn: Txn, user_id: str) -> list[Tracker]:
         f"SELECT {_COLUMNS} FROM user_trackers t WHERE t.user_id = ? ORDER BY t.id",
         (user_id,),
     )
-    return [_tracker(row) for row in txn.fetchall()]
+    return [_tracker(txn, row) for row in txn.fetchall()]
 
 
 #: Rows of users that no longer exist (the original never enforced the
@@ -212,4 +224,4 @@ SELECT_EVERYONE = (
 
 def _everyone_txn(txn: Txn) -> list[Tracker]:
     txn.execute(SELECT_EVERYONE)
-    return [_tracker(row[:-1], row[-1]) for row in txn.fetchall()]
+    return [_tracker(txn, row[:-1], row[-1]) for row in txn.fetchall()]

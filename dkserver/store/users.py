@@ -94,6 +94,8 @@ def _create_txn(
 
 
 def _get_txn(txn: Txn, user_id: str) -> User | None:
+    if not txn.engine.can_hold(user_id):
+        return None  # such a user cannot have registered (PostgreSQL: a NUL)
     txn.execute(
         "SELECT user_id, username, public_key, COALESCE(registered_ns, 0)"
         " FROM users WHERE user_id = ?",

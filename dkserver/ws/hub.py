@@ -197,6 +197,12 @@ class Hub:
     async def backlog_pages(self, user_id: str):
         """Pending direct messages, then undelivered broadcasts, oldest first,
         with the acknowledgement each one needs once the client read it."""
+        # What earlier connections read is marked through the writer; their
+        # marks must commit before this query, or a client that reads, closes
+        # and reconnects at once gets the message again.  With one SQLite
+        # connection the pool's FIFO ordered the two; on a pool of several
+        # (PostgreSQL) the query could overtake the commit.
+        await self.writer.flush()
         messages = self.store.messages
         for kind, fetch in (
             ("d", messages.pending_direct),

@@ -65,7 +65,7 @@ def migrated_copy(path: Path, tmp_path: Path):
     shutil.copy(path, copy)
     conn = sqlite3.connect(copy)
     try:
-        schema._migrate(conn)
+        schema.migrate_connection(conn)
         yield conn
     finally:
         conn.close()

@@ -10,6 +10,7 @@ import psycopg
 
 from dkserver.admin import port_db
 from dkserver.admin.tables import TABLES
+from dkserver.store.engine import ESCAPED, encode_content
 from dkserver.store.pg_schema import LOCAL_TABLES
 from tests.admin.portdb import (
     copy_fixture,
@@ -258,6 +259,41 @@ def test_verification_fails_when_a_value_differs(tmp_path, pg_empty_url, capsys)
         "verify messages: MISMATCH: source 3 rows, last key 3; "
         "PostgreSQL 3 rows, last key 3; checksums differ" in check.out
     )
+
+
+def test_content_with_nul_is_written_escaped_and_verified_decoded(
+    tmp_path, pg_empty_url, capsys
+):
+    """Message content goes through the engine's escaping (PostgreSQL text
+    cannot hold U+0000); the resume check and the verification compare the
+    decoded text with the source's."""
+    db = copy_fixture(tmp_path)
+    contents = {1: "a\x00b", 2: ESCAPED + "marker first", 3: "plain"}
+    conn = sqlite3.connect(db)
+    for mid, text in contents.items():
+        conn.execute("UPDATE messages SET content = ? WHERE id = ?", (text, mid))
+    conn.commit()
+    conn.close()
+
+    result = run_port(capsys, str(db), pg_empty_url, "--chunk-size", "1")
+
+    assert result.rc == 0, result.err
+    assert "verify messages: 3 rows" in result.out and "MISMATCH" not in result.out
+    with psycopg.connect(pg_empty_url) as pg:
+        stored = dict(pg.execute("SELECT id, content FROM messages"))
+    assert stored == {mid: encode_content(text) for mid, text in contents.items()}
+    assert stored[3] == "plain"  # content without NUL or marker: as it was
+    # the last row's escaped content is the source's row: resumes, copies nothing
+    again = run_port(capsys, str(db), pg_empty_url)
+    assert again.rc == 0, again.err
+    assert "messages: 3 rows to copy, 3 already in PostgreSQL, 0 copied" in again.out
+
+    # stored raw, the marker would be read as an escape: not the source's text
+    with psycopg.connect(pg_empty_url) as pg:
+        pg.execute("UPDATE messages SET content = %s WHERE id = 2", (contents[2],))
+    check = run_port(capsys, str(db), pg_empty_url, "--verify-only")
+    assert check.rc == 1
+    assert "verify messages: MISMATCH" in check.out
 
 
 def test_refuses_a_target_whose_user_has_another_public_key(tmp_path, pg_url, capsys):

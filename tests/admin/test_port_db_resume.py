@@ -20,7 +20,7 @@ EVENTS = 10_000
 def _big_database(path) -> None:
     """A dkserver database with 50k messages, written as dkserver writes them."""
     conn = sqlite3.connect(path)
-    schema._migrate(conn)
+    schema.migrate_connection(conn)
     users = [(f"user{i}", f"user{i}", f"key{i:040d}", i) for i in range(20)]
     conn.executemany(
         "INSERT INTO users (user_id, username, public_key, registered_ns)"

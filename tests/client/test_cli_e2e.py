@@ -8,6 +8,7 @@ import socket
 import stat
 import time
 
+import pytest
 import pytest_twisted
 
 from tests.client.dkcli import Dk, sleep, wait_online
@@ -51,6 +52,7 @@ async def test_init_send_listen_shows_message_decrypted_and_verified(server, tmp
     assert code == 200 and record["username"] == "Alice"
 
 
+@pytest.mark.both_backends  # the client through stored messages
 @pytest_twisted.ensureDeferred
 async def test_offline_message_and_broadcast_arrive_on_next_listen(server, tmp_path):
     alice, bob = await init_pair(server, tmp_path)
@@ -196,6 +198,7 @@ async def test_serve_forward_answers_direct_message_queries(server, tmp_path):
     assert result.code == 0, str(result)
 
 
+@pytest.mark.both_backends  # the client through stored messages
 @pytest_twisted.ensureDeferred
 async def test_messages_received_by_send_are_kept_for_listen(server, tmp_path):
     alice, bob = await init_pair(server, tmp_path)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import pytest_twisted
 from twisted.internet import threads
 
 from dkclient import Backoff, Client, Home, Identity, Session, make_ssl_context
 from tests.client.dkcli import Dk, free_port, wait_online
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.server import start_server, stop_server
 
 
+@pytest.mark.both_backends  # what is sent across the restart is stored
 @pytest_twisted.ensureDeferred
-async def test_session_reconnects_after_server_restart_and_receives(tmp_path):
-    config = make_config(tmp_path, https=f"127.0.0.1:{free_port()}")
+async def test_session_reconnects_after_server_restart_and_receives(
+    tmp_path, backend_config
+):
+    config = backend_config(https=f"127.0.0.1:{free_port()}")
     server = await start_server(config)
     url = f"https://127.0.0.1:{server.https_port}"
     ssl_context = make_ssl_context(cacert=config.cert_path)

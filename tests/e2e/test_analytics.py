@@ -26,7 +26,7 @@ from tests.support.client import (
     register_and_login,
 )
 from tests.support.db import db_rows as support_db_rows
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.server import start_server, stop_server
 from tests.support.waiting import sleep
 from tests.support.ws import (
     broadcast_frame,
@@ -64,8 +64,8 @@ def utc_hour() -> int:
 
 
 @pytest_twisted.async_yield_fixture
-async def admin_server(tmp_path):
-    running = await start_server(make_config(tmp_path, admin_users=frozenset({"root"})))
+async def admin_server(backend_config):
+    running = await start_server(backend_config(admin_users=frozenset({"root"})))
     yield running
     await stop_server(running)
 
@@ -300,11 +300,9 @@ async def scrape(server) -> str:
 
 
 @pytest_twisted.ensureDeferred
-async def test_metrics_count_connections_messages_and_refusals(tmp_path):
+async def test_metrics_count_connections_messages_and_refusals(backend_config):
     # Small burst, negligible refill: the sixth frame in a row is rate-limited.
-    server = await start_server(
-        make_config(tmp_path, message_burst=5, message_rate=0.01)
-    )
+    server = await start_server(backend_config(message_burst=5, message_rate=0.01))
     try:
         text = await scrape(server)
         for name in (
@@ -400,7 +398,7 @@ async def test_metrics_unchanged_by_successful_register_and_login(server):
 
 @pytest_twisted.ensureDeferred
 async def test_a_single_process_closes_every_session_left_open_and_names_itself(
-    tmp_path, db_target
+    db_target, backend_config
 ):
     """Without a cluster the process is the only one: sessions left open by
     any node id (its own under another port, or none before version 6) end
@@ -414,9 +412,7 @@ async def test_a_single_process_closes_every_session_left_open_and_names_itself(
     finally:
         await store.close()
     server = await start_server(
-        make_config(
-            tmp_path, db=db_target, node_id="h:2", admin_users=frozenset({"root"})
-        )
+        backend_config(node_id="h:2", admin_users=frozenset({"root"}))
     )
     try:
         open_rows = "SELECT session_id FROM sessions WHERE end_time IS NULL"

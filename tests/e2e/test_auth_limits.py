@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from OpenSSL import SSL
 from twisted.internet import protocol, reactor
@@ -9,12 +10,15 @@ from twisted.internet.endpoints import SSL4ClientEndpoint
 from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS
 
 from tests.support.client import Identity, post_json, register
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.server import start_server, stop_server
+
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 
 @pytest_twisted.ensureDeferred
-async def test_login_and_register_are_rate_limited_per_ip(tmp_path):
-    server = await start_server(make_config(tmp_path, login_rate=0.01, login_burst=5))
+async def test_login_and_register_are_rate_limited_per_ip(backend_config):
+    server = await start_server(backend_config(login_rate=0.01, login_burst=5))
     try:
         codes = []
         for i in range(8):
@@ -29,8 +33,8 @@ async def test_login_and_register_are_rate_limited_per_ip(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_login_is_rate_limited_per_user_id(tmp_path):
-    server = await start_server(make_config(tmp_path, login_rate=0.01, login_burst=3))
+async def test_login_is_rate_limited_per_user_id(backend_config):
+    server = await start_server(backend_config(login_rate=0.01, login_burst=3))
     try:
         # Reset the per-IP limit by lifting it, so only the per-user one applies.
         server.service.login_ip_limits.rate = 1e9

@@ -17,8 +17,11 @@ from twisted.internet import defer
 
 from tests.client.dkcli import Dk, wait_online
 from tests.support.client import Identity, post_json, register_and_login
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.server import start_server, stop_server
 from tests.support.ws import connect
+
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 ROUTES = {
     "register_document": "/register-document/",
@@ -68,8 +71,8 @@ def assert_json_error(code: int, body, status: int) -> None:
 
 
 @pytest_twisted.async_yield_fixture
-async def quick_server(tmp_path):
-    running = await start_server(make_config(tmp_path, forward_timeout=0.5))
+async def quick_server(backend_config):
+    running = await start_server(backend_config(forward_timeout=0.5))
     yield running
     await stop_server(running)
 

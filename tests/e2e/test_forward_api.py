@@ -10,16 +10,19 @@ the token owner's own connection can answer it.
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
 from tests.support.client import Identity, post_json, register_and_login
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.db import db_rows
+from tests.support.server import start_server, stop_server
 from tests.support.waiting import sleep
 from tests.support.ws import connect, direct_frame
+
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 NO_WAITING = "No forward request is waiting for an answer"
 
@@ -63,8 +66,7 @@ def query_of(frame: dict, user_id: str) -> str:
 
 
 def message_rows(server) -> int:
-    with sqlite3.connect(server.config.db_path) as db:
-        return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    return db_rows(server, "SELECT COUNT(*) FROM messages")[0][0]
 
 
 def assert_json_error(code: int, body, status: int) -> None:
@@ -75,9 +77,9 @@ def assert_json_error(code: int, body, status: int) -> None:
 
 
 @pytest_twisted.async_yield_fixture
-async def quick_server(tmp_path):
+async def quick_server(backend_config):
     """A server whose forward requests time out after half a second."""
-    running = await start_server(make_config(tmp_path, forward_timeout=0.5))
+    running = await start_server(backend_config(forward_timeout=0.5))
     yield running
     await stop_server(running)
 
@@ -348,11 +350,10 @@ async def test_forward_answer_is_neither_relayed_nor_stored(server):
 
     await sleep(0.2)
     assert message_rows(server) == before
-    with sqlite3.connect(server.config.db_path) as db:
-        assert db.execute(
-            "SELECT COUNT(*) FROM messages WHERE is_forward_message = 1"
-        ).fetchone() == (0,)
-        assert db.execute("SELECT COUNT(*) FROM message_events").fetchone() == (1,)
+    assert db_rows(
+        server, "SELECT COUNT(*) FROM messages WHERE is_forward_message = 1"
+    ) == [(0,)]
+    assert db_rows(server, "SELECT COUNT(*) FROM message_events") == [(1,)]
     # No one saw the answer: not alice's other device, not bob.
     await alice_ws.expect_silence(0.1)
     await bob_ws.expect_silence(0.1)

@@ -9,25 +9,29 @@ late answer is never taken for a later request's (docs/messaging.md,
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 
 from tests.e2e.test_forward_api import NO_WAITING, answer_frame, ask, query_of
 from tests.support.client import Identity, register_and_login
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.server import start_server, stop_server
 from tests.support.ws import connect
+
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 
 @pytest_twisted.async_yield_fixture
-async def slow_timeout_server(tmp_path):
+async def slow_timeout_server(backend_config):
     """Forward timeout far above what an answered request takes."""
-    running = await start_server(make_config(tmp_path, forward_timeout=20.0))
+    running = await start_server(backend_config(forward_timeout=20.0))
     yield running
     await stop_server(running)
 
 
 @pytest_twisted.async_yield_fixture
-async def quick_server(tmp_path):
-    running = await start_server(make_config(tmp_path, forward_timeout=0.5))
+async def quick_server(backend_config):
+    running = await start_server(backend_config(forward_timeout=0.5))
     yield running
     await stop_server(running)
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor, ssl
@@ -22,6 +23,9 @@ from tests.support.server import make_config, start_server, stop_server, trustin
 ROOT = Path(__file__).resolve().parents[2]
 from tests.support.paths import FIXTURES  # noqa: E402
 
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
+
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 
@@ -32,8 +36,8 @@ def free_port() -> int:
 
 
 @pytest_twisted.ensureDeferred
-async def test_restart_keeps_users_and_tokens(tmp_path):
-    config = make_config(tmp_path)
+async def test_restart_keeps_users_and_tokens(backend_config):
+    config = backend_config()
     server = await start_server(config)
     alice = Identity("alice")
     assert await register(server, alice) == 201
@@ -52,8 +56,8 @@ async def test_restart_keeps_users_and_tokens(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_shutdown_lets_in_flight_requests_finish(tmp_path):
-    server = await start_server(make_config(tmp_path))
+async def test_shutdown_lets_in_flight_requests_finish(backend_config):
+    server = await start_server(backend_config())
     store = server.service.store
     original = store.users.exists
     gate = deferLater(reactor, 0.3, lambda: None)
@@ -73,6 +77,7 @@ async def test_shutdown_lets_in_flight_requests_finish(tmp_path):
     await server.close()
 
 
+@pytest.mark.sqlite_only(reason="upgrading the original's SQLite file in place")
 @pytest_twisted.ensureDeferred
 async def test_original_server_database_is_upgraded_and_users_log_in(tmp_path):
     for name in os.listdir(FIXTURES):
@@ -145,8 +150,14 @@ async def _exercise_running_daemon(proc, https, http, cert_path):
     return out + err
 
 
+def _state_env(tmp_path) -> dict[str, str]:
+    """The JWT secret's file, which a PostgreSQL URL leaves the server no
+    directory to put it in."""
+    return {**os.environ, "DK_JWT_SECRET_FILE": str(tmp_path / "jwt-secret")}
+
+
 @pytest_twisted.ensureDeferred
-async def test_twistd_plugin_serves_and_stops_on_sigterm(tmp_path):
+async def test_twistd_plugin_serves_and_stops_on_sigterm(tmp_path, db_target):
     https, http = free_port(), free_port()
     cert = tmp_path / "c.pem"
     proc = subprocess.Popen(
@@ -160,13 +171,14 @@ async def test_twistd_plugin_serves_and_stops_on_sigterm(tmp_path):
             "--http",
             f"127.0.0.1:{http}",
             "--db",
-            str(tmp_path / "dk.db"),
+            db_target,
             "--cert",
             str(cert),
             "--key",
             str(tmp_path / "k.pem"),
         ],
         cwd=tmp_path,
+        env=_state_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -176,13 +188,13 @@ async def test_twistd_plugin_serves_and_stops_on_sigterm(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_tac_file_builds_the_same_service(tmp_path):
+async def test_tac_file_builds_the_same_service(tmp_path, db_target):
     https, http = free_port(), free_port()
     env = {
-        **os.environ,
+        **_state_env(tmp_path),
         "SERVER_ADDR": f"127.0.0.1:{https}",
         "HTTP_ADDR": f"127.0.0.1:{http}",
-        "DK_DB": str(tmp_path / "dk.db"),
+        "DK_DB": db_target,
         "DK_CERT": str(tmp_path / "c.pem"),
         "DK_KEY": str(tmp_path / "k.pem"),
     }

@@ -25,18 +25,21 @@ from websockets.asyncio.client import connect as ws_connect
 
 from tests.support.client import Identity, register_and_login
 from tests.support.db import db_rows
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.server import start_server, stop_server
 from tests.support.waiting import wait_for
 from tests.support.ws import broadcast_frame, connect, direct_frame
+
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 ROUNDS = 50
 
 
 @pytest_twisted.async_yield_fixture
-async def unlimited_server(tmp_path):
+async def unlimited_server(backend_config):
     """Rate limit lifted: the sender sends 50 messages in a few seconds."""
     running = await start_server(
-        make_config(tmp_path, message_rate=10_000.0, message_burst=10_000)
+        backend_config(message_rate=10_000.0, message_burst=10_000)
     )
     yield running
     await stop_server(running)

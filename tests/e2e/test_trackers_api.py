@@ -17,7 +17,7 @@ from dkserver import timestamps
 from dkserver.web import trackers as limits
 from tests.support.client import Identity, get, post_json, register_and_login
 from tests.support.db import db_rows
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.server import start_server, stop_server
 
 #: Storage behaviour: on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.both_backends
@@ -255,8 +255,8 @@ BAD_TRACKER_BODIES = [
 
 
 @pytest_twisted.ensureDeferred
-async def test_bad_tracker_bodies_are_400_json_and_change_nothing(tmp_path):
-    server = await start_server(make_config(tmp_path, write_burst=1000))
+async def test_bad_tracker_bodies_are_400_json_and_change_nothing(backend_config):
+    server = await start_server(backend_config(write_burst=1000))
     try:
         token = await register_and_login(server, Identity("alice"))
         await post_json(
@@ -295,8 +295,8 @@ BAD_API_BODIES = [
 
 
 @pytest_twisted.ensureDeferred
-async def test_bad_api_bodies_are_400_json(tmp_path):
-    server = await start_server(make_config(tmp_path, write_burst=1000))
+async def test_bad_api_bodies_are_400_json(backend_config):
+    server = await start_server(backend_config(write_burst=1000))
     try:
         token = await register_and_login(server, Identity("alice"))
         for raw in BAD_API_BODIES:
@@ -318,8 +318,8 @@ HOSTILE = [
 
 
 @pytest_twisted.ensureDeferred
-async def test_hostile_but_valid_values_round_trip_exactly(tmp_path):
-    server = await start_server(make_config(tmp_path, write_burst=1000))
+async def test_hostile_but_valid_values_round_trip_exactly(backend_config):
+    server = await start_server(backend_config(write_burst=1000))
     try:
         token = await register_and_login(server, Identity("alice"))
         trackers = {
@@ -363,8 +363,8 @@ async def test_hostile_but_valid_values_round_trip_exactly(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_api_count_limit_is_409_and_updates_still_work(tmp_path):
-    server = await start_server(make_config(tmp_path, write_burst=1000))
+async def test_api_count_limit_is_409_and_updates_still_work(backend_config):
+    server = await start_server(backend_config(write_burst=1000))
     try:
         token = await register_and_login(server, Identity("alice"))
         for i in range(limits.MAX_APIS):
@@ -393,8 +393,8 @@ async def test_oversized_body_is_413_json(server):
 
 @pytest.mark.parametrize("path", ["/user/trackers", "/user/apis"])
 @pytest_twisted.ensureDeferred
-async def test_rest_writes_are_rate_limited_per_user(tmp_path, path):
-    server = await start_server(make_config(tmp_path, write_rate=0.001, write_burst=3))
+async def test_rest_writes_are_rate_limited_per_user(backend_config, path):
+    server = await start_server(backend_config(write_rate=0.001, write_burst=3))
     try:
         alice = await register_and_login(server, Identity("alice"))
         bob = await register_and_login(server, Identity("bob"))

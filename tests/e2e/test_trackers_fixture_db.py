@@ -1,6 +1,7 @@
 """The original server's database with tracker and API rows it wrote (including
 a duplicate its check-then-insert allowed), served by dkserver after the
-in-place upgrade: the desktop app's next post lands on the surviving row."""
+in-place upgrade (or, on PostgreSQL, after ``dkserver port-db``): the desktop
+app's next post lands on the surviving row."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import json
 import shutil
 import sqlite3
 
+import pytest
 import pytest_twisted
 
 from tests.support.client import Identity, get, login, post_json
 from tests.support.db import db_rows
 from tests.support.paths import FIXTURES
 from tests.support.server import make_config, start_server, stop_server
+
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 # As the Go server writes them: go-sqlite3's time.Time text in local time,
 # "" for an empty document set, documents a JSON array.
@@ -32,8 +37,8 @@ ROWS = [
 ]
 
 
-def copy_fixture(tmp_path) -> None:
-    dest = tmp_path / "dk.db"
+def copy_fixture(tmp_path):
+    dest = tmp_path / "original.db"
     shutil.copyfile(FIXTURES / "original-server.db", dest)
     conn = sqlite3.connect(dest)
     try:
@@ -42,14 +47,17 @@ def copy_fixture(tmp_path) -> None:
         conn.commit()
     finally:
         conn.close()
+    return dest
 
 
 @pytest_twisted.ensureDeferred
-async def test_original_tracker_and_api_rows_are_served_and_updated(tmp_path):
-    copy_fixture(tmp_path)
+async def test_original_tracker_and_api_rows_are_served_and_updated(
+    tmp_path, from_sqlite_file
+):
+    db = from_sqlite_file(copy_fixture(tmp_path))
     seeds = json.loads((FIXTURES / "original-server.json").read_text())
     alice = Identity.from_seed_hex("alice", seeds["ed25519_seeds_hex"]["alice"])
-    server = await start_server(make_config(tmp_path))
+    server = await start_server(make_config(tmp_path, db))
     try:
         token = await login(server, alice)
         headers = {"Authorization": f"Bearer {token}"}

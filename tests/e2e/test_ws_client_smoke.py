@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import pytest_twisted
 
@@ -11,18 +9,8 @@ from tests.support.client import Identity, register_and_login
 from tests.support.envelope import decrypt_with
 from tests.support.ws import HandshakeRefused, connect, direct_frame, verify_frame
 
-
-def _ws_available() -> bool:
-    try:
-        return importlib.util.find_spec("dkserver.ws.protocol") is not None
-    except ImportError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not _ws_available(),
-    reason="dkserver.ws.protocol (the /ws endpoint) not written yet",
-)
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 
 @pytest_twisted.ensureDeferred

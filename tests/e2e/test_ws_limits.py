@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from tests.support.client import Identity, register_and_login
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.server import start_server, stop_server
 from tests.support.ws import connect, upgrade_status
+
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 
 @pytest_twisted.ensureDeferred
-async def test_connections_per_user_are_limited_and_released(tmp_path):
-    server = await start_server(make_config(tmp_path, max_connections_per_user=2))
+async def test_connections_per_user_are_limited_and_released(backend_config):
+    server = await start_server(backend_config(max_connections_per_user=2))
     try:
         token = await register_and_login(server, Identity("many"))
         first = await connect(server, token)
@@ -36,8 +40,8 @@ async def test_connections_per_user_are_limited_and_released(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_connections_per_ip_are_limited(tmp_path):
-    server = await start_server(make_config(tmp_path, max_connections_per_ip=3))
+async def test_connections_per_ip_are_limited(backend_config):
+    server = await start_server(backend_config(max_connections_per_ip=3))
     try:
         tokens = [await register_and_login(server, Identity(f"u{i}")) for i in range(4)]
         clients = [await connect(server, t) for t in tokens[:3]]

@@ -21,7 +21,6 @@ from twisted.internet.defer import Deferred
 from tests.support.client import Identity, get, register_and_login
 from tests.support.db import db_rows
 from tests.support.envelope import decrypt_with, rfc3339_unix_nanos
-from tests.support.server import make_config as server_config
 from tests.support.server import start_server, stop_server
 from tests.support.waiting import sleep, wait_for
 from tests.support.ws import (
@@ -115,10 +114,10 @@ async def close_and_wait(*clients) -> None:
 
 
 @pytest_twisted.async_yield_fixture
-async def lenient_server(tmp_path):
+async def lenient_server(backend_config):
     """The real server with the message rate limit out of the way."""
     running = await start_server(
-        server_config(tmp_path, message_rate=10_000.0, message_burst=10_000)
+        backend_config(message_rate=10_000.0, message_burst=10_000)
     )
     yield running
     await stop_server(running)
@@ -194,9 +193,9 @@ async def test_browser_origin_must_be_the_servers_own_https_origin(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_configured_allowed_origins_replace_the_default(tmp_path):
+async def test_configured_allowed_origins_replace_the_default(backend_config):
     server = await start_server(
-        server_config(tmp_path, allowed_origins=("https://app.example",))
+        backend_config(allowed_origins=("https://app.example",))
     )
     try:
         ((_, token),) = await users(server, "alice")
@@ -403,10 +402,8 @@ async def test_broadcast_reaches_each_user_exactly_once_live_or_offline(server):
 
 
 @pytest_twisted.async_yield_fixture
-async def limited_server(tmp_path):
-    running = await start_server(
-        server_config(tmp_path, message_rate=0.5, message_burst=3)
-    )
+async def limited_server(backend_config):
+    running = await start_server(backend_config(message_rate=0.5, message_burst=3))
     yield running
     await stop_server(running)
 
@@ -639,10 +636,8 @@ SLOW_MAX_MESSAGES = 1200
 
 
 @pytest_twisted.async_yield_fixture
-async def unlimited_server(tmp_path):
-    running = await start_server(
-        server_config(tmp_path, message_rate=1e6, message_burst=10**6)
-    )
+async def unlimited_server(backend_config):
+    running = await start_server(backend_config(message_rate=1e6, message_burst=10**6))
     yield running
     await stop_server(running)
 
@@ -750,9 +745,9 @@ async def _slow_reader_scenario(server, stall_after_close: float) -> None:
 
 
 @pytest_twisted.async_yield_fixture
-async def fast_ping_server(tmp_path):
+async def fast_ping_server(backend_config):
     running = await start_server(
-        server_config(tmp_path, ws_ping_interval=0.5, ws_ping_timeout=1.0)
+        backend_config(ws_ping_interval=0.5, ws_ping_timeout=1.0)
     )
     yield running
     await stop_server(running)
@@ -782,10 +777,9 @@ async def test_keepalive_drops_silent_peer_and_keeps_responsive_one(
 
 
 @pytest_twisted.ensureDeferred
-async def test_peer_dropped_by_keepalive_loses_no_message(tmp_path):
+async def test_peer_dropped_by_keepalive_loses_no_message(backend_config):
     server = await start_server(
-        server_config(
-            tmp_path,
+        backend_config(
             ws_ping_interval=0.5,
             ws_ping_timeout=1.0,
             message_rate=1e6,

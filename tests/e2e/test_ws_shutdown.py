@@ -8,8 +8,6 @@ lost, and a restarted server on the same database delivers what is pending.
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
@@ -18,25 +16,23 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 
 from tests.support.client import Identity, login, post_json, register_and_login
+from tests.support.db import assert_database_intact, db_rows
 from tests.support.envelope import decrypt_with
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.server import start_server, stop_server
 from tests.support.waiting import sleep
 from tests.support.ws import connect, direct_frame
+
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 GOING_AWAY = 1001
 
 
-def db_rows(path: str, sql: str, args=()) -> list[tuple]:
-    db = sqlite3.connect(path)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
-
-
 @pytest_twisted.ensureDeferred
-async def test_shutdown_closes_clients_with_1001_and_keeps_every_message(tmp_path):
-    config = make_config(tmp_path)
+async def test_shutdown_closes_clients_with_1001_and_keeps_every_message(
+    backend_config,
+):
+    config = backend_config()
     server = await start_server(config)
     alice, bob, carol = Identity("alice"), Identity("bob"), Identity("carol")
     try:
@@ -82,12 +78,10 @@ async def test_shutdown_closes_clients_with_1001_and_keeps_every_message(tmp_pat
             Factory.forProtocol(Protocol)
         )
 
-    path = config.db_path
-    assert db_rows(path, "PRAGMA integrity_check") == [("ok",)]
-    assert db_rows(path, "PRAGMA foreign_key_check") == []
+    assert_database_intact(config)
 
     stored = db_rows(
-        path,
+        config,
         "SELECT from_user, to_user, content, status FROM messages ORDER BY id",
     )
     expected_live = [("alice", "bob", f["content"], "delivered") for f in live]
@@ -103,14 +97,14 @@ async def test_shutdown_closes_clients_with_1001_and_keeps_every_message(tmp_pat
         ]
 
     sessions = db_rows(
-        path, "SELECT user_id, start_time, end_time, duration FROM sessions"
+        config, "SELECT user_id, start_time, end_time, duration FROM sessions"
     )
     assert sorted(user for user, *_ in sessions) == ["alice", "bob"]
     for user, start, end, duration in sessions:
         assert end is not None, (user, start)
         assert duration is not None and duration >= 0, (user, duration)
     events = db_rows(
-        path,
+        config,
         "SELECT user_id, COUNT(*) FROM message_events GROUP BY user_id ORDER BY 1",
     )
     assert events == [("alice", 5), ("bob", 2)]
@@ -142,17 +136,19 @@ async def test_shutdown_closes_clients_with_1001_and_keeps_every_message(tmp_pat
         await stop_server(server)
 
     statuses = db_rows(
-        path, "SELECT status, COUNT(*) FROM messages GROUP BY status ORDER BY 1"
+        config, "SELECT status, COUNT(*) FROM messages GROUP BY status ORDER BY 1"
     )
     assert statuses == [("delivered", 7)]
-    assert db_rows(path, "SELECT COUNT(*) FROM sessions WHERE end_time IS NULL") == [
+    assert db_rows(config, "SELECT COUNT(*) FROM sessions WHERE end_time IS NULL") == [
         (0,)
     ]
-    assert db_rows(path, "PRAGMA integrity_check") == [("ok",)]
+    assert_database_intact(config)
 
 
 @pytest_twisted.ensureDeferred
-async def test_shutdown_stores_every_frame_read_before_the_close_handshake(tmp_path):
+async def test_shutdown_stores_every_frame_read_before_the_close_handshake(
+    backend_config,
+):
     """Frames a client sent before answering the 1001 close are all stored.
 
     The client sends a burst (rate limits lifted, as MESSAGE_RATE_LIMIT and
@@ -163,8 +159,7 @@ async def test_shutdown_stores_every_frame_read_before_the_close_handshake(tmp_p
     them all, pending for offline carol.
     """
     count = 500
-    config = make_config(
-        tmp_path,
+    config = backend_config(
         message_rate=100_000.0,
         message_burst=100_000,
         sqlite_synchronous="FULL",
@@ -188,14 +183,14 @@ async def test_shutdown_stores_every_frame_read_before_the_close_handshake(tmp_p
     finally:
         await stop_server(server)
 
-    stored = db_rows(config.db_path, "SELECT content FROM messages ORDER BY id")
+    stored = db_rows(config, "SELECT content FROM messages ORDER BY id")
     assert len(stored) == count, f"{count - len(stored)} of {count} frames lost"
     assert [c for (c,) in stored] == [f["content"] for f in sent]
 
 
 @pytest_twisted.ensureDeferred
-async def test_shutdown_with_many_clients_finishes_within_grace(tmp_path):
-    config = make_config(tmp_path, shutdown_grace=2.0)
+async def test_shutdown_with_many_clients_finishes_within_grace(backend_config):
+    config = backend_config(shutdown_grace=2.0)
     server = await start_server(config)
     clients = []
     try:
@@ -213,15 +208,16 @@ async def test_shutdown_with_many_clients_finishes_within_grace(tmp_path):
     finally:
         await stop_server(server)
 
-    path = config.db_path
-    assert db_rows(path, "SELECT COUNT(*), COUNT(end_time) FROM sessions") == [(10, 10)]
-    assert db_rows(path, "PRAGMA integrity_check") == [("ok",)]
+    assert db_rows(config, "SELECT COUNT(*), COUNT(end_time) FROM sessions") == [
+        (10, 10)
+    ]
+    assert_database_intact(config)
 
 
 @pytest_twisted.ensureDeferred
-async def test_shutdown_ends_a_client_that_ignores_the_close(tmp_path):
+async def test_shutdown_ends_a_client_that_ignores_the_close(backend_config):
     """A peer that never answers the close is dropped after the grace period."""
-    config = make_config(tmp_path, shutdown_grace=0.5)
+    config = backend_config(shutdown_grace=0.5)
     server = await start_server(config)
     try:
         token = await register_and_login(server, Identity("alice"))
@@ -239,13 +235,11 @@ async def test_shutdown_ends_a_client_that_ignores_the_close(tmp_path):
         assert ws.close_code != 1000
     finally:
         await stop_server(server)
-    assert db_rows(
-        config.db_path, "SELECT COUNT(*), COUNT(end_time) FROM sessions"
-    ) == [(1, 1)]
+    assert db_rows(config, "SELECT COUNT(*), COUNT(end_time) FROM sessions") == [(1, 1)]
 
 
 @pytest_twisted.ensureDeferred
-async def test_shutdown_waits_for_aborted_connections_to_be_torn_down(tmp_path):
+async def test_shutdown_waits_for_aborted_connections_to_be_torn_down(backend_config):
     """stopService returns only once every WebSocket session has ended.
 
     ``abortConnection`` reports ``connectionLost`` later, at the transport's
@@ -253,7 +247,7 @@ async def test_shutdown_waits_for_aborted_connections_to_be_torn_down(tmp_path):
     transports).  Here the transport reports it 0.2 s later, which makes the
     race seen in about half the plain runs of the test above deterministic.
     """
-    config = make_config(tmp_path, shutdown_grace=0.3)
+    config = backend_config(shutdown_grace=0.3)
     server = await start_server(config)
     try:
         token = await register_and_login(server, Identity("alice"))
@@ -276,9 +270,9 @@ async def test_shutdown_waits_for_aborted_connections_to_be_torn_down(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_shutdown_answers_a_waiting_forward_request_promptly(tmp_path):
+async def test_shutdown_answers_a_waiting_forward_request_promptly(backend_config):
     """A /direct-message/ waiting on a client that shutdown closes is answered."""
-    config = make_config(tmp_path, shutdown_grace=3.0)
+    config = backend_config(shutdown_grace=3.0)
     server = await start_server(config)
     try:
         token = await register_and_login(server, Identity("alice"))

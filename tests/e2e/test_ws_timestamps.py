@@ -7,8 +7,9 @@ signature still verifies.  A forward request is the server's own frame (its
 receive time, RFC 3339 with ``Z``); a forward answer answers the HTTP request
 and is never relayed or stored, so it has no timestamp to echo.
 
-One real server for the module (TLS, SQLite file); every test registers its
-own users, so the tests do not see each other's messages.
+One real server per backend for the module (TLS; a SQLite file, then a
+PostgreSQL database); every test registers its own users, so the tests do
+not see each other's messages.
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ _names = itertools.count()
 
 
 @pytest_twisted.async_yield_fixture(scope="module")
-async def server(tmp_path_factory):
+async def server(tmp_path_factory, module_db_target):
     running = await start_server(
         make_config(
             tmp_path_factory.mktemp("timestamps"),
+            module_db_target,
             message_rate=10_000.0,
             message_burst=10_000,
         )

@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.server import start_server, stop_server
 
 
 @pytest.fixture(autouse=True)
@@ -38,10 +38,8 @@ def no_logged_errors():
 
 
 @pytest_twisted.async_yield_fixture
-async def lenient_server(tmp_path):
+async def lenient_server(backend_config):
     """Message rate limit lifted, so every frame reaches the parser."""
-    running = await start_server(
-        make_config(tmp_path, message_rate=1e6, message_burst=10**6)
-    )
+    running = await start_server(backend_config(message_rate=1e6, message_burst=10**6))
     yield running
     await stop_server(running)

@@ -29,8 +29,8 @@ from zope.interface import implementer
 
 from dkserver.config import Config, ConfigError, from_sources
 from tests.support.client import Identity, get, post_json, register, register_and_login
-from tests.support.db import db_rows
-from tests.support.server import make_config, start_server, stop_server
+from tests.support.db import as_stored, db_rows
+from tests.support.server import start_server, stop_server
 from tests.support.waiting import sleep, wait_for
 from tests.support.ws import (
     HandshakeRefused,
@@ -39,6 +39,9 @@ from tests.support.ws import (
     upgrade_status,
     verify_frame,
 )
+
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
 
 MIB = 1024 * 1024
 RATE_LIMITED = "Rate limit exceeded. Please slow down."
@@ -363,8 +366,10 @@ async def test_websocket_sessions_dropped_mid_way_release_every_count(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_half_done_tls_handshakes_are_closed_after_the_idle_timeout(tmp_path):
-    server = await start_server(make_config(tmp_path, http_timeout=0.5))
+async def test_half_done_tls_handshakes_are_closed_after_the_idle_timeout(
+    backend_config,
+):
+    server = await start_server(backend_config(http_timeout=0.5))
     try:
         hello = client_hello()
         assert hello[:1] == b"\x16" and len(hello) > 100
@@ -412,10 +417,10 @@ async def _trickle(client: RawClient, chunks, interval: float) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_slowloris_headers_get_408_at_the_request_deadline(tmp_path):
+async def test_slowloris_headers_get_408_at_the_request_deadline(backend_config):
     # Idle timeout 0.4 s, request deadline 0.8 s: a header line every 0.1 s
     # keeps the idle timer from firing, only the deadline stops it.
-    server = await start_server(make_config(tmp_path, http_timeout=0.4))
+    server = await start_server(backend_config(http_timeout=0.4))
     try:
         clients = [await raw_tls(server) for _ in range(20)]
         lines = [b"GET /active-users HTTP/1.1\r\n"] + [
@@ -437,8 +442,8 @@ async def test_slowloris_headers_get_408_at_the_request_deadline(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_slow_and_stalled_bodies_are_cut_off(tmp_path):
-    server = await start_server(make_config(tmp_path, http_timeout=0.4))
+async def test_slow_and_stalled_bodies_are_cut_off(backend_config):
+    server = await start_server(backend_config(http_timeout=0.4))
     try:
         head = (
             b"POST /auth/register HTTP/1.1\r\nHost: x\r\n"
@@ -524,8 +529,8 @@ async def _refused_408_headers(server) -> RawClient:
     ids=["413-content-length", "413-chunked", "408-slow-headers"],
 )
 @pytest_twisted.ensureDeferred
-async def test_refused_requests_do_not_leak_server_connections(tmp_path, refuse):
-    server = await start_server(make_config(tmp_path, http_timeout=0.4))
+async def test_refused_requests_do_not_leak_server_connections(backend_config, refuse):
+    server = await start_server(backend_config(http_timeout=0.4))
     try:
         clients = [await refuse(server) for _ in range(20)]
         await defer.gatherResults([c.closed for c in clients])
@@ -934,7 +939,7 @@ async def test_metacharacters_in_ids_names_content_are_stored_as_data(
         "SELECT content FROM messages WHERE from_user = ? ORDER BY id",
         sender.user_id,
     )
-    assert [r[0] for r in rows] == [f["content"] for f in sent]
+    assert [r[0] for r in rows] == [as_stored(server, f["content"]) for f in sent]
     await close_and_wait(sender_ws, recipient_ws, later_ws)
     assert db_rows(server, "SELECT COUNT(*) FROM users")[0][0] == len(idents)
     await assert_serves_normal_client(server)
@@ -953,8 +958,8 @@ async def register_and_login_existing(server, ident: Identity) -> str:
 
 
 @pytest_twisted.ensureDeferred
-async def test_login_and_registration_floods_are_limited_per_ip(tmp_path):
-    server = await start_server(make_config(tmp_path, login_rate=0.01, login_burst=8))
+async def test_login_and_registration_floods_are_limited_per_ip(backend_config):
+    server = await start_server(backend_config(login_rate=0.01, login_burst=8))
     try:
         # Two normal users get in first (6 of the 8 tokens).
         (a, a_token), (_, b_token) = await users(server, "early_a", "early_b")
@@ -1001,8 +1006,8 @@ async def test_login_and_registration_floods_are_limited_per_ip(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_login_and_registration_floods_are_limited_per_user_id(tmp_path):
-    server = await start_server(make_config(tmp_path, login_rate=0.01, login_burst=4))
+async def test_login_and_registration_floods_are_limited_per_user_id(backend_config):
+    server = await start_server(backend_config(login_rate=0.01, login_burst=4))
     try:
         # One client IP here, so stand in for "many IPs" by lifting the IP limit.
         server.service.login_ip_limits.rate = 1e9
@@ -1119,9 +1124,9 @@ def test_connection_limits_have_clear_configurable_defaults():
 
 
 @pytest_twisted.ensureDeferred
-async def test_connections_past_the_per_ip_and_per_user_limits_get_429(tmp_path):
+async def test_connections_past_the_per_ip_and_per_user_limits_get_429(backend_config):
     server = await start_server(
-        make_config(tmp_path, max_connections_per_ip=4, max_connections_per_user=2)
+        backend_config(max_connections_per_ip=4, max_connections_per_user=2)
     )
     try:
         (a, a_token), (_, b_token), (_, c_token), (_, d_token) = await users(

@@ -28,6 +28,9 @@ from tests.support.client import Identity, get, post_json, register_and_login
 from tests.support.server import make_config, start_server, stop_server
 from tests.support.ws import connect
 
+#: Storage behaviour: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_backends
+
 USER = "alice"
 NOW_NS = 1_767_225_600_123_456_789  # 2026-01-01T00:00:00.123456789Z
 
@@ -262,12 +265,14 @@ def test_timestamp_digits_must_be_ascii(text):
 
 
 @pytest_twisted.async_yield_fixture(scope="module")
-async def rest(tmp_path_factory):
+async def rest(tmp_path_factory, module_db_target):
     """One real server for all REST properties: login limits lifted, a user
     with a token, and that user's client connected (and never answering), so
     /direct-message/ reaches its (tiny) timeout."""
     tmp = tmp_path_factory.mktemp("rest")
-    server = await start_server(make_config(tmp, forward_timeout=0.05))
+    server = await start_server(
+        make_config(tmp, module_db_target, forward_timeout=0.05)
+    )
     ident = Identity("prop_user")
     token = await register_and_login(server, ident)
     ws = await connect(server, token)

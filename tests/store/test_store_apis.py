@@ -30,6 +30,17 @@ async def test_upsert_inserts_then_updates_one_row(store, sql, db_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_policy_with_nul_and_marker_round_trips(store):
+    """PostgreSQL text cannot hold U+0000: stored escaped, read as sent."""
+    await store.users.create("alice", "Alice", "a2V5")
+    for policy in ("no\x00nul", "\uffff first", "\uffff0\x00"):
+        await store.apis.upsert("alice", "w", ["d\x00"], policy, 10)
+        (api,) = await store.apis.for_user("alice")
+        assert (api.documents, api.policy) == (["d\x00"], policy)
+        assert [a.policy for a in await store.apis.everyone()] == [policy]
+
+
+@pytest_twisted.ensureDeferred
 async def test_unchanged_upsert_keeps_updated_at(store):
     await store.users.create("alice", "Alice", "a2V5")
     set_clock(store, 1_000_000_000_000_000_000)

@@ -95,7 +95,7 @@ def test_queries_use_the_partial_indexes(db_path):
     from dkserver.store import schema
 
     con = sqlite3.connect(db_path)
-    schema._migrate(con)
+    schema.migrate_connection(con)
     plan = con.execute(
         "EXPLAIN QUERY PLAN SELECT id FROM messages m WHERE m.to_user = ?"
         " AND m.status = 'pending' AND m.id > ? ORDER BY m.id",
@@ -292,14 +292,14 @@ def test_version_1_database_upgrades_to_partial_indexes(db_path):
     from dkserver.store import schema
 
     con = sqlite3.connect(db_path)
-    schema._migrate(con)
+    schema.migrate_connection(con)
     # Make it look like a database left by a version-1 dkserver.
     for name in ("messages_pending_v2", "messages_broadcast_v2"):
         con.execute(f"DROP INDEX {name}")
     con.execute("CREATE INDEX messages_pending_idx ON messages(to_user, status, id)")
     con.execute("PRAGMA user_version=1")
     con.commit()
-    assert schema._migrate(con) == 1
+    assert schema.migrate_connection(con) == 1
     names = {
         n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type='index'")
     }

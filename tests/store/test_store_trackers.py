@@ -37,6 +37,20 @@ async def test_replace_inserts_then_reads_back_exactly(store):
     assert got[0].created_at == got[0].updated_at == "2025-11-24T16:00:00.123Z"
 
 
+@pytest_twisted.ensureDeferred
+async def test_nul_and_marker_in_free_text_round_trip_and_compare_unchanged(store):
+    """PostgreSQL text cannot hold U+0000: stored escaped, read back as sent,
+    and an unchanged list is still recognised as unchanged."""
+    await users(store, "alice")
+    odd = TrackerInfo("a\x00b", "\uffff\x00", {"d": "x\x00"}, {})
+    assert await store.trackers.replace("alice", {"odd": odd})
+    assert [(t.name, t.info) for t in await store.trackers.for_user("alice")] == [
+        ("odd", odd)
+    ]
+    assert [t.info for t in await store.trackers.everyone()] == [odd]
+    assert not await store.trackers.replace("alice", {"odd": odd})
+
+
 @pytest.mark.sqlite_only
 @pytest_twisted.ensureDeferred
 async def test_unchanged_list_writes_nothing_and_keeps_updated_at(store, db_path):

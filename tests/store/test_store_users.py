@@ -45,3 +45,13 @@ async def test_all_ids_sorted(store):
     for uid in ("carol", "alice", "bob"):
         await store.users.create(uid, uid, "a2V5")
     assert await store.users.all_ids() == ["alice", "bob", "carol"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookup_of_an_id_with_a_nul_finds_nobody(store):
+    """A URL may carry any id; PostgreSQL refuses a NUL in a parameter, and no
+    user can hold one, so the lookup answers "no such user" on both."""
+    await store.users.create("alice", "Alice", "a2V5")
+    assert await store.users.get("alice\x00") is None
+    assert not await store.users.exists("\x00")
+    assert await store.descriptions.get("alice\x00") == []

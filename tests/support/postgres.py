@@ -65,13 +65,18 @@ class PostgresUnavailable(Exception):
     """No PostgreSQL for the tests; the message says why (a skip reason)."""
 
 
+_TOOLS = ("initdb", "pg_ctl", "postgres")
+
+
 def find_bindir() -> Path | None:
-    """Where ``initdb``/``pg_ctl``/``postgres`` are: ``DK_TEST_POSTGRES_BINDIR``,
-    then ``pg_config --bindir``, then ``PATH``, then the newest
-    ``/usr/lib/postgresql/*/bin`` (Debian keeps them off ``PATH``)."""
-    candidates: list[Path] = []
+    """Where ``initdb``/``pg_ctl``/``postgres`` are: ``DK_TEST_POSTGRES_BINDIR``
+    when set (and then only there: a chosen version must not be swapped for
+    another silently), else ``pg_config --bindir``, then ``PATH``, then the
+    newest ``/usr/lib/postgresql/*/bin`` (Debian keeps them off ``PATH``)."""
     if os.environ.get(ENV_BINDIR):
-        candidates.append(Path(os.environ[ENV_BINDIR]))
+        chosen = Path(os.environ[ENV_BINDIR])
+        return chosen if all((chosen / t).is_file() for t in _TOOLS) else None
+    candidates: list[Path] = []
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -95,7 +100,7 @@ def find_bindir() -> Path | None:
         Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version)
     ][::-1]
     for c in candidates:
-        if all((c / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
+        if all((c / tool).is_file() for tool in _TOOLS):
             return c
     return None
 
@@ -417,11 +422,17 @@ def open_server() -> tuple[PgServer, PrivateServer | None]:
     if url:
         return external_server(url), None
     bindir = find_bindir()
+    if bindir is None and os.environ.get(ENV_BINDIR):
+        raise PostgresUnavailable(
+            f"no PostgreSQL binaries (initdb, pg_ctl, postgres) in "
+            f"{ENV_BINDIR}={os.environ[ENV_BINDIR]}; point it at a PostgreSQL "
+            f"bin directory, unset it, or set {ENV_URL}"
+        )
     if bindir is None:
         raise PostgresUnavailable(
             "no PostgreSQL binaries (initdb, pg_ctl, postgres) found via "
-            f"{ENV_BINDIR}, pg_config, PATH or /usr/lib/postgresql/*/bin; "
-            f"install postgresql or set {ENV_URL}"
+            f"pg_config, PATH or /usr/lib/postgresql/*/bin; install postgresql, "
+            f"or set {ENV_BINDIR} or {ENV_URL}"
         )
     private = PrivateServer(bindir)
     return private.start(), private

@@ -168,7 +168,7 @@ def test_column_names_match_the_sqlite_schema(pg_url, tmp_path):
     path = tmp_path / "dk.db"
     lite = sqlite3.connect(path)
     try:
-        schema._migrate(lite)
+        schema.migrate_connection(lite)
         sqlite_tables = {
             name
             for (name,) in lite.execute(

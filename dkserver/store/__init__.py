@@ -25,6 +25,7 @@ from dkserver.store.errors import (
     DatabaseUnusable,
     IntegrityError,
     StoreError,
+    StoreUnavailable,
     UserExists,
 )
 from dkserver.store.messages import MessageStore, NewMessage, StoredMessage
@@ -47,6 +48,7 @@ __all__ = [
     "SettingsStore",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "StoredMessage",
     "TooManyApis",
     "Tracker",

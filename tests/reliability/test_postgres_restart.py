@@ -17,6 +17,9 @@ a crash) and started again on the same port.  Then:
   delivery marks of the outage are not lost (every row ends ``delivered``);
 * the database is sound (tests/reliability/daemon.py).
 
+And dkserver started while PostgreSQL is still down waits for it (up to
+``DK_DB_CONNECT_TIMEOUT``) instead of exiting.
+
 A sender's frames carry no id, so "acknowledged" is counted: every frame is
 answered either by storing it (no reply) or by one resend frame, so per
 sender ``stored + refused == sent``; fewer means an acknowledged message was
@@ -32,6 +35,7 @@ from collections import Counter
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from tests.reliability.daemon import Daemon
@@ -230,4 +234,26 @@ async def test_postgres_restart_refuses_then_recovers_losing_nothing_acknowledge
         for client in clients:
             if client.protocol is not None and not client.closed:
                 client.abort()
+        daemon.kill_now()
+
+
+@pytest_twisted.ensureDeferred
+async def test_startup_waits_for_a_postgres_that_is_not_up_yet(tmp_path, own_postgres):
+    pg = own_postgres.server
+    url = pg.url(pg.create_database(migrated=True))
+    await deferToThread(own_postgres.shut_down, "fast")
+    daemon = Daemon(tmp_path, url, DK_DB_CONNECT_TIMEOUT="120")
+    try:
+        starting = Deferred.fromCoroutine(daemon.start(timeout=150))
+        await wait_for(
+            lambda: "PostgreSQL is not up yet" in daemon.log_text(),
+            "dkserver to wait for PostgreSQL",
+            timeout=60,
+            interval=0.1,
+        )
+        await deferToThread(own_postgres.start_again)
+        server = await starting
+        assert await register_and_login(server, Identity("alice"))
+        assert await daemon.stop() is not None, daemon.log_tail()
+    finally:
         daemon.kill_now()

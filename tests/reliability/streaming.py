@@ -12,7 +12,7 @@ from autobahn.websocket.protocol import Disconnected, WebSocketProtocol
 from twisted.internet.defer import Deferred
 
 from tests.reliability.daemon import DaemonHandle
-from tests.support.client import Identity
+from tests.support.client import Identity, register_and_login
 from tests.support.waiting import sleep
 from tests.support.ws import WsClient, _Factory, _tls, _with_timeout, signed_frame
 
@@ -55,6 +55,21 @@ async def open_ws(server: DaemonHandle, token: str, cls=WsClient) -> WsClient:
     )
     await _tls(server).connect(factory)
     return await _with_timeout(client._open_d, 6, "WebSocket open")
+
+
+async def open_clients(
+    server: DaemonHandle, senders: list[Identity], receivers: list[Identity]
+) -> tuple[dict[str, str], dict[str, Receiver], dict[str, WsClient]]:
+    """Register and log everyone in, then connect the receivers and the
+    senders: (tokens, receivers' clients, senders' clients) by user id."""
+    tokens = {}
+    for ident in senders + receivers:
+        tokens[ident.user_id] = await register_and_login(server, ident)
+    rx = {
+        r.user_id: await open_ws(server, tokens[r.user_id], Receiver) for r in receivers
+    }
+    tx = {s.user_id: await open_ws(server, tokens[s.user_id]) for s in senders}
+    return tokens, rx, tx
 
 
 @dataclass

@@ -39,8 +39,14 @@ import pytest
 import pytest_twisted
 
 from tests.reliability.daemon import Daemon, sleep
-from tests.reliability.streaming import Receiver, Streamer, Traffic, open_ws
-from tests.support.client import Identity, register_and_login
+from tests.reliability.streaming import (
+    Receiver,
+    Streamer,
+    Traffic,
+    open_clients,
+    open_ws,
+)
+from tests.support.client import Identity
 from tests.support.ws import WsClient
 
 pytestmark = pytest.mark.both_backends
@@ -91,14 +97,7 @@ async def run_scenario(tmp_path, db: str, sc: Scenario) -> Outcome:
         server = await daemon.start()
         senders = [Identity(f"s{i}") for i in range(sc.senders)]
         receivers = [Identity(f"r{j}") for j in range(sc.receivers)]
-        tokens = {}
-        for ident in senders + receivers:
-            tokens[ident.user_id] = await register_and_login(server, ident)
-        rx = {
-            r.user_id: await open_ws(server, tokens[r.user_id], Receiver)
-            for r in receivers
-        }
-        tx = {s.user_id: await open_ws(server, tokens[s.user_id]) for s in senders}
+        tokens, rx, tx = await open_clients(server, senders, receivers)
         clients += [*rx.values(), *tx.values()]
         streamers = [
             Streamer(

@@ -39,7 +39,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from tests.reliability.daemon import Daemon
-from tests.reliability.streaming import Receiver, Streamer, Traffic, open_ws
+from tests.reliability.streaming import (
+    Streamer,
+    Traffic,
+    open_clients,
+)
 from tests.support import postgres as _pg
 from tests.support.client import Identity, get, post_json, register_and_login
 from tests.support.waiting import wait_for
@@ -101,13 +105,7 @@ async def test_postgres_restart_refuses_then_recovers_losing_nothing_acknowledge
         server = await daemon.start()
         senders = [Identity("s0"), Identity("s1")]
         receivers = [Identity("r0"), Identity("r1")]
-        tokens = {i.user_id: await register_and_login(server, i) for i in senders}
-        tokens |= {i.user_id: await register_and_login(server, i) for i in receivers}
-        rx = {
-            r.user_id: await open_ws(server, tokens[r.user_id], Receiver)
-            for r in receivers
-        }
-        tx = {s.user_id: await open_ws(server, tokens[s.user_id]) for s in senders}
+        _, rx, tx = await open_clients(server, senders, receivers)
         clients += [*rx.values(), *tx.values()]
         streamers = [
             Streamer(s, tx[s.user_id], list(rx), traffic, (64, 256), 2, 0.02)

@@ -86,16 +86,17 @@ def preflight_database(
     the rights only on a database that already has dkserver's schema, and
     runs no ``check``.
 
-    A server that is not up yet (refused, unreachable, "starting up") is
-    tried again for up to ``connect_timeout`` in all, so dkserver and
-    PostgreSQL may start together; ``waiting(reason)`` is told once when
-    that begins.  A refusal by the server itself (password, database name)
-    fails at once.
+    Given ``waiting`` (startup), a server that is not up yet (refused,
+    unreachable, "starting up") is tried again for up to ``connect_timeout``
+    in all, so dkserver and PostgreSQL may start together; ``waiting(reason)``
+    is told once when that begins.  A refusal by the server itself
+    (password, database name) fails at once.
     """
     if not database.is_postgresql:
         preflight(str(database.path))
         return
     deadline = time.monotonic() + connect_timeout
+    told = False
     while True:
         try:
             conn = psycopg.connect(
@@ -104,13 +105,17 @@ def preflight_database(
             break
         except psycopg.Error as e:
             reason = " ".join(str(e).split()) or type(e).__name__
-            if not _not_up_yet(e) or time.monotonic() + PREFLIGHT_RETRY > deadline:
+            if (
+                waiting is None
+                or not _not_up_yet(e)
+                or time.monotonic() + PREFLIGHT_RETRY > deadline
+            ):
                 raise DatabaseUnusable(
                     f"cannot connect to PostgreSQL at {database.redacted}: {reason}"
                 ) from None
-        if waiting is not None:
+        if not told:
             waiting(reason)
-            waiting = None
+            told = True
         time.sleep(PREFLIGHT_RETRY)
     try:
         conn.autocommit = True

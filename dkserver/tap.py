@@ -142,6 +142,10 @@ def makeService(options: Options):
             config.database,
             config.db_connect_timeout,
             preflight_secret_txn if config.secret_in_database else None,
+            waiting=lambda reason: sys.stderr.write(
+                f"dkserver: PostgreSQL is not up yet ({reason}); waiting up to"
+                f" {config.db_connect_timeout:g} s\n"
+            ),
         )
     except (StoreError, ValueError, OSError) as e:
         sys.stderr.write(f"dkserver: DK_DB: {e}\n")

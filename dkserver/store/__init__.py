@@ -8,6 +8,7 @@ engine (dkserver.store.engine) holds what differs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from dkserver.store.errors import (
     DatabaseUnusable,
     IntegrityError,
     StoreError,
+    StoreUnavailable,
     UserExists,
 )
 from dkserver.store.messages import MessageStore, NewMessage, StoredMessage
@@ -47,6 +49,7 @@ __all__ = [
     "SettingsStore",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "StoredMessage",
     "TooManyApis",
     "Tracker",
@@ -60,12 +63,17 @@ __all__ = [
 ]
 
 
+#: While PostgreSQL is not up yet, preflight tries again this often.
+PREFLIGHT_RETRY = 0.5
+
+
 def preflight_database(
     database: DatabaseUrl,
     connect_timeout: float = 10.0,
     check: Callable[[Txn], object] | None = None,
     *,
     migrate: bool = True,
+    waiting: Callable[[str], None] | None = None,
 ) -> None:
     """Blocking, before the reactor runs: refuse a database dkserver cannot
     use, with a one-line `StoreError` instead of a failure after startup.
@@ -77,19 +85,38 @@ def preflight_database(
     ``migrate=False`` (``dkserver checkconfig``) changes nothing: it checks
     the rights only on a database that already has dkserver's schema, and
     runs no ``check``.
+
+    Given ``waiting`` (startup), a server that is not up yet (refused,
+    unreachable, "starting up") is tried again for up to ``connect_timeout``
+    in all, so dkserver and PostgreSQL may start together; ``waiting(reason)``
+    is told once when that begins.  A refusal by the server itself
+    (password, database name) fails at once.
     """
     if not database.is_postgresql:
         preflight(str(database.path))
         return
-    try:
-        conn = psycopg.connect(
-            database.conninfo, connect_timeout=max(1, round(connect_timeout))
-        )
-    except psycopg.Error as e:
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise DatabaseUnusable(
-            f"cannot connect to PostgreSQL at {database.redacted}: {reason}"
-        ) from None
+    deadline = time.monotonic() + connect_timeout
+    told = False
+    while True:
+        try:
+            conn = psycopg.connect(
+                database.conninfo, connect_timeout=max(1, round(connect_timeout))
+            )
+            break
+        except psycopg.Error as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            if (
+                waiting is None
+                or not _not_up_yet(e)
+                or time.monotonic() + PREFLIGHT_RETRY > deadline
+            ):
+                raise DatabaseUnusable(
+                    f"cannot connect to PostgreSQL at {database.redacted}: {reason}"
+                ) from None
+        if not told:
+            waiting(reason)
+            told = True
+        time.sleep(PREFLIGHT_RETRY)
     try:
         conn.autocommit = True
         if migrate:
@@ -109,6 +136,12 @@ def preflight_database(
         ) from None
     finally:
         conn.close()
+
+
+def _not_up_yet(e: psycopg.Error) -> bool:
+    """No answer from the server (no SQLSTATE: refused, timed out, no such
+    host yet) or "the database system is starting up" (57P03)."""
+    return isinstance(e, psycopg.OperationalError) and e.sqlstate in (None, "57P03")
 
 
 def _check_privileges(conn: Any) -> None:

@@ -33,3 +33,16 @@ class NulNotStorable(StoreError):
 
     def __init__(self) -> None:
         super().__init__("text with a NUL character cannot be stored on PostgreSQL")
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached: down, restarting, or the connection
+    broke.  Retrying later may work; REST answers 503 and a sender is told
+    to resend.  The failed operation stored nothing, except when the
+    connection broke during ``COMMIT``, whose outcome the client cannot know
+    (:attr:`in_doubt`)."""
+
+    def __init__(self, reason: str, *, in_doubt: bool = False) -> None:
+        doubt = " (during COMMIT: outcome unknown)" if in_doubt else ""
+        super().__init__(f"database unavailable: {reason}{doubt}")
+        self.in_doubt = in_doubt

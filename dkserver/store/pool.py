@@ -19,6 +19,9 @@ import sqlite3
 from typing import Any
 
 from twisted.enterprise import adbapi
+from twisted.logger import Logger
+
+from dkserver.store.errors import StoreUnavailable
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 
@@ -59,6 +62,87 @@ def open_pool(
 DEFAULT_PG_POOL_SIZE = 8
 
 
+class PgConnectionPool(adbapi.ConnectionPool):
+    """adbapi's pool, surviving a PostgreSQL restart without failing twice.
+
+    adbapi's own ``cp_reconnect`` notices a dead connection only when a
+    transaction on it has already failed, and lets connection errors out as
+    driver exceptions.  Here, on the pool's thread:
+
+    * a connection that cannot be opened (server down, starting up, shutting
+      down) fails the interaction with `StoreUnavailable`, at once or after
+      ``connect_timeout``;
+    * a connection found broken during an interaction is dropped, and the
+      interaction runs once more on a fresh one.  Nothing was committed, so
+      that is safe, and it means a pooled connection that went stale while
+      the server restarted costs no request: the first use after the
+      restart reconnects.  If the fresh connection fails too, the server is
+      really gone: `StoreUnavailable`;
+    * a connection broken during ``COMMIT`` is dropped and the error is
+      `StoreUnavailable` with ``in_doubt`` (not retried: it may have
+      committed).
+
+    Recovery is therefore bounded by one connection attempt per interaction:
+    no background reconnect loop, no waiting beyond ``connect_timeout`` and
+    ``statement_timeout``.
+    """
+
+    log = Logger()
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
+        for attempt in (1, 2):
+            conn = self._checkout()
+            try:
+                trans = self.transactionFactory(self, conn)
+                result = interaction(trans, *args, **kw)
+            except BaseException as e:
+                if not _broken(conn):
+                    self._rollback(conn)
+                    raise
+                self._discard(conn)
+                if attempt == 1:
+                    self.log.info("database connection lost; reconnecting")
+                    continue
+                raise StoreUnavailable(_reason(e)) from e
+            try:
+                trans.close()
+                conn.commit()
+            except BaseException as e:
+                if not _broken(conn):
+                    self._rollback(conn)
+                    raise
+                self._discard(conn)
+                raise StoreUnavailable(_reason(e), in_doubt=True) from e
+            return result
+        raise AssertionError("unreachable")
+
+    def _checkout(self) -> adbapi.Connection:
+        """This thread's connection, opened if it has none."""
+        try:
+            return self.connectionFactory(self)
+        except self.dbapi.Error as e:
+            raise StoreUnavailable(_reason(e)) from e
+
+    def _rollback(self, conn: adbapi.Connection) -> None:
+        try:
+            conn.rollback()
+        except self.dbapi.Error:
+            self._discard(conn)
+
+    def _discard(self, conn: adbapi.Connection) -> None:
+        """Forget (and close) this thread's connection: the next use opens one."""
+        if self.connections.get(self.threadID()) is conn._connection:
+            self.disconnect(conn._connection)
+
+
+def _broken(conn: adbapi.Connection) -> bool:
+    return bool(getattr(conn._connection, "closed", False))
+
+
+def _reason(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def open_pg_pool(
     conninfo: str,
     reactor: Any,
@@ -69,9 +153,9 @@ def open_pg_pool(
     """A psycopg 3 pool on adbapi's threads; connections open lazily there.
 
     adbapi rather than a pool of our own: it already runs each interaction
-    on a thread with commit/rollback, reconnects a connection whose rollback
-    fails (``cp_reconnect``), and is what the SQLite side uses, so the stores
-    and the group writer see one interface.  Every connection runs in UTC
+    on a thread with commit/rollback, and is what the SQLite side uses, so
+    the stores and the group writer see one interface; `PgConnectionPool`
+    adds what a server restart needs.  Every connection runs in UTC
     (zone-less stored times read as UTC, as on SQLite) with the statement
     timeout set, so a stuck query fails instead of holding a thread forever.
     """
@@ -84,7 +168,7 @@ def open_pg_pool(
         )
         conn.commit()
 
-    return adbapi.ConnectionPool(
+    return PgConnectionPool(
         "psycopg",
         conninfo=conninfo,
         connect_timeout=max(1, round(connect_timeout)),
@@ -92,6 +176,5 @@ def open_pg_pool(
         cp_max=pool_size,
         cp_reactor=reactor,
         cp_openfun=openfun,
-        cp_reconnect=True,
         cp_noisy=False,
     )

@@ -7,6 +7,14 @@ small commits for little latency.  One FIFO keeps causal order:
 a session row is written before its message events, a message before its
 ``delivered`` mark.  A message counts as accepted when its batch commits; the
 Deferred returned by :meth:`GroupWriter.submit_message` fires then.
+
+When the database is unreachable (`StoreUnavailable`: PostgreSQL down or
+restarting) a batch fails as a whole: its messages are refused (their
+senders are told to resend), while its bookkeeping (delivery marks, session
+rows), which nobody can resend, goes back to the head of the queue; the
+next try waits RETRY_DELAY, so an outage costs a connection attempt every
+half second rather than a busy loop.  The first batch that commits again
+ends the outage; nothing committed before it is touched.
 """
 
 from __future__ import annotations
@@ -22,7 +30,12 @@ from twisted.python.failure import Failure
 from dkserver import timestamps
 from dkserver.store.analytics import _end_sessions_txn
 from dkserver.store.database import Database, Txn
-from dkserver.store.errors import IntegrityError, NulNotStorable, StoreError
+from dkserver.store.errors import (
+    IntegrityError,
+    NulNotStorable,
+    StoreError,
+    StoreUnavailable,
+)
 from dkserver.store.messages import NewMessage, insert_messages_txn, mark_delivered_txn
 
 #: Bound on the recipient cache (user ids), cleared when exceeded.
@@ -32,6 +45,10 @@ MAX_KNOWN_USERS = 200_000
 #: trip to the database thread has a fixed cost; at moderate load 2 ms turns
 #: many one-message commits into one, for at most 2 ms of added latency.
 GROUP_DELAY = 0.002
+
+#: After a batch failed on an unreachable database, the next one waits this
+#: long: bookkeeping is retried and new messages refused at that pace.
+RETRY_DELAY = 0.5
 
 #: Messages in one transaction at most, so deliveries after a burst start
 #: within one bounded transaction's time.
@@ -53,6 +70,15 @@ class _Batch:
     broadcast_deliveries: list[tuple[int, str]] = field(default_factory=list)
     sessions_ended: list[tuple[str, int]] = field(default_factory=list)
     flushed: list[Deferred] = field(default_factory=list)
+
+    def requeue_bookkeeping(self, failed: _Batch) -> None:
+        """Put ``failed``'s rows other than messages before this batch's own
+        (all are idempotent: a retried mark or session row changes nothing
+        if the failed commit did happen)."""
+        self.sessions_started[:0] = failed.sessions_started
+        self.delivered[:0] = failed.delivered
+        self.broadcast_deliveries[:0] = failed.broadcast_deliveries
+        self.sessions_ended[:0] = failed.sessions_ended
 
     def size(self) -> int:
         return (
@@ -86,6 +112,8 @@ class GroupWriter:
         self._next = _Batch()
         self._running = False
         self._closed = False
+        #: Since a batch failed on an unreachable database, until one commits.
+        self.unavailable = False
         #: Recipients known to exist; touched only on the pool's thread.
         #: Users are never deleted, so a positive answer stays true.
         self._known_users: set[str] = set()
@@ -167,11 +195,11 @@ class GroupWriter:
 
     # -- the loop --------------------------------------------------------------
 
-    def _kick(self) -> None:
+    def _kick(self, delay: float | None = None) -> None:
         if not self._running:
             self._running = True
             # Let the rest of this reactor turn add to the batch first.
-            self._clock.callLater(self.delay, self._run)
+            self._clock.callLater(self.delay if delay is None else delay, self._run)
 
     def _run(self) -> None:
         batch, self._next = self._next, _Batch()
@@ -192,6 +220,9 @@ class GroupWriter:
         d.addErrback(lambda f: self.log.failure("group writer bookkeeping", f))
 
     def _committed(self, ids: list[int | None], batch: _Batch) -> None:
+        if self.unavailable:
+            self.unavailable = False
+            self.log.info("database reachable again; storing messages")
         self.batches += 1
         self.rows += batch.size()
         for done, message_id in zip(batch.waiters, ids, strict=True):
@@ -202,22 +233,41 @@ class GroupWriter:
         self._continue(batch)
 
     def _failed(self, failure, batch: _Batch) -> None:
-        self.log.failure(
-            "group commit of {count} rows failed", failure, count=batch.size()
-        )
+        retry = None
+        if failure.check(StoreUnavailable):
+            if failure.value.in_doubt:
+                self.log.warn(
+                    "{reason}: {count} messages may be stored although their"
+                    " senders are told to resend",
+                    reason=failure.getErrorMessage(),
+                    count=len(batch.messages),
+                )
+            elif not self.unavailable:
+                self.log.warn(
+                    "{reason}; refusing messages until the database is back",
+                    reason=failure.getErrorMessage(),
+                )
+            self.unavailable = True
+            if not self._closed:
+                self._next.requeue_bookkeeping(batch)
+                retry = RETRY_DELAY
+        else:
+            self.log.failure(
+                "group commit of {count} rows failed", failure, count=batch.size()
+            )
         for done in batch.waiters:
             try:
                 done(None, failure)
             except Exception:
                 self.log.failure("reporting a failed commit failed")
-        self._continue(batch)
+        self._continue(batch, retry)
 
-    def _continue(self, batch: _Batch) -> None:
+    def _continue(self, batch: _Batch, delay: float | None = None) -> None:
         for d in batch.flushed:
             d.callback(None)
         self._running = False
         if self._next.size() or self._next.flushed:
-            self._kick()
+            self._kick(delay)
 
 
 def _has_nul(m: NewMessage) -> bool:

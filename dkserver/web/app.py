@@ -21,7 +21,7 @@ from dkserver.config import Config
 from dkserver.metrics import CONTENT_TYPE_LATEST, Metrics
 from dkserver.peers import peer_host
 from dkserver.ratelimit import BucketRegistry
-from dkserver.store import Store, TooManyApis
+from dkserver.store import Store, StoreUnavailable, TooManyApis
 from dkserver.web import documents, trackers
 from dkserver.web.files import OperatorFiles
 from dkserver.web.pages import ClientDownload, Pages
@@ -88,6 +88,17 @@ class DkApp:
     @app.handle_errors(ApiError)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:
         return error_response(request, failure.value)
+
+    @app.handle_errors(StoreUnavailable)
+    def store_unavailable(self, request: IRequest, failure: Failure) -> bytes:
+        """The database is down or restarting: worth a retry, not a bug."""
+        self.log.warn(
+            "{path}: {reason}", path=request.path, reason=failure.getErrorMessage()
+        )
+        request.setHeader(b"Retry-After", b"1")
+        return error_response(
+            request, ApiError(503, "Service temporarily unavailable; please retry")
+        )
 
     @app.handle_errors(HTTPException)
     def http_error(self, request: IRequest, failure: Failure) -> bytes:

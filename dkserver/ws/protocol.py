@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from dkserver.peers import peer_host
+from dkserver.store import StoreUnavailable
 from dkserver.ws import frames
 from dkserver.ws.hub import Hub, stored_payload
 from dkserver.ws.outbox import Outbox
@@ -230,9 +231,16 @@ class DkServerProtocol(WebSocketServerProtocol):
         await self._send_backlog(frozenset(self.outbox.in_flight()))
 
     def _backlog_failed(self, failure) -> None:
-        self.dklog.failure(
-            "backlog for {user_id} failed", failure, user_id=self.user_id
-        )
+        if failure.check(StoreUnavailable):
+            self.dklog.warn(
+                "backlog for {user_id} not sent: {reason}",
+                user_id=self.user_id,
+                reason=failure.getErrorMessage(),
+            )
+        else:
+            self.dklog.failure(
+                "backlog for {user_id} failed", failure, user_id=self.user_id
+            )
         self.dropConnection(abort=True)
 
     def _too_slow(self) -> None:
@@ -314,9 +322,10 @@ class DkServerProtocol(WebSocketServerProtocol):
 
     def accept_failed(self, failure) -> None:
         self._handled()
-        self.dklog.failure(
-            "message from {user_id} failed", failure, user_id=self.user_id
-        )
+        if not failure.check(StoreUnavailable):  # the writer logs an outage once
+            self.dklog.failure(
+                "message from {user_id} failed", failure, user_id=self.user_id
+            )
         self.send_system("Internal error: message not stored; please resend")
 
     def _handled(self) -> None:

@@ -43,12 +43,12 @@ class ProxiedNode(Daemon):
     def __init__(self, directory, db_url: str, shared) -> None:
         super().__init__(
             directory,
+            db=db_url,
             DK_PROXY_PROTOCOL="1",
             DK_JWT_SECRET_FILE=str(shared / "jwt-secret"),
             LOGIN_RATE_LIMIT="0.001",
             LOGIN_BURST_LIMIT=str(LOGIN_BURST),
         )
-        self.db = db_url
         # One certificate for the service, whichever node answers.
         self.cert, self.key = shared / "server.pem", shared / "server.key"
 

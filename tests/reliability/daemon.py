@@ -8,6 +8,9 @@ and ``tests.support.ws`` expect of a server (``https_port``, ``trust``,
 The subprocess imports dkserver from the tree these tests live in (its root
 goes first on ``PYTHONPATH``), so a throwaway copy of the repository runs its
 own copy of the server.
+
+:class:`SqliteFile` and :class:`PostgresDatabase` read what the daemon
+stored, on either backend, through a connection of their own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 from twisted.internet import reactor, ssl
 from twisted.web.client import HTTPConnectionPool
 
@@ -68,12 +72,15 @@ class Daemon:
         extra_args: tuple[str, ...] = (),
         **env: str,
     ) -> None:
-        """``db``: the ``--db`` value (default ``dk.db`` in ``directory``);
-        ``extra_args`` follow the others on the command line."""
+        """``db``: the ``--db`` value, a PostgreSQL URL or (default) ``dk.db``
+        in ``directory``; ``extra_args`` follow the others on the command line."""
         self.dir = Path(directory)
         self.port = free_port()
-        #: A Path (SQLite, the default) or a PostgreSQL URL.
-        self.db = self.dir / "dk.db" if db is None else db
+        self.database: SqliteFile | PostgresDatabase = (
+            PostgresDatabase(db)
+            if db is not None and "://" in db
+            else SqliteFile(Path(db) if db is not None else self.dir / "dk.db")
+        )
         self.extra_args = tuple(extra_args)
         self.cert = self.dir / "server.pem"
         self.key = self.dir / "server.key"
@@ -90,6 +97,8 @@ class Daemon:
             **env,
         }
         self.env.pop("JWT_SECRET", None)  # generated once, kept beside the db
+        if isinstance(self.database, PostgresDatabase):
+            self.env.setdefault("DK_JWT_SECRET_FILE", str(self.dir / "jwt-secret"))
         self.proc: subprocess.Popen | None = None
         self.handle: DaemonHandle | None = None
         self.runs = 0
@@ -114,7 +123,7 @@ class Daemon:
                     "--http",
                     "none",
                     "--db",
-                    str(self.db),
+                    self.database.arg,
                     "--cert",
                     str(self.cert),
                     "--key",
@@ -206,53 +215,140 @@ class Daemon:
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_text()[-chars:]
 
-    def snapshot_db(self, name: str) -> Path:
-        """Copy the database files as they are now (e.g. right after a crash)."""
-        target = self.dir / name
+
+class SqliteFile:
+    """The daemon's SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.arg = str(path)
+
+    def snapshot(self, name: str) -> SqliteFile:
+        """A copy of the database files as they are now (e.g. right after a
+        crash), in a directory ``name`` beside it."""
+        target = self.path.parent / name
         target.mkdir()
         for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.db) + suffix)
+            src = Path(str(self.path) + suffix)
             if src.exists():
-                shutil.copy(src, target / (self.db.name + suffix))
-        return target / self.db.name
+                shutil.copy(src, target / (self.path.name + suffix))
+        return SqliteFile(target / self.path.name)
+
+    def integrity_problems(self) -> list[str]:
+        """``PRAGMA integrity_check`` and ``foreign_key_check`` findings
+        (empty: ok)."""
+        conn = sqlite3.connect(self.path)
+        try:
+            problems = [
+                f"integrity_check: {row[0]}"
+                for row in conn.execute("PRAGMA integrity_check")
+                if row[0] != "ok"
+            ]
+            problems += [
+                f"foreign_key_check: {row}"
+                for row in conn.execute("PRAGMA foreign_key_check")
+            ]
+        finally:
+            conn.close()
+        return problems + arrival_order_problems(self.messages())
+
+    def messages(self, read_only: bool = False) -> dict[int, tuple]:
+        """id -> (from_user, to_user, content, status, is_broadcast,
+        received_ns) of every row.
+
+        ``read_only`` opens it beside a running server without writing to it.
+        """
+        if read_only:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        else:
+            conn = sqlite3.connect(self.path)
+        try:
+            return {row[0]: tuple(row[1:]) for row in conn.execute(_MESSAGES)}
+        finally:
+            conn.close()
 
 
-def integrity_problems(db_path: Path) -> list[str]:
-    """``PRAGMA integrity_check`` and ``foreign_key_check`` findings (empty: ok)."""
-    conn = sqlite3.connect(db_path)
-    try:
-        problems = [
-            f"integrity_check: {row[0]}"
-            for row in conn.execute("PRAGMA integrity_check")
-            if row[0] != "ok"
-        ]
-        problems += [
-            f"foreign_key_check: {row}"
-            for row in conn.execute("PRAGMA foreign_key_check")
-        ]
-        return problems
-    finally:
-        conn.close()
+def arrival_order_problems(rows: dict[int, tuple]) -> list[str]:
+    """Message ids follow arrival: ``received_ns`` (the last column of
+    :data:`_MESSAGES`) never decreases as ids grow."""
+    previous: tuple[int, int] | None = None
+    problems = []
+    for mid in sorted(rows):
+        received = rows[mid][-1]
+        if previous is not None and received is not None and received < previous[1]:
+            problems.append(f"id {mid} arrived before id {previous[0]}")
+        if received is not None:
+            previous = (mid, received)
+    return problems[:5]
 
 
-def stored_messages(
-    db_path: Path, read_only: bool = False
-) -> dict[int, tuple[str, str, str, str, int]]:
-    """id -> (from_user, to_user, content, status, is_broadcast) of every row.
+_MESSAGES = (
+    "SELECT id, from_user, to_user, content, status, is_broadcast, received_ns"
+    " FROM messages"
+)
 
-    ``read_only`` opens it beside a running server without writing to it.
-    """
-    if read_only:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    else:
-        conn = sqlite3.connect(db_path)
-    try:
-        return {
-            row[0]: tuple(row[1:])
-            for row in conn.execute(
-                "SELECT id, from_user, to_user, content, status, is_broadcast"
-                " FROM messages"
+#: Every single-column foreign key: (table, column, parent table, parent column).
+_FOREIGN_KEYS = """
+SELECT c.conrelid::regclass::text, a.attname, c.confrelid::regclass::text,
+       pa.attname, c.convalidated
+FROM pg_constraint c
+JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = c.confkey[1]
+WHERE c.contype = 'f' AND c.connamespace = 'public'::regnamespace
+"""
+
+
+class PostgresDatabase:
+    """The daemon's PostgreSQL database."""
+
+    def __init__(self, url: str) -> None:
+        self.arg = url
+
+    def snapshot(self, name: str) -> PostgresDatabase:
+        """The database itself: with the daemon stopped nothing changes it
+        until the next start, so checking it now is checking the snapshot."""
+        return self
+
+    def _query(self, sql: str) -> list[tuple]:
+        with psycopg.connect(self.arg, connect_timeout=10) as conn:
+            return conn.execute(sql).fetchall()
+
+    def integrity_problems(self) -> list[str]:
+        """PostgreSQL keeps its files consistent itself; what is checked is
+        what dkserver relies on: every foreign key holds (and is validated),
+        no id is taken twice, message ids follow arrival, and every id
+        sequence is past its table's highest id, so the next insert cannot
+        collide."""
+        from dkserver.store.pg_schema import SEQUENCED_TABLES
+
+        problems = []
+        for table, column, parent, parent_column, valid in self._query(_FOREIGN_KEYS):
+            if not valid:
+                problems.append(f"foreign key {table}.{column} not validated")
+            orphans = self._query(
+                f"SELECT count(*) FROM {table} t WHERE t.{column} IS NOT NULL"
+                f" AND NOT EXISTS (SELECT 1 FROM {parent} p"
+                f" WHERE p.{parent_column} = t.{column})"
+            )[0][0]
+            if orphans:
+                problems.append(f"{orphans} rows of {table}.{column} not in {parent}")
+        for table in SEQUENCED_TABLES:
+            dups = self._query(
+                f"SELECT id FROM {table} GROUP BY id HAVING count(*) > 1 LIMIT 5"
             )
-        }
-    finally:
-        conn.close()
+            if dups:
+                problems.append(f"{table}: ids taken twice: {dups}")
+            ((max_id, last),) = self._query(
+                f"SELECT (SELECT max(id) FROM {table}), pg_sequence_last_value("
+                f"pg_get_serial_sequence('{table}', 'id')::regclass)"
+            )
+            next_id = 1 if last is None else last + 1
+            if max_id is not None and next_id <= max_id:
+                problems.append(
+                    f"{table}: sequence hands out {next_id}, max(id) is {max_id}"
+                )
+        return problems + arrival_order_problems(self.messages())
+
+    def messages(self, read_only: bool = False) -> dict[int, tuple]:
+        """As :meth:`SqliteFile.messages` (a reader never writes here)."""
+        return {row[0]: tuple(row[1:]) for row in self._query(_MESSAGES)}

@@ -11,8 +11,13 @@ proved it read the frame):
 * nothing arrives that was never sent, and every frame matches its row
   (same id, sender, recipient, content);
 * after SIGTERM, each message arrives exactly once;
-* the database passes ``PRAGMA integrity_check`` and ``foreign_key_check``,
-  right after the crash and at the end.
+* the database is sound, right after the crash and at the end: on SQLite
+  ``PRAGMA integrity_check`` and ``foreign_key_check``; on PostgreSQL every
+  foreign key holds, no id is taken twice and the id sequences are past
+  ``max(id)``; on both, message ids follow arrival order.
+
+Each test runs on SQLite and on PostgreSQL (a fresh database of the test
+run's private server).
 
 The slow-receiver variants send 100-200 KiB messages to receivers that stop
 reading mid-stream, so frames pile up in socket buffers and the server's
@@ -26,135 +31,29 @@ the application, so they are kept apart (``after_close``) and asserted on.
 
 from __future__ import annotations
 
-import json
-import random
 import signal
 from collections import Counter
-from dataclasses import dataclass, field
-from urllib.parse import quote
+from dataclasses import dataclass
 
+import pytest
 import pytest_twisted
-from autobahn.websocket.protocol import Disconnected, WebSocketProtocol
-from twisted.internet.defer import Deferred
 
-from tests.reliability.daemon import (
-    Daemon,
-    DaemonHandle,
-    integrity_problems,
-    sleep,
-    stored_messages,
+from tests.reliability.daemon import Daemon, sleep
+from tests.reliability.streaming import (
+    Receiver,
+    Streamer,
+    Traffic,
+    open_clients,
+    open_ws,
 )
-from tests.support.client import Identity, register_and_login
-from tests.support.ws import WsClient, _Factory, _tls, _with_timeout, signed_frame
+from tests.support.client import Identity
+from tests.support.ws import WsClient
+
+pytestmark = pytest.mark.both_backends
 
 #: Seconds the stopping daemon may wait for WebSockets to close.
 SHUTDOWN_GRACE = "2"
 KiB = 1024
-
-
-# -- clients ---------------------------------------------------------------------
-
-
-class Receiver(WsClient):
-    """Keeps data frames that arrived after the server's close frame apart."""
-
-    def __init__(self, user_id: str | None = None) -> None:
-        super().__init__(user_id)
-        self.after_close: list[dict] = []
-
-    def _on_frame(self, payload: bytes, is_binary: bool) -> None:
-        if self.protocol.state != WebSocketProtocol.STATE_OPEN:
-            # We already got (and answered) a close frame: RFC 6455 §5.5.1
-            # says none may follow, and a strict client drops them.
-            self.after_close.append(_parse(payload))
-            return
-        super()._on_frame(payload, is_binary)
-
-
-def _parse(payload: bytes):
-    try:
-        return json.loads(payload)
-    except ValueError:
-        return payload
-
-
-async def open_ws(server: DaemonHandle, token: str, cls=WsClient) -> WsClient:
-    """tests.support.ws.connect, but with a chosen client class."""
-    client = cls(None)
-    url = f"wss://localhost:{server.https_port}/ws?token={quote(token, safe='')}"
-    factory = _Factory(url)
-    factory.client = client
-    factory.setProtocolOptions(
-        maxFramePayloadSize=4 * 2**20,
-        maxMessagePayloadSize=4 * 2**20,
-        openHandshakeTimeout=5,
-        closeHandshakeTimeout=2,
-        autoPingInterval=0,
-    )
-    await _tls(server).connect(factory)
-    return await _with_timeout(client._open_d, 6, "WebSocket open")
-
-
-@dataclass
-class Traffic:
-    """What the senders handed to their sockets, and what receivers got."""
-
-    #: content -> (from, to), for every frame a sender's socket accepted.
-    sent: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: receiver user id -> every message frame it got (all connections).
-    received: dict[str, list[dict]] = field(default_factory=dict)
-    #: receiver user id -> data frames that arrived after a close frame.
-    after_close: dict[str, list[dict]] = field(default_factory=dict)
-    #: system frames the senders got.
-    sender_errors: list[dict] = field(default_factory=list)
-
-    def take(self, user_id: str, client: Receiver) -> None:
-        self.received.setdefault(user_id, []).extend(client.received)
-        self.after_close.setdefault(user_id, []).extend(client.after_close)
-
-
-class Streamer:
-    """One sender pushing unique signed messages round-robin to receivers."""
-
-    def __init__(
-        self,
-        ident: Identity,
-        client: WsClient,
-        receivers: list[str],
-        traffic: Traffic,
-        sizes: tuple[int, int],
-        per_tick: int,
-        tick: float,
-    ) -> None:
-        self.ident = ident
-        self.client = client
-        self.receivers = receivers
-        self.traffic = traffic
-        self.sizes = sizes
-        self.per_tick = per_tick
-        self.tick = tick
-        self.running = True
-        self.seq = 0
-        self.done = Deferred.fromCoroutine(self._run())
-
-    async def _run(self) -> None:
-        rng = random.Random(self.ident.user_id)
-        while self.running and not self.client.closed:
-            for _ in range(self.per_tick):
-                to = self.receivers[self.seq % len(self.receivers)]
-                head = f"{self.ident.user_id}-{self.seq}|"
-                content = head + "x" * max(0, rng.randint(*self.sizes) - len(head))
-                try:
-                    self.client.send_json(signed_frame(self.ident, to, content))
-                except Disconnected:
-                    return
-                self.traffic.sent[content] = (self.ident.user_id, to)
-                self.seq += 1
-            await sleep(self.tick)
-
-    async def stop(self) -> None:
-        self.running = False
-        await self.done
 
 
 # -- the scenario ----------------------------------------------------------------
@@ -190,22 +89,15 @@ class Outcome:
     log: str
 
 
-async def run_scenario(tmp_path, sc: Scenario) -> Outcome:
-    daemon = Daemon(tmp_path, DK_SHUTDOWN_GRACE=SHUTDOWN_GRACE)
+async def run_scenario(tmp_path, db: str, sc: Scenario) -> Outcome:
+    daemon = Daemon(tmp_path, db, DK_SHUTDOWN_GRACE=SHUTDOWN_GRACE)
     traffic = Traffic()
     clients: list[WsClient] = []
     try:
         server = await daemon.start()
         senders = [Identity(f"s{i}") for i in range(sc.senders)]
         receivers = [Identity(f"r{j}") for j in range(sc.receivers)]
-        tokens = {}
-        for ident in senders + receivers:
-            tokens[ident.user_id] = await register_and_login(server, ident)
-        rx = {
-            r.user_id: await open_ws(server, tokens[r.user_id], Receiver)
-            for r in receivers
-        }
-        tx = {s.user_id: await open_ws(server, tokens[s.user_id]) for s in senders}
+        tokens, rx, tx = await open_clients(server, senders, receivers)
         clients += [*rx.values(), *tx.values()]
         streamers = [
             Streamer(
@@ -243,7 +135,7 @@ async def run_scenario(tmp_path, sc: Scenario) -> Outcome:
         for s in streamers:
             await s.stop()
         await daemon.drop_handle()
-        crash_db_problems = integrity_problems(daemon.snapshot_db("after-stop"))
+        crash_db_problems = daemon.database.snapshot("after-stop").integrity_problems()
 
         # Whatever the old connections still hold unread is lost to the client.
         for user_id, client in rx.items():
@@ -284,9 +176,9 @@ async def run_scenario(tmp_path, sc: Scenario) -> Outcome:
 
         return Outcome(
             traffic,
-            stored_messages(daemon.db),
+            daemon.database.messages(),
             crash_db_problems,
-            integrity_problems(daemon.db),
+            daemon.database.integrity_problems(),
             first_exit,
             daemon.log_text(),
         )
@@ -310,7 +202,7 @@ async def collect_backlog(
             for f in [*traffic.received.get(user_id, ()), *rx[user_id].received]
             if isinstance(f, dict)
         }
-        rows = stored_messages(daemon.db, read_only=True)
+        rows = daemon.database.messages(read_only=True)
         return all((row[1], mid) in got for mid, row in rows.items())
 
     waited = quiet = 0.0
@@ -340,7 +232,7 @@ def check(out: Outcome, *, exactly_once: bool) -> dict[str, int]:
     # recipient it names.
     assert out.rows, "nothing was committed; the test proves nothing"
     content_ids: dict[str, int] = {}
-    for mid, (from_user, to_user, content, _status, bcast) in out.rows.items():
+    for mid, (from_user, to_user, content, _status, bcast, _) in out.rows.items():
         assert not bcast
         assert content in t.sent, f"row {mid} holds content nobody sent"
         assert t.sent[content] == (from_user, to_user), f"row {mid} misaddressed"
@@ -358,7 +250,7 @@ def check(out: Outcome, *, exactly_once: bool) -> dict[str, int]:
             mid, content = f["id"], f["content"]
             assert content in t.sent, f"{user_id} got a message never sent (id {mid})"
             assert mid in out.rows, f"{user_id} got id {mid}, which was never committed"
-            from_user, to_user, row_content, _, _ = out.rows[mid]
+            from_user, to_user, row_content, *_ = out.rows[mid]
             assert row_content == content, f"id {mid} arrived with another content"
             assert (f["from"], f["to"]) == (from_user, to_user) and to_user == user_id
             counts[mid] += 1
@@ -401,19 +293,20 @@ def assert_clean_exit(out: Outcome) -> None:
 
 #: Diagnosis in the report; remove the marks once dkserver is fixed.
 @pytest_twisted.ensureDeferred
-async def test_sigkill_mid_stream_loses_nothing_committed(tmp_path):
-    out = await run_scenario(tmp_path, Scenario(sig=signal.SIGKILL))
+async def test_sigkill_mid_stream_loses_nothing_committed(tmp_path, db_target):
+    out = await run_scenario(tmp_path, db_target, Scenario(sig=signal.SIGKILL))
     assert out.first_exit == -signal.SIGKILL
     print(check(out, exactly_once=False))
 
 
 @pytest_twisted.ensureDeferred
-async def test_sigterm_under_load_loses_and_duplicates_nothing(tmp_path):
+async def test_sigterm_under_load_loses_and_duplicates_nothing(tmp_path, db_target):
     # Clients are "far away" for a moment when the stop comes: the close
     # frame reaches them late, so senders keep sending and receivers keep
     # getting frames while the server waits for their close replies.
     out = await run_scenario(
         tmp_path,
+        db_target,
         Scenario(sig=signal.SIGTERM, pause_at_signal=True, resume_after_signal=0.2),
     )
     assert_clean_exit(out)
@@ -432,27 +325,33 @@ SLOW = {
 
 
 @pytest_twisted.ensureDeferred
-async def test_sigkill_with_slow_receivers_loses_nothing_committed(tmp_path):
-    out = await run_scenario(tmp_path, Scenario(sig=signal.SIGKILL, **SLOW))
+async def test_sigkill_with_slow_receivers_loses_nothing_committed(tmp_path, db_target):
+    out = await run_scenario(tmp_path, db_target, Scenario(sig=signal.SIGKILL, **SLOW))
     assert out.first_exit == -signal.SIGKILL
     print(check(out, exactly_once=False))
 
 
 @pytest_twisted.ensureDeferred
-async def test_sigterm_with_stalled_receivers_loses_nothing_committed(tmp_path):
+async def test_sigterm_with_stalled_receivers_loses_nothing_committed(
+    tmp_path, db_target
+):
     # The receivers never read again: the server gives up on them after its
     # grace period; what they did not prove they read stays pending.
-    out = await run_scenario(tmp_path, Scenario(sig=signal.SIGTERM, **SLOW))
+    out = await run_scenario(tmp_path, db_target, Scenario(sig=signal.SIGTERM, **SLOW))
     assert_clean_exit(out)
     print(check(out, exactly_once=False))
 
 
 @pytest_twisted.ensureDeferred
-async def test_sigterm_with_slow_receivers_that_catch_up_is_exactly_once(tmp_path):
+async def test_sigterm_with_slow_receivers_that_catch_up_is_exactly_once(
+    tmp_path, db_target
+):
     # The receivers read again within the grace period and answer the
     # server's close frame, which confirms exactly what was sent before it.
     out = await run_scenario(
-        tmp_path, Scenario(sig=signal.SIGTERM, resume_after_signal=0.3, **SLOW)
+        tmp_path,
+        db_target,
+        Scenario(sig=signal.SIGTERM, resume_after_signal=0.3, **SLOW),
     )
     assert_clean_exit(out)
     print(check(out, exactly_once=True))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import fail, gatherResults
 
-from dkserver.store.errors import NulNotStorable
+from dkserver.store.errors import NulNotStorable, StoreUnavailable
 from dkserver.store.messages import NewMessage
 from dkserver.store.writer import GroupWriter
 
@@ -173,3 +174,45 @@ async def test_unstorable_message_fails_alone_not_its_batch(store, sql, db_path)
     else:
         assert stored.fetchall() == [("m1", ""), ("m2", "a\0b"), ("m3", "")]
     assert isinstance(results[0], int) and isinstance(results[2], int)
+
+
+class _Outage:
+    """The store's database, unreachable for the next ``failures`` interactions."""
+
+    def __init__(self, db) -> None:
+        self._db = db
+        self.engine = db.engine
+        self.failures = 0
+
+    def runInteraction(self, func, *args, **kwargs):
+        if self.failures:
+            self.failures -= 1
+            return fail(StoreUnavailable("the test cut the connection"))
+        return self._db.runInteraction(func, *args, **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_outage_refuses_its_messages_but_keeps_delivery_marks(
+    store, sql, db_path
+):
+    await store.users.create("alice", "A", "k")
+    await store.users.create("bob", "B", "k")
+    outage = _Outage(store.pool)
+    writer = GroupWriter(outage, reactor)
+    writer.start_session("s1", "alice", 1_795_668_342_000_000_000)
+    first = await writer.submit_message(message("bob", 1), "s1")
+    outage.failures = 1
+    writer.mark_delivered(first)
+    writer.end_session("s1", 1_795_668_343_000_000_000)
+    with pytest.raises(StoreUnavailable):
+        await writer.submit_message(message("bob", 2), "s1")
+    assert writer.unavailable
+    await writer.flush()  # the retry: the marks, not the refused message
+    assert not writer.unavailable
+    con = _Inspect(sql, db_path)
+    assert con.execute("SELECT id, status FROM messages").fetchall() == [
+        (first, "delivered")
+    ]
+    assert con.execute(
+        "SELECT duration FROM sessions WHERE session_id = 's1'"
+    ).fetchone() == (1,)

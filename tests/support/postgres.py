@@ -354,6 +354,16 @@ class PrivateServer:
             start_new_session=True,  # Ctrl-C reaches us, not the watchdog
         )
 
+    def shut_down(self, mode: str = "fast") -> None:
+        """Stop the server but keep its data, for :meth:`start_again`
+        (``mode``: pg_ctl's ``fast`` or ``immediate``, a crash)."""
+        self._run("pg_ctl", "stop", "-m", mode, "-w", "-D", str(self.data))
+
+    def start_again(self) -> None:
+        """Start a server stopped by :meth:`shut_down`, on the same port."""
+        assert self.server is not None
+        self._pg_ctl_start(self.server.port)
+
     def stop(self) -> None:
         """Stop the server and remove its directory; safe to call twice."""
         if self.dir is None:

@@ -81,7 +81,7 @@ class PostgresBackend:
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url
-        self.label = "postgresql" if url is None else parse_database_url(url).redacted()
+        self.label = "postgresql" if url is None else parse_database_url(url).redacted
         self._private = None
         self._postmaster: int | None = None
         self._schema: str | None = None

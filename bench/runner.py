@@ -77,19 +77,19 @@ TARGETS = {
 }
 
 
-def dkserver_version() -> str:
+def dkserver_version(root: Path = ROOT) -> str:
     """The commit bench ran against (``+dirty`` with local changes)."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "dkserver"],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=10,
@@ -99,7 +99,7 @@ def dkserver_version() -> str:
     return (head or "unknown") + ("+dirty" if dirty else "")
 
 
-def server_env(extra: dict[str, str] | None = None) -> dict:
+def server_env(extra: dict[str, str] | None = None, root: Path = ROOT) -> dict:
     env = dict(os.environ)
     env.update(
         MESSAGE_RATE_LIMIT="1e9",
@@ -112,11 +112,15 @@ def server_env(extra: dict[str, str] | None = None) -> dict:
     env.pop("JWT_SECRET", None)
     env.pop("DK_JWT_SECRET_FILE", None)
     env.update(extra or {})
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
-def dkserver_proc(tmp: str, db: str, env: dict[str, str]) -> ServerProc:
+def dkserver_proc(
+    tmp: str, db: str, env: dict[str, str], root: Path = ROOT
+) -> ServerProc:
+    """dkserver from the checkout ``root`` (its ``dkserver`` package comes
+    first on the path), on ``db``."""
     port = free_port()
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     argv = [
@@ -136,7 +140,7 @@ def dkserver_proc(tmp: str, db: str, env: dict[str, str]) -> ServerProc:
         os.path.join(tmp, "k.pem"),
     ]
     return ServerProc(
-        "dkserver", argv, server_env(env), port, os.path.join(tmp, "dk.log")
+        "dkserver", argv, server_env(env, root), port, os.path.join(tmp, "dk.log")
     )
 
 
@@ -350,6 +354,7 @@ def render(r: dict) -> str:
                     x["p50_ms"],
                     x["p99_ms"],
                     x["server_cpu_us_per_msg"],
+                    x.get("db_cpu_us_per_msg"),
                     x["server_cpu_cores"],
                     x["loadgen_cpu_us_per_msg"],
                 ]
@@ -365,6 +370,7 @@ def render(r: dict) -> str:
             "p50 ms",
             "p99 ms",
             "srv µs/msg",
+            "db µs/msg",
             "srv cores",
             "lg µs/msg",
         ],
@@ -420,7 +426,7 @@ def render(r: dict) -> str:
         )
     lines += _table(
         "backlog drain (pending messages sent on connect)",
-        ["messages", "drain s", "msgs/s", "first msg s", "srv µs/msg"],
+        ["messages", "drain s", "msgs/s", "first msg s", "srv µs/msg", "db µs/msg"],
         [
             [
                 x["messages"],
@@ -428,6 +434,7 @@ def render(r: dict) -> str:
                 x["msgs_per_s"],
                 x["first_msg_s"],
                 x["server_cpu_us_per_msg"],
+                x.get("db_cpu_us_per_msg"),
             ]
             for x in r.get("backlog") or []
         ],
@@ -474,13 +481,19 @@ async def run(args) -> dict:
             "owns both ends of a pair",
             "content_bytes": 128,
             "backends": [be.label for be in args.backends],
+            "against": {str(d): dkserver_version(d) for d in args.against},
             "repeat": args.repeat,
             "tmp": tmp,
         },
         "runs": [],
     }
-    # Each backend learns its own relay rate (the next run's message count).
-    cfgs = {be.label: copy.deepcopy(cfg) for be in args.backends}
+    # (label, checkout, backend): this checkout's dkserver on every backend,
+    # then each --against checkout's.
+    variants = [(be.label, ROOT, be) for be in args.backends]
+    for root in args.against:
+        variants += [(f"{be.label}@{root.name}", root, be) for be in args.backends]
+    # Each variant learns its own relay rate (the next run's message count).
+    cfgs = {label: copy.deepcopy(cfg) for label, _, _ in variants}
     t_start = time.monotonic()
     ok = False
     started: list[Backend] = []
@@ -492,12 +505,14 @@ async def run(args) -> dict:
         # Rounds alternate the backend order, so a drift in the machine's load
         # over the run does not always favour the same one.
         for rnd in range(args.repeat):
-            order = args.backends if rnd % 2 == 0 else args.backends[::-1]
-            for be in order:
-                run_dir = os.path.join(tmp, f"{be.kind}-{rnd + 1}")
+            order = variants if rnd % 2 == 0 else variants[::-1]
+            for i, (label, root, be) in enumerate(order):
+                run_dir = os.path.join(tmp, f"{rnd + 1}-{i}-{be.kind}")
                 os.makedirs(run_dir)
                 results["runs"].append(
-                    await run_server(args, cfgs[be.label], wanted, be, rnd, run_dir)
+                    await run_server(
+                        args, cfgs[label], wanted, (label, root, be), rnd, run_dir
+                    )
                 )
         ok = True
     finally:
@@ -526,11 +541,17 @@ async def run(args) -> dict:
 
 
 async def run_server(
-    args, cfg: dict, wanted: list[str], be: Backend, rnd: int, run_dir: str
+    args,
+    cfg: dict,
+    wanted: list[str],
+    variant: tuple[str, Path, Backend],
+    rnd: int,
+    run_dir: str,
 ) -> dict:
-    """One dkserver on a fresh database of ``be``, every wanted scenario."""
+    """One dkserver on a fresh database of its backend, every wanted scenario."""
+    label, root, be = variant
     db, env = be.open(run_dir)
-    dk = dkserver_proc(run_dir, db, env)
+    dk = dkserver_proc(run_dir, db, env, root)
     b = Bench(
         tmp=run_dir,
         cafile=os.path.join(run_dir, "c.pem"),
@@ -541,7 +562,7 @@ async def run_server(
     out: dict = {}
     ok = False
     try:
-        log(f"round {rnd + 1}, {be.label}: dkserver on 127.0.0.1:{dk.port}")
+        log(f"round {rnd + 1}, {label}: dkserver on 127.0.0.1:{dk.port}")
         await dk.start()
         for name in wanted:
             if name == "logins":
@@ -573,8 +594,9 @@ async def run_server(
                 raise
             traceback.print_exc()
     return {
-        "backend": be.label,
+        "backend": label,
         "kind": be.kind,
+        "dkserver_commit": dkserver_version(root),
         "round": rnd + 1,
         "dkserver_pid": dk.pid,
         "rss_kib_end": rss_end,
@@ -632,6 +654,15 @@ def parse_args(argv):
         default=1,
         help="rounds over the backends (their order alternates); medians",
     )
+    p.add_argument(
+        "--against",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="CHECKOUT",
+        help="also run the dkserver of this checkout (e.g. a git worktree of "
+        "main) on every --db, in the same rounds: before/after in one run",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("all", help="every scenario, default sizes")
     sub.add_parser("smoke", help="every scenario, tiny sizes (seconds)")
@@ -679,6 +710,10 @@ def parse_args(argv):
     args.no_ceiling = getattr(args, "no_ceiling", False)
     if args.repeat < 1 or args.procs < 1:
         p.error("--repeat and --procs take a positive integer")
+    args.against = [d.resolve() for d in args.against]
+    for d in args.against:
+        if not (d / "dkserver" / "__init__.py").is_file():
+            p.error(f"--against {d}: not a dkserver checkout")
     try:
         args.backends = parse_backends(args.db)
     except BackendError as e:

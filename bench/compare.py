@@ -17,86 +17,74 @@ RELAY_RATIO_TARGET = 0.7
 _Figure = tuple[str, bool, Callable[[dict], float | None]]
 
 
+#: Per scenario: where its runs are (scenario, and the relay's kind of run),
+#: the field that tells its runs apart, how to name it, and the figures.
+_FIGURES = (
+    (
+        ("logins", None),
+        "clients",
+        "{} clients",
+        (
+            ("logins/s", "logins_per_s", True),
+            ("server µs/login", "server_cpu_us_per_login", False),
+            ("db µs/login", "db_cpu_us_per_login", False),
+        ),
+    ),
+    (
+        ("relay", "dk"),
+        "pairs",
+        "{} pairs",
+        (
+            ("relay msgs/s", "msgs_per_s", True),
+            ("relay server µs/msg", "server_cpu_us_per_msg", False),
+            ("relay db µs/msg", "db_cpu_us_per_msg", False),
+            ("relay p99 ms", "p99_ms", False),
+        ),
+    ),
+    (
+        ("relay", "dk_half_rate"),
+        "pairs",
+        "{} pairs",
+        (("relay p99 ms at half rate", "p99_ms", False),),
+    ),
+    (
+        ("backlog", None),
+        "messages",
+        "{} messages",
+        (
+            ("backlog drain s", "drain_s", False),
+            ("backlog msgs/s", "msgs_per_s", True),
+            ("backlog db µs/msg", "db_cpu_us_per_msg", False),
+        ),
+    ),
+)
+
+
+def _runs(results: dict, where: tuple[str, str | None]) -> list[dict]:
+    scenario, kind = where
+    found = results.get(scenario) or ([] if kind is None else {})
+    return (found.get(kind) or []) if kind is not None else found
+
+
 def _figures(results: dict) -> Iterator[_Figure]:
     """(name, higher is better, value) for each figure a run has."""
-    for x in results.get("logins") or []:
-        c = x["clients"]
-        yield (
-            f"logins/s, {c} clients",
-            True,
-            lambda r, c=c: _at(r, "logins", "clients", c, "logins_per_s"),
-        )
-        yield (
-            f"server µs/login, {c} clients",
-            False,
-            lambda r, c=c: _at(r, "logins", "clients", c, "server_cpu_us_per_login"),
-        )
-        yield (
-            f"db µs/login, {c} clients",
-            False,
-            lambda r, c=c: _at(r, "logins", "clients", c, "db_cpu_us_per_login"),
-        )
-    relay = (results.get("relay") or {}).get("dk") or []
-    if relay:
+    if any(x.get("msgs_per_s") for x in _runs(results, ("relay", "dk"))):
         yield "relay msgs/s, best", True, _relay_best
-    for x in relay:
-        n = x["pairs"]
-        yield (
-            f"relay msgs/s, {n} pairs",
-            True,
-            lambda r, n=n: _relay(r, n, "msgs_per_s"),
-        )
-        yield (
-            f"relay server µs/msg, {n} pairs",
-            False,
-            lambda r, n=n: _relay(r, n, "server_cpu_us_per_msg"),
-        )
-        yield (
-            f"relay db µs/msg, {n} pairs",
-            False,
-            lambda r, n=n: _relay(r, n, "db_cpu_us_per_msg"),
-        )
-        yield f"relay p99 ms, {n} pairs", False, lambda r, n=n: _relay(r, n, "p99_ms")
-        yield (
-            f"relay p99 ms at half rate, {n} pairs",
-            False,
-            lambda r, n=n: _relay(r, n, "p99_ms", "dk_half_rate"),
-        )
-    for x in results.get("backlog") or []:
-        m = x["messages"]
-        yield (
-            f"backlog {m} drain s",
-            False,
-            lambda r, m=m: _at(r, "backlog", "messages", m, "drain_s"),
-        )
-        yield (
-            f"backlog {m} msgs/s",
-            True,
-            lambda r, m=m: _at(r, "backlog", "messages", m, "msgs_per_s"),
-        )
-        yield (
-            f"backlog {m} db µs/msg",
-            False,
-            lambda r, m=m: _at(r, "backlog", "messages", m, "db_cpu_us_per_msg"),
-        )
+    for where, key, label, figures in _FIGURES:
+        for x in _runs(results, where):
+            for name, field, higher in figures:
 
+                def get(r, where=where, key=key, at=x[key], field=field):
+                    for y in _runs(r, where):
+                        if y[key] == at:
+                            return y.get(field)
+                    return None
 
-def _at(results: dict, scenario: str, key: str, value, field: str):
-    for x in results.get(scenario) or []:
-        if x[key] == value:
-            return x.get(field)
-    return None
-
-
-def _relay(results: dict, pairs: int, field: str, kind: str = "dk"):
-    for x in (results.get("relay") or {}).get(kind) or []:
-        if x["pairs"] == pairs:
-            return x.get(field)
-    return None
+                yield f"{name}, {label.format(x[key])}", higher, get
 
 
 def _relay_best(results: dict) -> float | None:
-    rates = [x["msgs_per_s"] for x in (results.get("relay") or {}).get("dk") or []]
+    rates = [x["msgs_per_s"] for x in _runs(results, ("relay", "dk"))]
     rates = [r for r in rates if r]
     return max(rates) if rates else None
 

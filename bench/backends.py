@@ -56,7 +56,10 @@ class SqliteBackend:
     def open(self, run_dir: str) -> tuple[str, dict[str, str]]:
         """The server's ``--db`` for one run, and its extra environment."""
         path = self.path or os.path.join(run_dir, "dk.db")
-        self._made = [path + suffix for suffix in ("", "-wal", "-shm", ".jwt-secret")]
+        made = [path + suffix for suffix in ("", "-wal", "-shm", ".jwt-secret")]
+        # The server builds its client beside the database file.
+        client = os.path.join(os.path.dirname(path), "dk.pyz")
+        self._made = made + ([] if os.path.exists(client) else [client])
         return path, {}
 
     def close(self) -> None:

@@ -148,7 +148,10 @@ def compare(runs: list[dict], meta: dict) -> dict:
 
 
 def targets(cmp: dict) -> dict:
-    ratio = (cmp.get("relay_postgresql_of_sqlite") or {}).get("of_medians")
+    """The relay target on the paired ratio: the median over rounds of
+    PostgreSQL/SQLite within each round, whose two runs share the machine's
+    load of those minutes (the ratio of the medians mixes rounds)."""
+    ratio = (cmp.get("relay_postgresql_of_sqlite") or {}).get("median_of_rounds")
     if ratio is None:
         return {}
     return {
@@ -179,8 +182,9 @@ def render(cmp: dict, met: dict) -> str:
     relay = cmp.get("relay_postgresql_of_sqlite")
     if relay:
         lines.append(
-            f"relay on {relay['postgresql']} / {relay['sqlite']}: "
-            f"{relay['of_medians']} (medians), per round {relay['per_round']}"
+            f"relay msgs/s, best, {relay['postgresql']} / {relay['sqlite']}: "
+            f"per round {relay['per_round']}, median {relay['median_of_rounds']}"
+            f"; ratio of the medians {relay['of_medians']}"
         )
     for key, v in met.items():
         lines.append(
@@ -188,3 +192,30 @@ def render(cmp: dict, met: dict) -> str:
             + ("met" if v["met"] else "NOT met")
         )
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.compare FILE``: the side-by-side table again, from
+    the ``BENCH_JSON`` line of a saved run (e.g. docs/bench/*.txt)."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bench.compare FILE", file=sys.stderr)
+        return 2
+    try:
+        with open(args[0], encoding="utf-8") as f:
+            line = next(x for x in f if x.startswith("BENCH_JSON "))
+        results = json.loads(line.removeprefix("BENCH_JSON "))
+        runs = results["runs"]
+    except (OSError, StopIteration, ValueError, KeyError) as e:
+        print(f"bench.compare: no bench run in {args[0]}: {e!r}", file=sys.stderr)
+        return 2
+    cmp = compare(runs, results["meta"])
+    print(render(cmp, targets(cmp)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

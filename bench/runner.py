@@ -466,13 +466,16 @@ async def run(args) -> dict:
         wanted = [args.cmd]
     _apply_overrides(cfg, args)
     tmp = tempfile.mkdtemp(prefix="dkbench-")
+    # Taken now: the checkouts may change while the bench runs.
+    versions = {root: dkserver_version(root) for root in [ROOT, *args.against]}
+    args.versions = versions
     results: dict = {
         "meta": {
             "command": " ".join(["python -m bench", *sys.argv[1:]]),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
-            "dkserver_commit": dkserver_version(),
+            "dkserver_commit": versions[ROOT],
             "nofile": nofile,
             "loadgen_procs": args.procs,
             "mask": wire.MASK_IMPL,
@@ -481,7 +484,7 @@ async def run(args) -> dict:
             "owns both ends of a pair",
             "content_bytes": 128,
             "backends": [be.label for be in args.backends],
-            "against": {str(d): dkserver_version(d) for d in args.against},
+            "against": {str(d): versions[d] for d in args.against},
             "repeat": args.repeat,
             "tmp": tmp,
         },
@@ -596,7 +599,7 @@ async def run_server(
     return {
         "backend": label,
         "kind": be.kind,
-        "dkserver_commit": dkserver_version(root),
+        "dkserver_commit": args.versions[root],
         "round": rnd + 1,
         "dkserver_pid": dk.pid,
         "rss_kib_end": rss_end,

@@ -47,6 +47,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from bench.backends import DURABLE_SETTINGS
 from dkserver import timestamps
 from dkserver.store import pg_schema, schema
 from dkserver.store.database import Txn
@@ -68,13 +69,6 @@ COLUMNS = (
 _NAMES = ", ".join(COLUMNS)
 _ROW = "(" + ", ".join(["%s"] * len(COLUMNS)) + ")"
 _ARRAY_TYPES = ("text",) * 5 + ("int4", "text", "int4", "int8")
-
-#: A durable server for measuring: the defaults, fsync on.
-DURABLE_SETTINGS = {
-    "max_connections": "20",
-    "shared_buffers": "128MB",
-    "log_min_messages": "warning",
-}
 
 
 def batch_count(count: int, size: int) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import os
 import platform
 import shutil
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import orjson
 
-from bench import scenarios, wire
+from bench import compare, scenarios, wire
+from bench.backends import Backend, BackendError, parse_backends
 from bench.procs import ServerProc, free_port, kill_all, raise_nofile
 from bench.scenarios import Bench, log
 
@@ -58,6 +60,8 @@ SMOKE = {
     "backlog": {"messages": [20]},
 }
 ORDER = ["logins", "relay", "backlog", "broadcast", "connections"]
+#: ``compare``: the scenarios whose cost the database shapes.
+COMPARED = ["logins", "relay", "backlog"]
 
 # The issue's targets (2-core box, load generator on the same box).
 TARGETS = {
@@ -73,19 +77,19 @@ TARGETS = {
 }
 
 
-def dkserver_version() -> str:
+def dkserver_version(root: Path = ROOT) -> str:
     """The commit bench ran against (``+dirty`` with local changes)."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "dkserver"],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=10,
@@ -95,7 +99,7 @@ def dkserver_version() -> str:
     return (head or "unknown") + ("+dirty" if dirty else "")
 
 
-def server_env() -> dict:
+def server_env(extra: dict[str, str] | None = None, root: Path = ROOT) -> dict:
     env = dict(os.environ)
     env.update(
         MESSAGE_RATE_LIMIT="1e9",
@@ -106,11 +110,17 @@ def server_env() -> dict:
         DK_MAX_CONNECTIONS_PER_IP="1000000",
     )
     env.pop("JWT_SECRET", None)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("DK_JWT_SECRET_FILE", None)
+    env.update(extra or {})
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
-def dkserver_proc(tmp: str) -> ServerProc:
+def dkserver_proc(
+    tmp: str, db: str, env: dict[str, str], root: Path = ROOT
+) -> ServerProc:
+    """dkserver from the checkout ``root`` (its ``dkserver`` package comes
+    first on the path), on ``db``."""
     port = free_port()
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     argv = [
@@ -123,13 +133,15 @@ def dkserver_proc(tmp: str) -> ServerProc:
         "--http",
         "none",
         "--db",
-        os.path.join(tmp, "dk.db"),
+        db,
         "--cert",
         os.path.join(tmp, "c.pem"),
         "--key",
         os.path.join(tmp, "k.pem"),
     ]
-    return ServerProc("dkserver", argv, server_env(), port, os.path.join(tmp, "dk.log"))
+    return ServerProc(
+        "dkserver", argv, server_env(env, root), port, os.path.join(tmp, "dk.log")
+    )
 
 
 def ceiling_proc(tmp: str) -> ServerProc:
@@ -342,6 +354,7 @@ def render(r: dict) -> str:
                     x["p50_ms"],
                     x["p99_ms"],
                     x["server_cpu_us_per_msg"],
+                    x.get("db_cpu_us_per_msg"),
                     x["server_cpu_cores"],
                     x["loadgen_cpu_us_per_msg"],
                 ]
@@ -357,6 +370,7 @@ def render(r: dict) -> str:
             "p50 ms",
             "p99 ms",
             "srv µs/msg",
+            "db µs/msg",
             "srv cores",
             "lg µs/msg",
         ],
@@ -412,7 +426,7 @@ def render(r: dict) -> str:
         )
     lines += _table(
         "backlog drain (pending messages sent on connect)",
-        ["messages", "drain s", "msgs/s", "first msg s", "srv µs/msg"],
+        ["messages", "drain s", "msgs/s", "first msg s", "srv µs/msg", "db µs/msg"],
         [
             [
                 x["messages"],
@@ -420,6 +434,7 @@ def render(r: dict) -> str:
                 x["msgs_per_s"],
                 x["first_msg_s"],
                 x["server_cpu_us_per_msg"],
+                x.get("db_cpu_us_per_msg"),
             ]
             for x in r.get("backlog") or []
         ],
@@ -441,23 +456,26 @@ def render(r: dict) -> str:
 
 async def run(args) -> dict:
     nofile = raise_nofile()
-    cfg = SMOKE if args.cmd == "smoke" else DEFAULTS
-    cfg = {k: dict(v) for k, v in cfg.items()}
+    tiny = args.cmd == "smoke" or getattr(args, "smoke", False)
+    cfg = copy.deepcopy(SMOKE if tiny else DEFAULTS)
     if args.cmd in ("all", "smoke"):
         wanted = ORDER
-    elif args.cmd == "ceiling":
-        wanted = ["ceiling"]
+    elif args.cmd == "compare":
+        wanted = COMPARED
     else:
         wanted = [args.cmd]
     _apply_overrides(cfg, args)
     tmp = tempfile.mkdtemp(prefix="dkbench-")
+    # Taken now: the checkouts may change while the bench runs.
+    versions = {root: dkserver_version(root) for root in [ROOT, *args.against]}
+    args.versions = versions
     results: dict = {
         "meta": {
             "command": " ".join(["python -m bench", *sys.argv[1:]]),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
-            "dkserver_commit": dkserver_version(),
+            "dkserver_commit": versions[ROOT],
             "nofile": nofile,
             "loadgen_procs": args.procs,
             "mask": wire.MASK_IMPL,
@@ -465,49 +483,130 @@ async def run(args) -> dict:
             "phase); latency from per-seq send times kept in the process that "
             "owns both ends of a pair",
             "content_bytes": 128,
+            "backends": [be.label for be in args.backends],
+            "against": {str(d): versions[d] for d in args.against},
+            "repeat": args.repeat,
             "tmp": tmp,
-        }
+        },
+        "runs": [],
     }
-    dk = dkserver_proc(tmp)
-    b = Bench(tmp=tmp, cafile=os.path.join(tmp, "c.pem"), dk=dk, procs=args.procs)
+    # (label, checkout, backend): this checkout's dkserver on every backend,
+    # then each --against checkout's.
+    variants = [(be.label, ROOT, be) for be in args.backends]
+    for root in args.against:
+        variants += [(f"{be.label}@{root.name}", root, be) for be in args.backends]
+    # Each variant learns its own relay rate (the next run's message count).
+    cfgs = {label: copy.deepcopy(cfg) for label, _, _ in variants}
     t_start = time.monotonic()
     ok = False
+    started: list[Backend] = []
     try:
-        log(f"starting dkserver on 127.0.0.1:{dk.port} (tmp {tmp})")
+        for be in args.backends:
+            log(f"database: {be.label}")
+            be.start()
+            started.append(be)
+        # Rounds alternate the backend order, so a drift in the machine's load
+        # over the run does not always favour the same one.
+        for rnd in range(args.repeat):
+            order = variants if rnd % 2 == 0 else variants[::-1]
+            for i, (label, root, be) in enumerate(order):
+                run_dir = os.path.join(tmp, f"{rnd + 1}-{i}-{be.kind}")
+                os.makedirs(run_dir)
+                results["runs"].append(
+                    await run_server(
+                        args, cfgs[label], wanted, (label, root, be), rnd, run_dir
+                    )
+                )
+        ok = True
+    finally:
+        kill_all()
+        for be in started:
+            try:
+                be.stop()
+            except Exception:
+                traceback.print_exc()
+        if not ok:
+            log(f"failed; server and load generator logs are in {tmp}")
+    results["meta"]["seconds"] = round(time.monotonic() - t_start, 1)
+    if len(results["runs"]) == 1:
+        # One backend, one round: the scenarios at the top level, as before.
+        results.update(results["runs"][0]["results"])
+        results["setup"] = results["runs"][0]["setup"]
+        results["meta"]["dkserver_pid"] = results["runs"][0]["dkserver_pid"]
+        results["meta"]["dkserver_rss_kib_end"] = results["runs"][0]["rss_kib_end"]
+        results["targets"] = results["runs"][0]["targets"]
+    else:
+        results["compare"] = compare.compare(results["runs"], results["meta"])
+        results["targets"] = compare.targets(results["compare"])
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+async def run_server(
+    args,
+    cfg: dict,
+    wanted: list[str],
+    variant: tuple[str, Path, Backend],
+    rnd: int,
+    run_dir: str,
+) -> dict:
+    """One dkserver on a fresh database of its backend, every wanted scenario."""
+    label, root, be = variant
+    db, env = be.open(run_dir)
+    dk = dkserver_proc(run_dir, db, env, root)
+    b = Bench(
+        tmp=run_dir,
+        cafile=os.path.join(run_dir, "c.pem"),
+        dk=dk,
+        procs=args.procs,
+        db_cpu=be.db_cpu,
+    )
+    out: dict = {}
+    ok = False
+    try:
+        log(f"round {rnd + 1}, {label}: dkserver on 127.0.0.1:{dk.port}")
         await dk.start()
-        results["meta"]["dkserver_pid"] = dk.pid
         for name in wanted:
             if name == "logins":
-                results["logins"] = await run_logins(b, cfg["logins"])
+                out["logins"] = await run_logins(b, cfg["logins"])
             elif name == "relay":
-                results["relay"] = await run_relay(
+                out["relay"] = await run_relay(
                     b, cfg["relay"], with_ceiling=not args.no_ceiling
                 )
             elif name == "ceiling":
-                results["relay"] = await run_ceiling_only(b, cfg["relay"])
+                out["relay"] = await run_ceiling_only(b, cfg["relay"])
             elif name == "broadcast":
-                results["broadcast"] = await run_broadcast(b, cfg["broadcast"])
+                out["broadcast"] = await run_broadcast(b, cfg["broadcast"])
             elif name == "connections":
-                results["connections"] = await run_connections(b, cfg["connections"])
+                out["connections"] = await run_connections(b, cfg["connections"])
             elif name == "backlog":
-                results["backlog"] = await run_backlog(b, cfg["backlog"])
+                out["backlog"] = await run_backlog(b, cfg["backlog"])
             if not dk.alive():
                 raise RuntimeError(f"dkserver died: {dk.tail()}")
-        results["meta"]["dkserver_rss_kib_end"] = dk.rss()
+        rss_end = dk.rss()
         ok = True
     finally:
         await dk.stop()
         if b.ceiling is not None:
             await b.ceiling.stop()
-        kill_all()
-        if not ok:
-            log(f"failed; server and load generator logs are in {tmp}")
-    results["setup"] = b.setup
-    results["meta"]["seconds"] = round(time.monotonic() - t_start, 1)
-    results["targets"] = evaluate(results)
-    if not args.keep:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return results
+        try:
+            be.close()
+        except Exception:
+            if ok:
+                raise
+            traceback.print_exc()
+    return {
+        "backend": label,
+        "kind": be.kind,
+        "dkserver_commit": args.versions[root],
+        "round": rnd + 1,
+        "dkserver_pid": dk.pid,
+        "rss_kib_end": rss_end,
+        "results": out,
+        "setup": b.setup,
+        "targets": evaluate(out),
+    }
 
 
 def _apply_overrides(cfg: dict, args) -> None:
@@ -518,8 +617,10 @@ def _apply_overrides(cfg: dict, args) -> None:
             cfg["backlog"]["messages"] = args.messages
         else:
             cfg["relay"]["messages"] = args.messages[0]
+    if getattr(args, "backlog", None):
+        cfg["backlog"]["messages"] = args.backlog
     if getattr(args, "clients", None):
-        key = "logins" if args.cmd == "logins" else "broadcast"
+        key = "broadcast" if args.cmd == "broadcast" else "logins"
         cfg[key]["clients"] = args.clients
     if getattr(args, "conns", None):
         cfg["connections"]["conns"] = args.conns
@@ -541,6 +642,30 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--procs", type=int, default=2, help="load generator processes")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    p.add_argument(
+        "--db",
+        action="append",
+        metavar="DB",
+        help="backend to run on, repeatable: sqlite (default), a file path or "
+        "sqlite: URL, postgresql (a private server the bench starts), "
+        "postgresql://… (a fresh schema per run there), or both "
+        "(sqlite and postgresql); every server run gets a fresh database",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds over the backends (their order alternates); medians",
+    )
+    p.add_argument(
+        "--against",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="CHECKOUT",
+        help="also run the dkserver of this checkout (e.g. a git worktree of "
+        "main) on every --db, in the same rounds: before/after in one run",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("all", help="every scenario, default sizes")
     sub.add_parser("smoke", help="every scenario, tiny sizes (seconds)")
@@ -570,8 +695,32 @@ def parse_args(argv):
     s.add_argument("--big", type=int)
     s = sub.add_parser("backlog")
     s.add_argument("--messages", type=int, action="append")
+    s = sub.add_parser(
+        "compare",
+        help="logins, relay and backlog on every --db, side by side",
+    )
+    s.add_argument("--clients", type=int, action="append", help="login clients")
+    s.add_argument("--duration", type=float, help="seconds per login run")
+    s.add_argument("--pairs", type=int, action="append", help="relay pairs")
+    s.add_argument(
+        "--messages", type=int, action="append", help="messages per relay run"
+    )
+    s.add_argument("--seconds", type=float, help="relay run length")
+    s.add_argument("--backlog", type=int, action="append", help="backlog sizes")
+    s.add_argument("--no-ceiling", action="store_true")
+    s.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     args = p.parse_args(argv)
     args.no_ceiling = getattr(args, "no_ceiling", False)
+    if args.repeat < 1 or args.procs < 1:
+        p.error("--repeat and --procs take a positive integer")
+    args.against = [d.resolve() for d in args.against]
+    for d in args.against:
+        if not (d / "dkserver" / "__init__.py").is_file():
+            p.error(f"--against {d}: not a dkserver checkout")
+    try:
+        args.backends = parse_backends(args.db)
+    except BackendError as e:
+        p.error(str(e))
     return args
 
 
@@ -584,10 +733,20 @@ def main(argv=None) -> int:
         kill_all()
         print("interrupted", file=sys.stderr)
         return 130
+    except BackendError as e:
+        kill_all()
+        print(f"python -m bench: {e}", file=sys.stderr)
+        return 2
     except Exception:
         kill_all()
         traceback.print_exc()
         return 1
-    print(render(results))
+    if len(results["runs"]) == 1:
+        print(render(results))
+    else:
+        for r in results["runs"]:
+            print(f"\n=== {r['backend']}, round {r['round']}")
+            print(render({**r["results"], "targets": r["targets"]}))
+        print(compare.render(results["compare"], results["targets"]))
     print("BENCH_JSON " + orjson.dumps(results).decode(), flush=True)
     return 0

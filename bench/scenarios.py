@@ -14,6 +14,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -49,6 +50,9 @@ class Bench:
     procs: int = 2
     ceiling: ServerProc | None = None
     setup: list = field(default_factory=list)
+    #: CPU seconds of the database server, when it is a process of its own
+    #: on this machine (PostgreSQL started by the bench); else ``None``.
+    db_cpu: Callable[[], float | None] = lambda: None
     _seq: int = 0
 
     def tag(self, kind: str) -> str:
@@ -92,14 +96,31 @@ class Bench:
         return [(u, tokens[u]) for u in uids]
 
 
-async def _measured(server: ServerProc, gens: list[LoadGen], run, settle=0.3):
-    """Run ``run()`` between two readings of the server's CPU time."""
-    cpu0 = server.cpu()
+@dataclass
+class Measured:
+    out: object
+    #: CPU seconds of the server under test, and of the database server
+    #: (``None`` when that is not a process of its own here).
+    server_cpu: float
+    db_cpu: float | None
+    wall: float
+
+
+async def _measured(b: Bench, server: ServerProc, run, settle=0.3) -> Measured:
+    """Run ``run()`` between two readings of the servers' CPU time."""
+    cpu0, db0 = server.cpu(), b.db_cpu() if server is b.dk else None
     t0 = time.perf_counter()
     out = await run()
     wall = time.perf_counter() - t0
     await asyncio.sleep(settle)
-    return out, server.cpu() - cpu0, wall
+    db1 = b.db_cpu() if db0 is not None else None
+    db = None if db0 is None or db1 is None else db1 - db0
+    return Measured(out, server.cpu() - cpu0, db, wall)
+
+
+def per(seconds: float | None, n: int) -> float | None:
+    """CPU seconds as µs per unit of work (``None`` when unknown or no work)."""
+    return round(seconds * 1e6 / n, 1) if seconds is not None and n else None
 
 
 # --- logins ------------------------------------------------------------------
@@ -120,9 +141,10 @@ async def logins(b: Bench, clients: int, duration: float) -> dict:
                 *(g.expect("result", timeout=duration + 60) for g in gens)
             )
 
-        results, server_cpu, _ = await _measured(b.dk, gens, run)
+        m = await _measured(b, b.dk, run)
     finally:
         await stop_all(gens)
+    results = m.out
     n = sum(r["logins"] for r in results)
     span = (
         max(r["end_ns"] for r in results) - min(r["start_ns"] for r in results)
@@ -132,7 +154,8 @@ async def logins(b: Bench, clients: int, duration: float) -> dict:
         "logins": n,
         "seconds": round(span, 3),
         "logins_per_s": round(n / span, 1) if span else None,
-        "server_cpu_us_per_login": round(server_cpu * 1e6 / n, 1) if n else None,
+        "server_cpu_us_per_login": per(m.server_cpu, n),
+        "db_cpu_us_per_login": per(m.db_cpu, n),
         "loadgen_cpu_us_per_login": round(sum(r["cpu_s"] for r in results) * 1e6 / n, 1)
         if n
         else None,
@@ -213,12 +236,13 @@ async def relay(
                 *(g.expect("result", timeout=max_s + 60) for g in gens)
             )
 
-        results, server_cpu, _ = await _measured(server, gens, run)
+        m = await _measured(b, server, run)
         for g in gens:
             g.command("close")
         await asyncio.gather(*(g.expect("closed", timeout=30) for g in gens))
     finally:
         await stop_all(gens)
+    results = m.out
     delivered = sum(r["delivered"] for r in results)
     expected = sum(r["expected"] for r in results)
     span = (
@@ -238,10 +262,9 @@ async def relay(
         "p50_ms": round(pct(lat, 0.50) / 1000, 3) if lat else None,
         "p99_ms": round(pct(lat, 0.99) / 1000, 3) if lat else None,
         "max_ms": round(lat[-1] / 1000, 3) if lat else None,
-        "server_cpu_us_per_msg": round(server_cpu * 1e6 / delivered, 1)
-        if delivered
-        else None,
-        "server_cpu_cores": round(server_cpu / span, 2) if span else None,
+        "server_cpu_us_per_msg": per(m.server_cpu, delivered),
+        "db_cpu_us_per_msg": per(m.db_cpu, delivered),
+        "server_cpu_cores": round(m.server_cpu / span, 2) if span else None,
         "loadgen_cpu_us_per_msg": round(lg_cpu * 1e6 / delivered, 1)
         if delivered
         else None,
@@ -292,16 +315,15 @@ async def broadcast(b: Bench, clients: int, rounds: int) -> dict:
                 )
                 return sent, gots
 
-            (sent, gots), server_cpu, _ = await _measured(b.dk, gens, run, 0.5)
+            m = await _measured(b, b.dk, run, 0.5)
+            sent, gots = m.out
             arrivals = sorted(a for got in gots for a in got["arrivals"])
             per_round.append(
                 {
                     "received": len(arrivals),
                     "all_held_ms": round((arrivals[-1] - sent["ns"]) / 1e6, 2),
                     "p50_ms": round((pct(arrivals, 0.5) - sent["ns"]) / 1e6, 2),
-                    "server_cpu_us_per_delivery": round(
-                        server_cpu * 1e6 / len(arrivals), 1
-                    ),
+                    "server_cpu_us_per_delivery": per(m.server_cpu, len(arrivals)),
                 }
             )
         for g in gens:
@@ -449,9 +471,10 @@ async def backlog(b: Bench, count: int, size: int = 128) -> dict:
             gen.command("go")
             return await gen.expect("result", timeout=180)
 
-        res, server_cpu, _ = await _measured(b.dk, [gen], run)
+        m = await _measured(b, b.dk, run)
     finally:
         await stop_all([gen])
+    res = m.out
     return {
         "messages": count,
         "ok": res["ok"],
@@ -460,6 +483,7 @@ async def backlog(b: Bench, count: int, size: int = 128) -> dict:
         "handshake_s": round(res["handshake_s"], 4),
         "first_msg_s": round(res["first_s"], 4) if res["first_s"] else None,
         "msgs_per_s": round(res["received"] / res["total_s"], 1),
-        "server_cpu_us_per_msg": round(server_cpu * 1e6 / max(1, res["received"]), 1),
+        "server_cpu_us_per_msg": per(m.server_cpu, max(1, res["received"])),
+        "db_cpu_us_per_msg": per(m.db_cpu, max(1, res["received"])),
         "fill_msgs_per_s": round(count / ready["fill_s"], 1),
     }

@@ -12,7 +12,8 @@ handful of statements per batch, not per message.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
@@ -34,22 +35,14 @@ class Txn:
         self.engine = engine
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        try:
+        with self._translated():
             self._cursor.execute(self.engine.sql(sql), params)
-        except self.engine.integrity_errors as e:
-            raise IntegrityError(str(e).strip()) from e
-        except self.engine.driver_errors as e:
-            raise _driver_error(e) from e
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return  # psycopg refuses an empty executemany batch less kindly
-        try:
+        with self._translated():
             self._cursor.executemany(self.engine.sql(sql), rows)
-        except self.engine.integrity_errors as e:
-            raise IntegrityError(str(e).strip()) from e
-        except self.engine.driver_errors as e:
-            raise _driver_error(e) from e
 
     @property
     def rowcount(self) -> int:
@@ -62,9 +55,21 @@ class Txn:
     def fetchall(self) -> list[Any]:
         return self._cursor.fetchall()
 
-    def copy(self, statement: str) -> Any:
-        """PostgreSQL ``COPY … FROM STDIN`` (psycopg's context manager)."""
-        return self._cursor.copy(statement)
+    @contextmanager
+    def copy(self, statement: str) -> Iterator[Any]:
+        """PostgreSQL ``COPY … FROM STDIN`` (psycopg's ``Copy``); a violated
+        constraint surfaces when it ends, as `IntegrityError` too."""
+        with self._translated(), self._cursor.copy(statement) as copy:
+            yield copy
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except self.engine.integrity_errors as e:
+            raise IntegrityError(str(e).strip()) from e
+        except self.engine.driver_errors as e:
+            raise _driver_error(e) from e
 
 
 class Database:

@@ -128,6 +128,11 @@ class Sqlite3Engine:
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows
         )
 
+    def for_ids(self, txn: Any, statement: str, ids: Sequence[int]) -> None:
+        """Run ``statement`` for every id in ``ids``: its ``{id}`` is the test
+        ``id`` matches (SQLite: ``id = ?``, one ``executemany`` in process)."""
+        txn.executemany(statement.format(id="id = ?"), [(i,) for i in ids])
+
 
 class PostgresEngine:
     name = "postgresql"
@@ -188,13 +193,19 @@ class PostgresEngine:
         one after the other, so a reader that sees id N sees every message
         below N (what the broadcast floor relies on, as on SQLite).
         """
-        txn.execute("SELECT pg_advisory_xact_lock(?)", (MESSAGE_ID_LOCK,))
+        # One statement, one round trip: the subquery (kept apart by OFFSET 0)
+        # takes the lock before the outer row draws the ids; the ids are one
+        # block, reserved with a single setval instead of a nextval per row
+        # (a function call and a sequence update each).  Nothing draws from
+        # this sequence without the lock.
         txn.execute(
-            "SELECT nextval(pg_get_serial_sequence('messages', 'id'))"
-            " FROM generate_series(1, ?)",
-            (count,),
+            "SELECT setval(s.seq, nextval(s.seq) + ? - 1) FROM"
+            " (SELECT pg_get_serial_sequence('messages', 'id') AS seq,"
+            " pg_advisory_xact_lock(?) AS locked OFFSET 0) AS s",
+            (count, MESSAGE_ID_LOCK),
         )
-        return sorted(row[0] for row in txn.fetchall())
+        last = txn.fetchone()[0]
+        return list(range(last - count + 1, last + 1))
 
     def insert_rows(
         self, txn: Any, table: str, columns: Sequence[str], rows: Sequence[tuple]
@@ -211,6 +222,12 @@ class PostgresEngine:
             f"INSERT INTO {table} ({names}) VALUES {', '.join([one] * len(rows))}",
             [value for row in rows for value in row],
         )
+
+    def for_ids(self, txn: Any, statement: str, ids: Sequence[int]) -> None:
+        """One statement with ``id = ANY(?)``: a statement per id (what
+        ``executemany`` sends) costs the server a parse/bind/execute each,
+        most of a delivered mark's cost."""
+        txn.execute(statement.format(id="id = ANY(CAST(? AS BIGINT[]))"), (list(ids),))
 
 
 Engine = Sqlite3Engine | PostgresEngine

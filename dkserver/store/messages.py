@@ -208,9 +208,10 @@ def _add_many_txn(txn: Txn, msgs: list[NewMessage]) -> list[int]:
 
 
 def mark_delivered_txn(txn: Txn, ids: Sequence[int]) -> None:
-    txn.executemany(
-        "UPDATE messages SET status = 'delivered' WHERE id = ? AND status = 'pending'",
-        [(mid,) for mid in ids],
+    txn.engine.for_ids(
+        txn,
+        "UPDATE messages SET status = 'delivered' WHERE {id} AND status = 'pending'",
+        ids,
     )
 
 

@@ -339,6 +339,9 @@ def _insert_messages(
     return ids
 
 
+_EVENT_COLUMNS = ("session_id", "user_id", "is_broadcast", "timestamp")
+
+
 def _insert_events(txn: Txn, events: list[tuple]) -> None:
     """Analytics rows; their session rows were written earlier by this writer.
 
@@ -348,11 +351,7 @@ def _insert_events(txn: Txn, events: list[tuple]) -> None:
     """
     try:
         txn.execute("SAVEPOINT events")
-        txn.executemany(
-            "INSERT INTO message_events (session_id, user_id, is_broadcast, timestamp)"
-            " VALUES (?, ?, ?, ?)",
-            events,
-        )
+        txn.engine.insert_rows(txn, "message_events", _EVENT_COLUMNS, events)
     except IntegrityError:
         txn.execute("ROLLBACK TO SAVEPOINT events")
         txn.executemany(

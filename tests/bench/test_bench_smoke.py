@@ -1,7 +1,9 @@
 """Smoke run of the benchmark runner: every scenario at tiny sizes.
 
 Benchmarks are not tests; this only checks that ``python -m bench smoke``
-starts dkserver, runs every scenario end to end and prints the JSON line.
+starts dkserver, runs every scenario end to end and prints the JSON line, and
+that ``--db`` runs the compared scenarios on SQLite and on PostgreSQL (the
+test run's server) side by side.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import psycopg
+
+from dkserver.store.url import parse_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,3 +44,48 @@ def test_bench_smoke_runs_every_scenario():
     assert result["connections"]["big_ok"]
     assert result["backlog"][0]["ok"]
     assert isinstance(result["targets"], dict)
+
+
+def _bench(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_bench_compare_runs_logins_relay_backlog_on_sqlite_and_postgresql(pg_url):
+    proc = _bench("--db", "sqlite", "--db", pg_url, "compare", "--smoke")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("BENCH_JSON ")]
+    assert len(lines) == 1, proc.stdout[-3000:]
+    assert "backends side by side" in proc.stdout
+    result = json.loads(lines[0].removeprefix("BENCH_JSON "))
+    assert [r["kind"] for r in result["runs"]] == ["sqlite", "postgresql"]
+    assert "***" in result["runs"][1]["backend"]  # the password is not shown
+    for run in result["runs"]:
+        out = run["results"]
+        assert set(out) == {"logins", "relay", "backlog"}, run["backend"]
+        assert out["logins"][0]["logins"] > 0
+        relay = out["relay"]["dk"][0]
+        assert relay["delivered"] == relay["expected"] > 0, run["backend"]
+        assert out["backlog"][0]["ok"], run["backend"]
+    ratio = result["compare"]["relay_postgresql_of_sqlite"]
+    assert ratio["of_medians"] > 0 and len(ratio["per_round"]) == 1
+    assert "relay_postgresql_of_sqlite" in result["targets"]
+    # Each server run had a schema of its own, dropped afterwards.
+    conn = psycopg.connect(parse_database_url(pg_url).conninfo)
+    with conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'dk_bench_%'"
+        ).fetchone()[0]
+        messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+    assert (left, messages) == (0, 0)
+
+
+def test_bench_refuses_a_db_it_cannot_use():
+    proc = _bench("--db", "mysql://db/dk", "compare", "--smoke", timeout=60)
+    assert proc.returncode == 2
+    assert "--db" in proc.stderr and "Traceback" not in proc.stderr

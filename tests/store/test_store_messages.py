@@ -7,6 +7,7 @@ import pytest_twisted
 
 from dkserver import timestamps
 from dkserver.store import NewMessage, StoreError
+from dkserver.store.engine import COPY_THRESHOLD
 
 T0 = 1_800_000_000 * 10**9  # a registration instant, Unix ns
 
@@ -106,11 +107,15 @@ async def test_to_wire_omits_false_flags_and_empty_signature(store, sql, db_path
     assert await store.messages.get(999) is None
 
 
+@pytest.mark.parametrize("size", [2, COPY_THRESHOLD + 4])
 @pytest_twisted.ensureDeferred
-async def test_unknown_sender_fails_whole_batch(store):
+async def test_unknown_sender_fails_whole_batch(store, size):
+    """Either way of inserting a batch on PostgreSQL (multi-row INSERT,
+    COPY from COPY_THRESHOLD rows) reports the foreign key as StoreError."""
     await register(store, "alice", "bob")
+    batch = [msg("alice", "bob", str(i)) for i in range(size - 1)]
     with pytest.raises(StoreError):
-        await store.messages.add_many([msg("alice", "bob"), msg("mallory", "bob")])
+        await store.messages.add_many([*batch, msg("mallory", "bob")])
     assert await store.messages.pending_direct("bob") == []
 
 

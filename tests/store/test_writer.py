@@ -9,6 +9,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import fail, gatherResults
 
+from dkserver.store.engine import COPY_THRESHOLD
 from dkserver.store.errors import NulNotStorable, StoreUnavailable
 from dkserver.store.messages import NewMessage
 from dkserver.store.writer import GroupWriter
@@ -108,24 +109,25 @@ async def test_session_end_is_written_after_its_events(store, sql, db_path):
     assert con.execute("SELECT is_broadcast FROM message_events").fetchall() == [(1,)]
 
 
+@pytest.mark.parametrize("real", [1, COPY_THRESHOLD + 4])
 @pytest_twisted.ensureDeferred
-async def test_missing_session_costs_only_its_analytics_row(store, sql, db_path):
+async def test_missing_session_costs_only_its_analytics_row(store, sql, db_path, real):
+    """With few events (one INSERT) or many (COPY on PostgreSQL)."""
     await store.users.create("alice", "A", "k")
     await store.users.create("bob", "B", "k")
     writer = GroupWriter(store.pool, reactor)
     writer.start_session("real", "alice", 1_795_668_342_000_000_000)
     ids = await gatherResults(
-        [
-            writer.submit_message(message("bob", 1), "real"),
-            writer.submit_message(message("bob", 2), "never-started"),
-        ]
+        [writer.submit_message(message("bob", i), "real") for i in range(real)]
+        + [writer.submit_message(message("bob", real), "never-started")]
     )
-    assert all(ids)
+    assert all(ids) and writer.batches == 1
     con = _Inspect(sql, db_path)
-    assert con.execute("SELECT count(*) FROM messages").fetchone() == (2,)
-    assert con.execute("SELECT session_id FROM message_events").fetchall() == [
-        ("real",)
-    ]
+    assert con.execute("SELECT count(*) FROM messages").fetchone() == (real + 1,)
+    assert (
+        con.execute("SELECT session_id FROM message_events").fetchall()
+        == [("real",)] * real
+    )
 
 
 @pytest_twisted.ensureDeferred

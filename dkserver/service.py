@@ -18,14 +18,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from dkserver.auth.challenges import ChallengeStore
 from dkserver.auth.handler import AuthHandler
 from dkserver.auth.secret import load_or_create_secret
 from dkserver.auth.tokens import TokenIssuer
 from dkserver.config import Config, endpoint_description
+from dkserver.limits import build_limits
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
-from dkserver.periodic import periodic_service
 from dkserver.ratelimit import BucketRegistry, make_refill_service
 from dkserver.store import Store
 from dkserver.store.writer import GroupWriter
@@ -85,14 +84,12 @@ class DkService(MultiService):
             statement_timeout=config.db_statement_timeout,
             connect_timeout=config.db_connect_timeout,
         )
-        self.challenges = ChallengeStore(reactor, ttl=config.challenge_ttl)
+        #: Local, or with --redis shared by the cluster (the one place).
+        self.limits = build_limits(config, reactor)
+        self.challenges = self.limits.challenges
         self.tokens = TokenIssuer(secret, reactor)
-        self.login_ip_limits = BucketRegistry(
-            config.login_rate, config.login_burst, reactor
-        )
-        self.login_user_limits = BucketRegistry(
-            config.login_rate, config.login_burst, reactor
-        )
+        self.login_ip_limits = self.limits.login_ip
+        self.login_user_limits = self.limits.login_user
         self.auth = AuthHandler(
             self.store,
             self.challenges,
@@ -103,9 +100,7 @@ class DkService(MultiService):
         )
         self.writer = GroupWriter(self.store.pool, reactor)
         self.bus = LocalBus()
-        self.message_limits = BucketRegistry(
-            config.message_rate, config.message_burst, reactor
-        )
+        self.message_limits = self.limits.messages
         self.forward = ForwardBroker(reactor, config.forward_timeout)
         self.hub = Hub(
             self.store,
@@ -115,6 +110,7 @@ class DkService(MultiService):
             self.forward,
             self.metrics,
             reactor,
+            caps=self.limits.caps,
         )
         self.ws_factory = DkWebSocketFactory(config, self.hub, reactor)
         self.write_limits = BucketRegistry(
@@ -164,16 +160,11 @@ class DkService(MultiService):
 
         self.timers = MultiService()
         self.timers.setName("timers")
-        for registry in (
-            self.login_ip_limits,
-            self.login_user_limits,
-            self.message_limits,
-            self.write_limits,
-        ):
-            make_refill_service(registry, 5.0, reactor).setServiceParent(self.timers)
-        periodic_service(
-            "challenge-prune", 10.0, self.challenges.prune, reactor
-        ).setServiceParent(self.timers)
+        for service in self.limits.services:
+            service.setServiceParent(self.timers)
+        make_refill_service(self.write_limits, 5.0, reactor).setServiceParent(
+            self.timers
+        )
         self.timers.setServiceParent(self)
 
     def startService(self) -> None:

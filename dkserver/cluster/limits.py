@@ -1,0 +1,277 @@
+"""Rate limits and connection caps that hold across every node of a cluster.
+
+Each check is one Lua script on Redis (one round trip, atomic), so two nodes
+racing for the last token or the last connection slot cannot both win.  The
+Lua sources sit beside this module (``*.lua``).
+
+Redis unreachable (see :mod:`dkserver.cluster.shared`): every check falls
+back to this node's own :class:`~dkserver.ratelimit.BucketRegistry` or
+:class:`~dkserver.ws.caps.ConnectionCounts`, so the limits still hold per
+node (a cluster of N nodes then allows up to N times as much) and a Redis
+outage never stops logins, connects or messages.
+"""
+
+from __future__ import annotations
+
+import uuid
+from importlib.resources import files
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dkserver.cluster.shared import LuaScript, SharedRedis, SharedStateUnavailable
+from dkserver.cluster.url import RedisUrl
+from dkserver.config import Config
+from dkserver.limits import LimitParts
+from dkserver.periodic import periodic_service
+from dkserver.ratelimit import BucketRegistry
+from dkserver.ws.caps import ConnectionCounts
+
+
+def _script(name: str) -> LuaScript:
+    return LuaScript(name, (files(__package__) / f"{name}.lua").read_text())
+
+
+BUCKET_TAKE = _script("bucket_take")
+CONN_RESERVE = _script("conn_reserve")
+CONN_RELEASE = _script("conn_release")
+CONN_RELEASE_NODE = _script("conn_release_node")
+
+#: Key prefixes (every dkserver key starts with ``dk:``).
+RATE_PREFIX = "dk:rate:"
+CONN_IP_PREFIX = "dk:conn:ip:"
+CONN_USER_PREFIX = "dk:conn:user:"
+CONN_NODE_PREFIX = "dk:conn:node:"
+
+
+class SharedBuckets:
+    """Token buckets in Redis: ``rate`` per second, capacity ``burst``, one
+    bucket per key for the whole cluster (``try_take`` as BucketRegistry's,
+    answering through a Deferred).
+
+    A refusal carries how long until the next token; until then this node
+    refuses the key without asking Redis (tokens only ever grow with time,
+    and other nodes can only take them, so that answer is still exact).  The
+    wait is measured from when the question was sent, which is before Redis
+    read its clock, so the local refusal never outlasts the real one.
+    """
+
+    def __init__(
+        self,
+        shared: SharedRedis,
+        name: str,
+        fallback: BucketRegistry,
+        clock: IReactorTime,
+    ) -> None:
+        self._shared = shared
+        self._prefix = f"{RATE_PREFIX}{name}:"
+        self.fallback = fallback
+        self.rate = fallback.rate
+        self.burst = fallback.burst
+        self._clock = clock
+        #: key -> clock time before which the shared bucket is surely empty.
+        self._empty_until: dict[str, float] = {}
+
+    def try_take(self, key: str) -> bool | Deferred:
+        until = self._empty_until.get(key)
+        if until is not None:
+            if self._clock.seconds() < until:
+                return False
+            del self._empty_until[key]
+        return Deferred.fromCoroutine(self._take(key))
+
+    async def _take(self, key: str) -> bool:
+        sent = self._clock.seconds()
+        try:
+            taken, wait_ms = await self._shared.run(
+                BUCKET_TAKE, [self._prefix + key], [self.rate, self.burst, 1]
+            )
+        except SharedStateUnavailable:
+            return self.fallback.try_take(key)
+        if taken:
+            return True
+        if wait_ms > 0:
+            self._empty_until[key] = sent + wait_ms / 1000
+        return False
+
+    def prune(self) -> int:
+        """Forget local refusals that have run out (periodic)."""
+        now = self._clock.seconds()
+        gone = [k for k, until in self._empty_until.items() if until <= now]
+        for key in gone:
+            del self._empty_until[key]
+        return len(gone)
+
+
+class SharedConnections:
+    """Connection caps per IP and per user over the whole cluster.
+
+    Redis holds one entry per connection, named by node and connection, plus
+    an index per node; so releasing is idempotent, and when a node dies
+    :meth:`release_node` removes all of its entries (the node registry calls
+    it; a node also calls it for itself when it starts and stops).
+
+    While Redis is unavailable, connections are counted by this node alone
+    (``fallback``); they are not in Redis, so until they end the cluster-wide
+    count is low by that many.  A release that cannot reach Redis is kept
+    and sent again with the next call that gets through; a reserve that timed
+    out (it may still run when Redis wakes up) is undone the same way.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        shared: SharedRedis,
+        node_id: str,
+        fallback: ConnectionCounts | None = None,
+    ) -> None:
+        self._shared = shared
+        self.node_id = node_id
+        self.fallback = fallback if fallback is not None else ConnectionCounts()
+        #: Releases Redis has not confirmed: (ip, user id, connection id).
+        self._owed: list[tuple[str, str, str]] = []
+
+    def reserve(self, ip: str, user_id: str, max_ip: int, max_user: int) -> Deferred:
+        """A Deferred of the reservation, or of None if a cap is full."""
+        return Deferred.fromCoroutine(self._reserve(ip, user_id, max_ip, max_user))
+
+    async def _reserve(
+        self, ip: str, user_id: str, max_ip: int, max_user: int
+    ) -> tuple | None:
+        conn = uuid.uuid4().hex
+        keys, args = self._keys_args(ip, user_id, conn)
+        try:
+            ok = await self._shared.run(
+                CONN_RESERVE, keys, [*args, max_ip, max_user, ip, user_id]
+            )
+        except SharedStateUnavailable as e:
+            if e.sent:  # it may still run: undo it once Redis answers
+                self._owed.append((ip, user_id, conn))
+            local = self.fallback.reserve(ip, user_id, max_ip, max_user)
+            return None if local is None else ("local", local)
+        self._settle_owed()
+        return ("shared", (ip, user_id, conn)) if ok else None
+
+    def release(self, reservation: tuple) -> None:
+        kind, what = reservation
+        if kind == "local":
+            self.fallback.release(what)
+            return
+        self._send_release(*what)
+
+    def _send_release(self, ip: str, user_id: str, conn: str) -> None:
+        keys, args = self._keys_args(ip, user_id, conn)
+        d = Deferred.fromCoroutine(self._shared.run(CONN_RELEASE, keys, args))
+
+        def failed(failure):
+            failure.trap(SharedStateUnavailable)
+            self._owed.append((ip, user_id, conn))
+
+        d.addCallbacks(lambda _: self._settle_owed(), failed)
+        d.addErrback(
+            lambda f: self.log.failure("releasing a connection slot failed", f)
+        )
+
+    def _settle_owed(self) -> None:
+        owed, self._owed = self._owed, []
+        for entry in owed:
+            self._send_release(*entry)
+
+    def release_node(self, node_id: str) -> Deferred:
+        """Remove every entry of ``node_id`` (a dead node, or this one at
+        start and stop); a Deferred of how many there were."""
+        return Deferred.fromCoroutine(
+            self._shared.run(
+                CONN_RELEASE_NODE,
+                [CONN_NODE_PREFIX + node_id],
+                [node_id, CONN_IP_PREFIX, CONN_USER_PREFIX],
+            )
+        )
+
+    def _keys_args(
+        self, ip: str, user_id: str, conn: str
+    ) -> tuple[list[str], list[Any]]:
+        keys = [
+            CONN_IP_PREFIX + ip,
+            CONN_USER_PREFIX + user_id,
+            CONN_NODE_PREFIX + self.node_id,
+        ]
+        return keys, [self.node_id, conn]
+
+
+class OwnEntries(Service):
+    """Clears this node's connection entries when it starts (a previous run
+    that crashed left them) and when it stops (after its WebSockets closed)."""
+
+    log = Logger()
+
+    def __init__(self, caps: SharedConnections) -> None:
+        self.caps = caps
+        self.setName("cluster-own-entries")
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.caps.release_node(self.caps.node_id)
+        d.addCallbacks(self._cleared, self._failed)
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        d = self.caps.release_node(self.caps.node_id)
+        return d.addCallbacks(self._cleared, self._failed)
+
+    def _cleared(self, count: int) -> None:
+        if count:
+            self.log.info(
+                "cleared {count} connection entries of node {node}",
+                count=count,
+                node=self.caps.node_id,
+            )
+
+    def _failed(self, failure) -> None:
+        failure.trap(SharedStateUnavailable)
+        self.log.warn(
+            "could not clear node {node}'s connection entries: {error}",
+            node=self.caps.node_id,
+            error=failure.getErrorMessage(),
+        )
+
+
+def connect(url: RedisUrl) -> Any:
+    """A reconnecting txredisapi connection; until cluster-bus's connection
+    service hands its own to :func:`shared_limits`."""
+    import txredisapi
+
+    return txredisapi.lazyConnection(
+        url.host, url.port, dbid=url.db, password=url.password, convertNumbers=True
+    )
+
+
+def shared_limits(local: LimitParts, config: Config, clock, redis: Any = None):
+    """The cluster's limits, with ``local`` (this node's) as the fallback
+    while Redis is unavailable."""
+    from dkserver.cluster.challenges import SharedChallenges
+
+    shared = SharedRedis(redis if redis is not None else connect(config.redis), clock)
+    caps = SharedConnections(shared, config.node_id, local.caps)
+    messages = SharedBuckets(shared, "msg", local.messages, clock)
+    parts = LimitParts(
+        challenges=SharedChallenges(shared, config.challenge_ttl, local.challenges),
+        login_ip=SharedBuckets(shared, "login-ip", local.login_ip, clock),
+        login_user=SharedBuckets(shared, "login-user", local.login_user, clock),
+        messages=messages,
+        caps=caps,
+        services=[*local.services, OwnEntries(caps)],
+    )
+    for name, buckets in (
+        ("login-ip", parts.login_ip),
+        ("login-user", parts.login_user),
+        ("msg", messages),
+    ):
+        parts.services.append(
+            periodic_service(f"shared-{name}-prune", 5.0, buckets.prune, clock)
+        )
+    return parts

@@ -9,6 +9,7 @@ Deferred where a local one answers at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ class LimitParts:
     #: Timers and the like, for DkService's "timers" (stopped after the
     #: WebSockets are closed).
     services: list[IService] = field(default_factory=list)
+    #: For the node registry's ``on_node_died`` (cluster only): frees the
+    #: dead node's connection slots.
+    node_died: Callable[[str], None] | None = None
 
 
 def local_limits(config: Config, clock) -> LimitParts:

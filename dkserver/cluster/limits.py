@@ -192,6 +192,24 @@ class SharedConnections:
             )
         )
 
+    def node_died(self, node_id: str) -> None:
+        """The node registry's ``on_node_died`` hook: free a dead node's
+        slots (every survivor may call it; the second finds nothing)."""
+        d = self.release_node(node_id)
+        d.addCallbacks(
+            lambda count: self.log.info(
+                "freed {count} connection slots of dead node {node}",
+                count=count,
+                node=node_id,
+            ),
+            lambda f: self.log.warn(
+                "could not free dead node {node}'s connection slots ({error}); "
+                "it clears them itself when it starts again",
+                node=node_id,
+                error=f.getErrorMessage(),
+            ),
+        )
+
     def _keys_args(
         self, ip: str, user_id: str, conn: str
     ) -> tuple[list[str], list[Any]]:
@@ -232,7 +250,8 @@ class OwnEntries(Service):
             )
 
     def _failed(self, failure) -> None:
-        failure.trap(SharedStateUnavailable)
+        # Never fails start or stop: the registry's release_node on a
+        # survivor (or the next start) clears what is left.
         self.log.warn(
             "could not clear node {node}'s connection entries: {error}",
             node=self.caps.node_id,
@@ -246,7 +265,7 @@ def connect(url: RedisUrl) -> Any:
     import txredisapi
 
     return txredisapi.lazyConnection(
-        url.host, url.port, dbid=url.db, password=url.password, convertNumbers=True
+        url.host, url.port, dbid=url.db, password=url.password, convertNumbers=False
     )
 
 
@@ -265,6 +284,7 @@ def shared_limits(local: LimitParts, config: Config, clock, redis: Any = None):
         messages=messages,
         caps=caps,
         services=[*local.services, OwnEntries(caps)],
+        node_died=caps.node_died,
     )
     for name, buckets in (
         ("login-ip", parts.login_ip),

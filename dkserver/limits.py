@@ -28,6 +28,8 @@ class LimitParts:
     login_ip: Any
     login_user: Any
     messages: Any
+    #: REST writes (trackers, documents...) per user.
+    writes: Any
     caps: Any
     #: Timers and the like, for DkService's "timers" (stopped after the
     #: WebSockets are closed).
@@ -45,6 +47,7 @@ def local_limits(config: Config, clock) -> LimitParts:
             ("login_ip", config.login_rate, config.login_burst),
             ("login_user", config.login_rate, config.login_burst),
             ("messages", config.message_rate, config.message_burst),
+            ("writes", config.write_rate, config.write_burst),
         )
     }
     services = [make_refill_service(b, 5.0, clock) for b in buckets.values()]

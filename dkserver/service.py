@@ -25,7 +25,6 @@ from dkserver.config import Config, endpoint_description
 from dkserver.limits import build_limits
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
-from dkserver.ratelimit import BucketRegistry, make_refill_service
 from dkserver.store import Store
 from dkserver.store.writer import GroupWriter
 from dkserver.tls import load_context_factory
@@ -113,9 +112,7 @@ class DkService(MultiService):
             caps=self.limits.caps,
         )
         self.ws_factory = DkWebSocketFactory(config, self.hub, reactor)
-        self.write_limits = BucketRegistry(
-            config.write_rate, config.write_burst, reactor
-        )
+        self.write_limits = self.limits.writes
         self.client_download = ClientDownload(config, reactor)
         self.client_download.setServiceParent(self)
         self.app = DkApp(
@@ -162,9 +159,6 @@ class DkService(MultiService):
         self.timers.setName("timers")
         for service in self.limits.services:
             service.setServiceParent(self.timers)
-        make_refill_service(self.write_limits, 5.0, reactor).setServiceParent(
-            self.timers
-        )
         self.timers.setServiceParent(self)
 
     def startService(self) -> None:

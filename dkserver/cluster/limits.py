@@ -282,6 +282,7 @@ def shared_limits(local: LimitParts, config: Config, clock, redis: Any = None):
         login_ip=SharedBuckets(shared, "login-ip", local.login_ip, clock),
         login_user=SharedBuckets(shared, "login-user", local.login_user, clock),
         messages=messages,
+        writes=SharedBuckets(shared, "write", local.writes, clock),
         caps=caps,
         services=[*local.services, OwnEntries(caps)],
         node_died=caps.node_died,
@@ -290,6 +291,7 @@ def shared_limits(local: LimitParts, config: Config, clock, redis: Any = None):
         ("login-ip", parts.login_ip),
         ("login-user", parts.login_user),
         ("msg", messages),
+        ("write", parts.writes),
     ):
         parts.services.append(
             periodic_service(f"shared-{name}-prune", 5.0, buckets.prune, clock)

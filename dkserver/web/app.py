@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 from dkserver.auth.handler import AuthHandler
 from dkserver.config import Config
 from dkserver.metrics import CONTENT_TYPE_LATEST, Metrics
-from dkserver.ratelimit import BucketRegistry
+from dkserver.ratelimit import BucketRegistry, settled
 from dkserver.store import Store, TooManyApis
 from dkserver.web import documents, trackers
 from dkserver.web.files import OperatorFiles
@@ -335,7 +335,7 @@ class DkApp:
     async def writing_user(self, request: IRequest) -> str:
         """The token's user, if their REST-write bucket has a token (429 if not)."""
         user_id = await self.authenticated_user(request)
-        if not self.write_limits.try_take(user_id):
+        if not await settled(self.write_limits.try_take(user_id)):
             self.log.warn(
                 "security event rate_limited (rest write) for user {user_id!r}",
                 user_id=user_id,

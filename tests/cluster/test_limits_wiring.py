@@ -25,7 +25,7 @@ RATE_LIMITED = "Rate limit exceeded. Please slow down."
 def test_without_redis_every_limit_is_the_process_own(tmp_path):
     parts = build_limits(make_config(tmp_path), reactor)
     assert isinstance(parts.challenges, ChallengeStore)
-    for buckets in (parts.login_ip, parts.login_user, parts.messages):
+    for buckets in (parts.login_ip, parts.login_user, parts.messages, parts.writes):
         assert isinstance(buckets, BucketRegistry)
     assert isinstance(parts.caps, ConnectionCounts)
     assert parts.node_died is None
@@ -43,7 +43,7 @@ def test_with_redis_every_limit_is_shared_over_the_given_connection(tmp_path, pg
 
     parts = build_limits(config, reactor, redis=Recording())
     assert isinstance(parts.challenges, SharedChallenges)
-    for buckets in (parts.login_ip, parts.login_user, parts.messages):
+    for buckets in (parts.login_ip, parts.login_user, parts.messages, parts.writes):
         assert isinstance(buckets, SharedBuckets)
     assert isinstance(parts.caps, SharedConnections)
     assert parts.caps.node_id == "n1"

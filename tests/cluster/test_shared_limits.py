@@ -25,7 +25,7 @@ from dkserver.cluster.limits import (
 from dkserver.cluster.shared import SharedRedis
 from dkserver.ratelimit import BucketRegistry
 from dkserver.ws.caps import ConnectionCounts
-from tests.support.waiting import sleep
+from tests.support.waiting import sleep, wait_for
 
 
 def redis_command(server, *words: str) -> bytes:
@@ -37,6 +37,14 @@ def redis_command(server, *words: str) -> bytes:
             parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
         s.sendall(b"".join(parts))
         return s.recv(4096)
+
+
+def key_gone(server, key: str) -> bool:
+    return redis_command(server, "EXISTS", key) == b":0\r\n"
+
+
+def redis_empty(server) -> bool:
+    return redis_command(server, "DBSIZE") == b":0\r\n"
 
 
 class Node:
@@ -122,12 +130,7 @@ async def test_bucket_refills_from_redis_time(nodes, redis_server):
     a, b = nodes("a", rate=20.0, burst=1), nodes("b", rate=20.0, burst=1)
     assert await take(a.buckets, "erin") is True
     assert await take(b.buckets, "erin") is False
-    for _ in range(200):  # 1/20 s per token; poll rather than time it
-        if await take(b.buckets, "erin"):
-            break
-        await sleep(0.01)
-    else:
-        raise AssertionError("the shared bucket never refilled")
+    await wait_for(lambda: take(b.buckets, "erin"), "the shared bucket to refill")
 
 
 @pytest_twisted.ensureDeferred
@@ -137,12 +140,9 @@ async def test_bucket_key_expires_once_it_would_be_full(nodes, redis_server):
     ttl = int(redis_command(redis_server, "PTTL", "dk:rate:msg:frank")[1:-2])
     # One token short of full at 10/s: it would be full again in 100 ms.
     assert 0 < ttl <= 101
-    for _ in range(100):
-        if redis_command(redis_server, "EXISTS", "dk:rate:msg:frank") == b":0\r\n":
-            break
-        await sleep(0.02)
-    else:
-        raise AssertionError("the idle bucket did not expire")
+    await wait_for(
+        lambda: key_gone(redis_server, "dk:rate:msg:frank"), "the idle bucket to expire"
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -244,12 +244,9 @@ async def test_cap_per_ip_holds_across_nodes_and_release_frees_a_slot(
     assert await b.caps.reserve("192.0.2.7", "u4", 2, 10) is None
     a.caps.release(ra)
     a.caps.release(again)
-    for _ in range(50):
-        if redis_command(redis_server, "DBSIZE") == b":0\r\n":
-            break
-        await sleep(0.02)
-    else:
-        raise AssertionError("released entries left keys behind")
+    await wait_for(
+        lambda: redis_empty(redis_server), "released entries to leave no key"
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -274,12 +271,10 @@ async def test_node_clears_its_own_entries_when_it_starts(nodes, redis_server):
     new = nodes("a")
     service = OwnEntries(new.caps)
     service.startService()
-    for _ in range(50):
-        if redis_command(redis_server, "EXISTS", CONN_NODE_PREFIX + "a") == b":0\r\n":
-            break
-        await sleep(0.02)
-    else:
-        raise AssertionError("a restarted node did not clear its entries")
+    await wait_for(
+        lambda: key_gone(redis_server, CONN_NODE_PREFIX + "a"),
+        "a restarted node to clear its entries",
+    )
     assert redis_command(redis_server, "DBSIZE") == b":0\r\n"
     await service.stopService()
 
@@ -311,12 +306,10 @@ async def test_redis_paused_caps_count_locally_and_owed_releases_settle(
     # the reserve that timed out and may have run when Redis woke up).
     probe = await a.caps.reserve("10.4.0.9", "probe", 100, 2)
     assert probe is not None
-    for _ in range(50):
-        if redis_command(redis_server, "EXISTS", CONN_USER_PREFIX + "kim") == b":0\r\n":
-            break
-        await sleep(0.02)
-    else:
-        raise AssertionError("owed releases were not sent")
+    await wait_for(
+        lambda: key_gone(redis_server, CONN_USER_PREFIX + "kim"),
+        "owed releases to be sent",
+    )
 
 
 # -- challenges ------------------------------------------------------------------
@@ -350,14 +343,10 @@ async def test_challenge_reissue_replaces_and_ttl_expires_it(nodes, redis_server
     assert first != second
     ttl = int(redis_command(redis_server, "PTTL", CHALLENGE_PREFIX + "carl")[1:-2])
     assert 0 < ttl <= 200
-    for _ in range(100):
-        if redis_command(redis_server, "EXISTS", CHALLENGE_PREFIX + "carl") == (
-            b":0\r\n"
-        ):
-            break
-        await sleep(0.02)
-    else:
-        raise AssertionError("the challenge did not expire")
+    await wait_for(
+        lambda: key_gone(redis_server, CHALLENGE_PREFIX + "carl"),
+        "the challenge to expire",
+    )
     assert await short.consume("carl") is None
 
 

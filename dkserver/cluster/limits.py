@@ -17,7 +17,7 @@ import uuid
 from importlib.resources import files
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -38,7 +38,7 @@ def _script(name: str) -> LuaScript:
 BUCKET_TAKE = _script("bucket_take")
 CONN_RESERVE = _script("conn_reserve")
 CONN_RELEASE = _script("conn_release")
-CONN_RELEASE_NODE = _script("conn_release_node")
+CONN_RESYNC = _script("conn_resync")
 
 #: Key prefixes (every dkserver key starts with ``dk:``).
 RATE_PREFIX = "dk:rate:"
@@ -110,15 +110,16 @@ class SharedConnections:
     """Connection caps per IP and per user over the whole cluster.
 
     Redis holds one entry per connection, named by node and connection, plus
-    an index per node; so releasing is idempotent, and when a node dies
-    :meth:`release_node` removes all of its entries (the node registry calls
-    it; a node also calls it for itself when it starts and stops).
+    an index per node: releasing is idempotent, and :meth:`release_node`
+    removes a dead node's entries (the node registry calls it).
 
-    While Redis is unavailable, connections are counted by this node alone
-    (``fallback``); they are not in Redis, so until they end the cluster-wide
-    count is low by that many.  A release that cannot reach Redis is kept
-    and sent again with the next call that gets through; a reserve that timed
-    out (it may still run when Redis wakes up) is undone the same way.
+    The node also remembers its own live connections, and :meth:`resync`
+    makes Redis hold exactly those: when it starts (a crashed run's entries
+    go), when Redis answers again after an outage or a restart (which lost
+    the entries), and every minute.  So a release that could not reach
+    Redis, or a reserve that timed out but ran later, is corrected then.
+    While Redis is unavailable connections are counted by this node alone
+    (``fallback``); the next resync writes them into Redis too.
     """
 
     log = Logger()
@@ -132,8 +133,11 @@ class SharedConnections:
         self._shared = shared
         self.node_id = node_id
         self.fallback = fallback if fallback is not None else ConnectionCounts()
-        #: Releases Redis has not confirmed: (ip, user id, connection id).
-        self._owed: list[tuple[str, str, str]] = []
+        #: This node's connections: id -> (ip, user id).
+        self._live: dict[str, tuple[str, str]] = {}
+        #: Reserves sent and not answered (a resync leaves them be).
+        self._pending: set[str] = set()
+        shared.on_recovered(self.resync_logged)
 
     def reserve(self, ip: str, user_id: str, max_ip: int, max_user: int) -> Deferred:
         """A Deferred of the reservation, or of None if a cap is full."""
@@ -144,53 +148,83 @@ class SharedConnections:
     ) -> tuple | None:
         conn = uuid.uuid4().hex
         keys, args = self._keys_args(ip, user_id, conn)
+        self._pending.add(conn)
         try:
             ok = await self._shared.run(
                 CONN_RESERVE, keys, [*args, max_ip, max_user, ip, user_id]
             )
-        except SharedStateUnavailable as e:
-            if e.sent:  # it may still run: undo it once Redis answers
-                self._owed.append((ip, user_id, conn))
+        except SharedStateUnavailable:
             local = self.fallback.reserve(ip, user_id, max_ip, max_user)
-            return None if local is None else ("local", local)
-        self._settle_owed()
-        return ("shared", (ip, user_id, conn)) if ok else None
+            if local is None:
+                return None
+            self._live[conn] = (ip, user_id)
+            return ("local", ip, user_id, conn)
+        finally:
+            self._pending.discard(conn)
+        if not ok:
+            return None
+        self._live[conn] = (ip, user_id)
+        return ("shared", ip, user_id, conn)
 
     def release(self, reservation: tuple) -> None:
-        kind, what = reservation
+        kind, ip, user_id, conn = reservation
+        self._live.pop(conn, None)
         if kind == "local":
-            self.fallback.release(what)
-            return
-        self._send_release(*what)
-
-    def _send_release(self, ip: str, user_id: str, conn: str) -> None:
+            self.fallback.release((ip, user_id))
+        # Also for a local one: a resync may have written it into Redis.
         keys, args = self._keys_args(ip, user_id, conn)
         d = Deferred.fromCoroutine(self._shared.run(CONN_RELEASE, keys, args))
-
-        def failed(failure):
-            failure.trap(SharedStateUnavailable)
-            self._owed.append((ip, user_id, conn))
-
-        d.addCallbacks(lambda _: self._settle_owed(), failed)
+        # Unavailable: the next resync removes the entry.
+        d.addErrback(lambda f: f.trap(SharedStateUnavailable))
         d.addErrback(
             lambda f: self.log.failure("releasing a connection slot failed", f)
         )
 
-    def _settle_owed(self) -> None:
-        owed, self._owed = self._owed, []
-        for entry in owed:
-            self._send_release(*entry)
-
-    def release_node(self, node_id: str) -> Deferred:
-        """Remove every entry of ``node_id`` (a dead node, or this one at
-        start and stop); a Deferred of how many there were."""
-        return Deferred.fromCoroutine(
+    def resync(self) -> Deferred:
+        """Make Redis hold exactly this node's live connections; a Deferred
+        of (entries removed, entries written)."""
+        live = [x for conn, (ip, user) in self._live.items() for x in (conn, ip, user)]
+        args = [*self._node_args(self.node_id), len(self._pending), *self._pending]
+        d = Deferred.fromCoroutine(
             self._shared.run(
-                CONN_RELEASE_NODE,
-                [CONN_NODE_PREFIX + node_id],
-                [node_id, CONN_IP_PREFIX, CONN_USER_PREFIX],
+                CONN_RESYNC, [CONN_NODE_PREFIX + self.node_id], [*args, *live]
             )
         )
+        d.addCallback(tuple)
+        return d
+
+    def resync_logged(self) -> None:
+        """:meth:`resync`, its outcome logged (for timers and hooks: never
+        raises, and a resync that cannot run now runs on recovery)."""
+
+        def failed(failure) -> None:
+            if not failure.check(SharedStateUnavailable):
+                self.log.failure("resyncing connection entries failed", failure)
+
+        def done(counts: tuple) -> None:
+            removed, written = counts
+            if removed:
+                self.log.info(
+                    "resync removed {removed} stale connection entries of node "
+                    "{node} ({written} live)",
+                    removed=removed,
+                    written=written,
+                    node=self.node_id,
+                )
+
+        self.resync().addCallbacks(done, failed)
+
+    def release_node(self, node_id: str) -> Deferred:
+        """Remove every entry of ``node_id`` (a dead node); a Deferred of
+        how many there were."""
+        d = Deferred.fromCoroutine(
+            self._shared.run(
+                CONN_RESYNC,
+                [CONN_NODE_PREFIX + node_id],
+                [*self._node_args(node_id), 0],
+            )
+        )
+        return d.addCallback(lambda reply: reply[0])
 
     def node_died(self, node_id: str) -> None:
         """The node registry's ``on_node_died`` hook: free a dead node's
@@ -210,6 +244,10 @@ class SharedConnections:
             ),
         )
 
+    @staticmethod
+    def _node_args(node_id: str) -> list[str]:
+        return [node_id, CONN_IP_PREFIX, CONN_USER_PREFIX]
+
     def _keys_args(
         self, ip: str, user_id: str, conn: str
     ) -> tuple[list[str], list[Any]]:
@@ -221,41 +259,28 @@ class SharedConnections:
         return keys, [self.node_id, conn]
 
 
-class OwnEntries(Service):
-    """Clears this node's connection entries when it starts (a previous run
-    that crashed left them) and when it stops (after its WebSockets closed)."""
+class OwnEntries(TimerService):
+    """This node's entries in Redis: resynced when it starts (a crashed
+    run's entries go) and every ``interval`` seconds, removed when it stops
+    (after its WebSockets closed)."""
 
     log = Logger()
 
-    def __init__(self, caps: SharedConnections) -> None:
+    def __init__(self, caps: SharedConnections, clock, interval: float = 60.0):
+        super().__init__(interval, caps.resync_logged)
+        self.clock = clock
         self.caps = caps
         self.setName("cluster-own-entries")
-
-    def startService(self) -> None:
-        super().startService()
-        d = self.caps.release_node(self.caps.node_id)
-        d.addCallbacks(self._cleared, self._failed)
 
     def stopService(self) -> Deferred:
         super().stopService()
         d = self.caps.release_node(self.caps.node_id)
-        return d.addCallbacks(self._cleared, self._failed)
-
-    def _cleared(self, count: int) -> None:
-        if count:
-            self.log.info(
-                "cleared {count} connection entries of node {node}",
-                count=count,
+        return d.addErrback(
+            lambda f: self.log.warn(
+                "could not remove node {node}'s connection entries: {error}",
                 node=self.caps.node_id,
+                error=f.getErrorMessage(),
             )
-
-    def _failed(self, failure) -> None:
-        # Never fails start or stop: the registry's release_node on a
-        # survivor (or the next start) clears what is left.
-        self.log.warn(
-            "could not clear node {node}'s connection entries: {error}",
-            node=self.caps.node_id,
-            error=failure.getErrorMessage(),
         )
 
 
@@ -284,7 +309,7 @@ def shared_limits(local: LimitParts, config: Config, clock, redis: Any = None):
         messages=messages,
         writes=SharedBuckets(shared, "write", local.writes, clock),
         caps=caps,
-        services=[*local.services, OwnEntries(caps)],
+        services=[*local.services, OwnEntries(caps, clock)],
         node_died=caps.node_died,
     )
     for name, buckets in (

@@ -15,6 +15,7 @@ then fall back to this node's own limits (see ``docs/scaling.md``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -80,6 +81,12 @@ class SharedRedis:
         self._down = False
         #: Calls that failed (for metrics and tests).
         self.failures = 0
+        self._recovered: list[Callable[[], None]] = []
+
+    def on_recovered(self, hook: Callable[[], None]) -> None:
+        """``hook()`` when Redis answers again after failing (it may have
+        restarted and lost what it held)."""
+        self._recovered.append(hook)
 
     @property
     def available(self) -> bool:
@@ -140,3 +147,5 @@ class SharedRedis:
         if self._down:
             self._down = False
             self.log.info("Redis answers again; shared limits restored")
+            for hook in self._recovered:
+                hook()

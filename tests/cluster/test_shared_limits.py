@@ -262,6 +262,12 @@ async def test_dead_node_entries_are_reclaimed_by_release_node(nodes, redis_serv
     assert redis_command(redis_server, "HLEN", CONN_USER_PREFIX + "jo") == b":1\r\n"
 
 
+def user_fields(server, user: str) -> set[bytes]:
+    """The "<node>|<conn>" entries counting against ``user``'s cap."""
+    reply = redis_command(server, "HKEYS", CONN_USER_PREFIX + user)
+    return {line for line in reply.split(b"\r\n") if b"|" in line}
+
+
 @pytest_twisted.ensureDeferred
 async def test_node_clears_its_own_entries_when_it_starts(nodes, redis_server):
     old = nodes("a")
@@ -269,23 +275,23 @@ async def test_node_clears_its_own_entries_when_it_starts(nodes, redis_server):
         assert await old.caps.reserve("10.3.0.1", f"k{i}", 100, 5) is not None
     # "a" restarts (say after a crash): a fresh instance with the same id.
     new = nodes("a")
-    service = OwnEntries(new.caps)
+    service = OwnEntries(new.caps, reactor)
     service.startService()
     await wait_for(
         lambda: key_gone(redis_server, CONN_NODE_PREFIX + "a"),
         "a restarted node to clear its entries",
     )
-    assert redis_command(redis_server, "DBSIZE") == b":0\r\n"
+    assert redis_empty(redis_server)
     await service.stopService()
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_paused_caps_count_locally_and_owed_releases_settle(
+async def test_redis_paused_caps_count_locally_then_resync_makes_them_shared(
     nodes, redis_server
 ):
     if not redis_server.private:
         pytest.skip("an external Redis cannot be paused by the tests")
-    a = nodes("a")
+    a, b = nodes("a"), nodes("b")
     shared_one = await a.caps.reserve("10.4.0.1", "kim", 100, 2)
     assert shared_one is not None
     redis_server.pause()
@@ -294,22 +300,40 @@ async def test_redis_paused_caps_count_locally_and_owed_releases_settle(
         # Counted by this node alone: its own cap of 2 (the shared one is not
         # in the local count).
         assert [r is not None for r in local] == [True, True, False]
-        a.caps.release(shared_one)  # cannot reach Redis: kept, sent later
+        a.caps.release(shared_one)  # cannot reach Redis: stale there
     finally:
         redis_server.resume()
     await sleep(0.3)  # past the breaker's retry_after
+    # The first call that gets through resyncs: the stale entry goes, the two
+    # connections counted alone are written (the first reserve, which timed
+    # out and ran when Redis woke up, is one of them).
+    assert await a.caps.reserve("10.4.0.9", "probe", 100, 2) is not None
+    want = {f"a|{r[3]}".encode() for r in local if r is not None}
+    await wait_for(lambda: user_fields(redis_server, "kim") == want, "the resync")
+    # They count cluster-wide now.
+    assert await b.caps.reserve("10.4.0.2", "kim", 100, 2) is None
     for r in local:
         if r is not None:
             a.caps.release(r)
-    assert a.local_caps.reserve("10.4.0.1", "kim", 100, 2) is not None
-    # Any call that gets through sends what is owed (the release, and undoes
-    # the reserve that timed out and may have run when Redis woke up).
-    probe = await a.caps.reserve("10.4.0.9", "probe", 100, 2)
-    assert probe is not None
     await wait_for(
-        lambda: key_gone(redis_server, CONN_USER_PREFIX + "kim"),
-        "owed releases to be sent",
+        lambda: key_gone(redis_server, CONN_USER_PREFIX + "kim"), "the releases"
     )
+    assert a.local_caps.reserve("10.4.0.1", "kim", 100, 2) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_restart_node_writes_its_connections_again(nodes, redis_server):
+    if not redis_server.private:
+        pytest.skip("an external Redis cannot be restarted by the tests")
+    a = nodes("a")
+    kept = [await a.caps.reserve("10.5.0.1", "lee", 100, 5) for _ in range(2)]
+    assert all(kept)
+    redis_server.stop()
+    assert await take(a.buckets, "probe") is True  # fails over: breaker open
+    redis_server.start()  # empty
+    await until_shared(a, lambda: take(a.buckets, "probe"))
+    want = {f"a|{r[3]}".encode() for r in kept}
+    await wait_for(lambda: user_fields(redis_server, "lee") == want, "the resync")
 
 
 # -- challenges ------------------------------------------------------------------

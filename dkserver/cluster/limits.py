@@ -266,22 +266,34 @@ class OwnEntries(TimerService):
 
     log = Logger()
 
-    def __init__(self, caps: SharedConnections, clock, interval: float = 60.0):
+    def __init__(
+        self,
+        caps: SharedConnections,
+        clock,
+        interval: float = 60.0,
+        connection: Any = None,
+    ):
         super().__init__(interval, caps.resync_logged)
         self.clock = clock
         self.caps = caps
+        #: A Redis connection of the limits' own, closed last.
+        self.connection = connection
         self.setName("cluster-own-entries")
 
     def stopService(self) -> Deferred:
         super().stopService()
         d = self.caps.release_node(self.caps.node_id)
-        return d.addErrback(
+        d.addErrback(
             lambda f: self.log.warn(
                 "could not remove node {node}'s connection entries: {error}",
                 node=self.caps.node_id,
                 error=f.getErrorMessage(),
             )
         )
+        if self.connection is not None:
+            d.addCallback(lambda _: self.connection.disconnect())
+            d.addErrback(lambda f: self.log.failure("closing Redis failed", f))
+        return d
 
 
 def connect(url: RedisUrl) -> Any:
@@ -299,7 +311,8 @@ def shared_limits(local: LimitParts, config: Config, clock, redis: Any = None):
     while Redis is unavailable."""
     from dkserver.cluster.challenges import SharedChallenges
 
-    shared = SharedRedis(redis if redis is not None else connect(config.redis), clock)
+    own = connect(config.redis) if redis is None else None
+    shared = SharedRedis(redis if redis is not None else own, clock)
     caps = SharedConnections(shared, config.node_id, local.caps)
     messages = SharedBuckets(shared, "msg", local.messages, clock)
     parts = LimitParts(
@@ -309,7 +322,7 @@ def shared_limits(local: LimitParts, config: Config, clock, redis: Any = None):
         messages=messages,
         writes=SharedBuckets(shared, "write", local.writes, clock),
         caps=caps,
-        services=[*local.services, OwnEntries(caps, clock)],
+        services=[*local.services, OwnEntries(caps, clock, connection=own)],
         node_died=caps.node_died,
     )
     for name, buckets in (

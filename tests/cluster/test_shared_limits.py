@@ -50,10 +50,19 @@ def redis_empty(server) -> bool:
 class Node:
     """What one node holds: its own connection, breaker and fallbacks."""
 
-    def __init__(self, server, name: str, rate: float = 0.001, burst: int = 3):
+    def __init__(
+        self,
+        server,
+        name: str,
+        rate: float = 0.001,
+        burst: int = 3,
+        timeout: float = 10.0,
+    ):
         self.name = name
         self.conn = txredisapi.lazyConnection(server.host, server.port, dbid=0)
-        self.shared = SharedRedis(self.conn, reactor, timeout=0.3, retry_after=0.2)
+        # Generous unless a test makes Redis fail: a loaded machine must not
+        # turn a shared answer into the local fallback.
+        self.shared = SharedRedis(self.conn, reactor, timeout=timeout, retry_after=0.2)
         self.local_bucket = BucketRegistry(rate, burst, reactor)
         self.buckets = SharedBuckets(self.shared, "msg", self.local_bucket, reactor)
         self.local_caps = ConnectionCounts()
@@ -65,8 +74,8 @@ class Node:
         await self.conn.disconnect()
 
 
-@pytest.fixture
-def nodes(redis_server):
+@pytest_twisted.async_yield_fixture
+async def nodes(redis_server):
     made: list[Node] = []
 
     def make(name: str, **kwargs) -> Node:
@@ -76,7 +85,7 @@ def nodes(redis_server):
 
     yield make
     for node in made:
-        pytest_twisted.blockon(Deferred.fromCoroutine(node.close()))
+        await node.close()
 
 
 async def take(buckets: SharedBuckets, key: str) -> bool:
@@ -110,6 +119,7 @@ async def test_bucket_concurrent_takes_from_two_nodes_grant_exactly_burst(nodes)
     )
     granted = [value for ok, value in results if ok and value is True]
     assert len(granted) == 10
+    assert a.shared.failures == b.shared.failures == 0  # all answered by Redis
 
 
 @pytest_twisted.ensureDeferred
@@ -194,6 +204,7 @@ async def test_redis_paused_buckets_fall_back_to_the_node_own(nodes, redis_serve
         pytest.skip("an external Redis cannot be paused by the tests")
     a = nodes("a", burst=2)
     assert await take(a.buckets, "ivy") is True  # connected, scripts loaded
+    a.shared.timeout = 0.3
     redis_server.pause()
     try:
         # The first call times out; the local bucket (full: 2) answers.
@@ -294,6 +305,7 @@ async def test_redis_paused_caps_count_locally_then_resync_makes_them_shared(
     a, b = nodes("a"), nodes("b")
     shared_one = await a.caps.reserve("10.4.0.1", "kim", 100, 2)
     assert shared_one is not None
+    a.shared.timeout = 0.3
     redis_server.pause()
     try:
         local = [await a.caps.reserve("10.4.0.1", "kim", 100, 2) for _ in range(3)]
@@ -303,6 +315,7 @@ async def test_redis_paused_caps_count_locally_then_resync_makes_them_shared(
         a.caps.release(shared_one)  # cannot reach Redis: stale there
     finally:
         redis_server.resume()
+    a.shared.timeout = 10.0
     await sleep(0.3)  # past the breaker's retry_after
     # The first call that gets through resyncs: the stale entry goes, the two
     # connections counted alone are written (the first reserve, which timed
@@ -328,8 +341,10 @@ async def test_redis_restart_node_writes_its_connections_again(nodes, redis_serv
     a = nodes("a")
     kept = [await a.caps.reserve("10.5.0.1", "lee", 100, 5) for _ in range(2)]
     assert all(kept)
+    a.shared.timeout = 0.3
     redis_server.stop()
     assert await take(a.buckets, "probe") is True  # fails over: breaker open
+    a.shared.timeout = 10.0
     redis_server.start()  # empty
     await until_shared(a, lambda: take(a.buckets, "probe"))
     want = {f"a|{r[3]}".encode() for r in kept}
@@ -380,6 +395,7 @@ async def test_redis_paused_challenges_are_kept_by_the_node(nodes, redis_server)
         pytest.skip("an external Redis cannot be paused by the tests")
     a = nodes("a")
     await a.challenges.issue("warm-up")
+    a.shared.timeout = 0.3
     redis_server.pause()
     try:
         challenge = await a.challenges.issue("dora")

@@ -68,17 +68,17 @@ def cmd_checkconfig(args: argparse.Namespace) -> int:
     except usage.UsageError as e:
         return _usage_failure(e)
     config = options.config
-    from dkserver.store import preflight
-    from dkserver.store.errors import DatabaseUnusable
+    from dkserver.store import StoreError, preflight_database
 
     try:
         # The checks the server makes before it serves; they create nothing.
-        preflight(config.db_path)
-    except (DatabaseUnusable, OSError) as e:
+        preflight_database(config.database, config.db_connect_timeout, migrate=False)
+    except (StoreError, ValueError, OSError) as e:
         return _usage_failure(f"DK_DB/--db: {e}")
+    proxied = " (PROXY protocol)" if config.proxy_protocol else ""
     print(
-        f"configuration OK: https {config.https}, http {config.http or 'none'}, "
-        f"database {config.db_path}"
+        f"configuration OK: https {config.https}{proxied}, "
+        f"http {config.http or 'none'}, database {config.database.redacted}"
     )
     return EXIT_OK
 

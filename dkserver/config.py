@@ -108,6 +108,10 @@ class Config:
     max_ws_message: int = 1024 * 1024
     ws_ping_interval: float = 54.0
     ws_ping_timeout: float = 60.0
+    #: The HTTPS listener expects a PROXY protocol (v1 or v2) header first, as
+    #: a TCP load balancer sends it, and takes the client's address from it;
+    #: a connection without one is dropped.
+    proxy_protocol: bool = False
     #: Idle HTTP connections and half-sent requests are closed after this.
     http_timeout: float = 30.0
     #: How long shutdown waits for in-flight requests and writes.
@@ -152,6 +156,22 @@ def _positive_int(key: str, raw: str | int) -> int:
     if value < 1:
         raise ConfigError(key, f"must be at least 1, got {raw!r}")
     return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(key: str, raw: object) -> bool:
+    """An on/off setting; a value that is neither is a typo, not "off"."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(key, f"must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
 
 
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]*):(?P<port>\d{1,5})$")
@@ -342,5 +362,9 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
         ),
         shutdown_grace=_positive_float(
             "DK_SHUTDOWN_GRACE", pick("shutdown_grace", "DK_SHUTDOWN_GRACE", 10.0)
+        ),
+        proxy_protocol=_flag(
+            "DK_PROXY_PROTOCOL",
+            pick("proxy_protocol", "DK_PROXY_PROTOCOL", False),
         ),
     )

@@ -25,6 +25,7 @@ from dkserver.config import Config, endpoint_description
 from dkserver.limits import build_limits
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
+from dkserver.proxyproto import ProxyProtocolEndpoint
 from dkserver.store import Store
 from dkserver.store.writer import GroupWriter
 from dkserver.tls import load_context_factory
@@ -136,6 +137,13 @@ class DkService(MultiService):
         https_endpoint = serverFromString(
             reactor, endpoint_description("https", config.https)
         )
+        if config.proxy_protocol:
+            # The header comes before the TLS bytes: the outermost layer.
+            https_endpoint = ProxyProtocolEndpoint(https_endpoint)
+            self.log.info(
+                "https expects a PROXY protocol header on every connection "
+                "(DK_PROXY_PROTOCOL): reachable from the load balancer only"
+            )
         self.https = ListeningService(
             "https", https_endpoint, TLSMemoryBIOFactory(context, False, self.site)
         )

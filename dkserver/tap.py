@@ -17,6 +17,15 @@ class Options(usage.Options):
         "WebSocket) and a plain-HTTP redirect. Environment variables give the "
         "defaults; options override them."
     )
+    optFlags = [
+        [
+            "proxy-protocol",
+            None,
+            "Expect a PROXY protocol v1/v2 header (from a TCP load balancer) on "
+            "the HTTPS listener; only the balancer may reach it then "
+            "[env DK_PROXY_PROTOCOL]",
+        ],
+    ]
     optParameters = [
         [
             "https",
@@ -113,6 +122,8 @@ def build_config(options) -> Config:
             "admins": options["admins"],
             "allowed_origins": options["allowed-origins"],
             "sqlite_synchronous": options["sqlite-synchronous"],
+            # An unset flag is 0: leave it to the environment then.
+            "proxy_protocol": True if options["proxy-protocol"] else None,
         },
         os.environ,
     )

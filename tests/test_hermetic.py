@@ -39,11 +39,12 @@ def test_server_environment_is_not_inherited():
 
 
 def test_the_test_run_settings_survive_the_hermetic_session():
-    """CI's DK_TEST_REQUIRE_POSTGRES must reach the PostgreSQL fixtures, or a
-    missing PostgreSQL would be a skip instead of a failure."""
+    """CI's DK_TEST_REQUIRE_* must reach the fixtures, or a missing
+    PostgreSQL, Redis or HAProxy would be a skip instead of a failure."""
     if os.environ.get("CI"):
         assert os.environ.get("DK_TEST_REQUIRE_POSTGRES") == "1"
         assert os.environ.get("DK_TEST_REQUIRE_REDIS") == "1"
+        assert os.environ.get("DK_TEST_REQUIRE_HAPROXY") == "1"
 
 
 def test_hypothesis_keeps_no_example_database_in_the_working_directory():

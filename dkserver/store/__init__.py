@@ -57,13 +57,17 @@ __all__ = [
 ]
 
 
-def preflight_database(database: DatabaseUrl, connect_timeout: float = 10.0) -> None:
+def preflight_database(
+    database: DatabaseUrl, connect_timeout: float = 10.0, *, migrate: bool = True
+) -> None:
     """Blocking, before the reactor runs: refuse a database dkserver cannot
     use, with a one-line `StoreError` instead of a failure after startup.
 
     SQLite: the file checks of `schema.preflight`.  PostgreSQL: connect,
     bring the schema up to date (under the migration lock) and check that
-    the role may read and write every table and take ids.
+    the role may read and write every table and take ids.  ``migrate=False``
+    (``dkserver checkconfig``) changes nothing: it checks the rights only on
+    a database that already has dkserver's schema.
     """
     if not database.is_postgresql:
         preflight(str(database.path))
@@ -79,8 +83,13 @@ def preflight_database(database: DatabaseUrl, connect_timeout: float = 10.0) -> 
         ) from None
     try:
         conn.autocommit = True
-        pg_schema.migrate_connection(conn)
-        _check_privileges(conn)
+        if migrate:
+            pg_schema.migrate_connection(conn)
+        if (
+            migrate
+            or conn.execute("SELECT to_regclass('schema_version')").fetchone()[0]
+        ):
+            _check_privileges(conn)
     except psycopg.Error as e:
         reason = " ".join(str(e).split()) or type(e).__name__
         raise DatabaseUnusable(

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from dkserver.auth.handler import AuthHandler
 from dkserver.config import Config
 from dkserver.metrics import CONTENT_TYPE_LATEST, Metrics
+from dkserver.peers import peer_host
 from dkserver.ratelimit import BucketRegistry, settled
 from dkserver.store import Store, TooManyApis
 from dkserver.web import documents, trackers
@@ -41,8 +42,7 @@ from dkserver.ws.upgrade import UpgradeResource, check_origin
 
 
 def client_ip(request: IRequest) -> str:
-    address = request.getClientAddress()
-    return getattr(address, "host", None) or "unknown"
+    return peer_host(request.getClientAddress())
 
 
 def bearer_token(request: IRequest) -> str | None:

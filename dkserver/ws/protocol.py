@@ -20,6 +20,7 @@ from autobahn.websocket.protocol import Disconnected
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from dkserver.peers import peer_host
 from dkserver.ws import frames
 from dkserver.ws.hub import Hub, stored_payload
 from dkserver.ws.outbox import Outbox
@@ -79,7 +80,11 @@ class DkServerProtocol(WebSocketServerProtocol):
         self.http_request_params = {}
         self.hub.bus.add(self)
         self.hub.writer.start_session(self.session_id, self.user_id, self.hub.time_ns())
-        self.dklog.info("user {user_id} connected", user_id=self.user_id)
+        self.dklog.info(
+            "user {user_id} connected from {client_ip}",
+            user_id=self.user_id,
+            client_ip=peer_host(self.transport.getPeer()),
+        )
         d = Deferred.fromCoroutine(self._send_backlog())
         d.addErrback(self._backlog_failed)
 

@@ -71,6 +71,15 @@ def test_checkconfig_accepts_valid_options(capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_checkconfig_names_the_proxy_protocol(capsys, tmp_path):
+    db = str(tmp_path / "dk.db")
+    code, out, _ = run(
+        capsys, "checkconfig", "--https", ":8443", "--proxy-protocol", "--db", db
+    )
+    assert code == 0
+    assert out.startswith("configuration OK: https :8443 (PROXY protocol), http ")
+
+
 def test_checkconfig_reports_a_bad_option_in_one_line_exit_2(capsys):
     code, out, err = run(capsys, "checkconfig", "--https", ":99999")
     assert code == 2 and out == ""
@@ -155,3 +164,34 @@ def test_port_db_is_a_dkserver_command_with_one_line_errors(capsys, tmp_path):
     )
     assert code == 2 and out == ""
     assert err == f"port-db: SQLITE_PATH {missing} does not exist\n"
+
+
+def test_checkconfig_on_postgresql_connects_masks_the_password_and_creates_nothing(
+    capsys, tmp_path, pg_empty_url, monkeypatch
+):
+    secret = tmp_path / "jwt"
+    monkeypatch.setenv("DK_JWT_SECRET_FILE", str(secret))
+    code, out, err = run(
+        capsys, "checkconfig", "--https", ":8443", "--db", pg_empty_url
+    )
+    password = pg_empty_url.split("@")[0].rsplit(":", 1)[1]
+    assert code == 0, err
+    assert "configuration OK" in out and password not in out + err
+    import psycopg
+
+    with psycopg.connect(pg_empty_url) as conn:
+        assert (
+            conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None
+        )
+
+
+def test_checkconfig_on_an_unreachable_postgresql_is_one_line_exit_2(
+    capsys, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("DK_JWT_SECRET_FILE", str(tmp_path / "jwt"))
+    monkeypatch.setenv("DK_DB_CONNECT_TIMEOUT", "2")
+    url = "postgresql://dk:hunter2@127.0.0.1:1/dk"
+    code, _, err = run(capsys, "checkconfig", "--db", url)
+    assert code == 2
+    assert "cannot connect to PostgreSQL" in err and "hunter2" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -178,3 +178,29 @@ def test_bad_database_settings_name_the_key(options, environ, key):
 def test_jwt_secret_alone_is_enough_on_postgresql():
     config = from_sources({"db": "postgresql://u@h/db"}, {"JWT_SECRET": "x" * 32})
     assert config.jwt_secret_path == ""
+
+
+@pytest.mark.parametrize(
+    ("environ", "argv", "expected"),
+    [
+        ({}, [], False),
+        ({"DK_PROXY_PROTOCOL": "1"}, [], True),
+        ({"DK_PROXY_PROTOCOL": "yes"}, [], True),
+        ({"DK_PROXY_PROTOCOL": "off"}, [], False),
+        ({"DK_PROXY_PROTOCOL": "0"}, ["--proxy-protocol"], True),
+        ({}, ["--proxy-protocol"], True),
+    ],
+)
+def test_proxy_protocol_from_environment_or_flag(monkeypatch, environ, argv, expected):
+    monkeypatch.delenv("DK_PROXY_PROTOCOL", raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    options = Options()
+    options.parseOptions(argv)
+    assert options.config.proxy_protocol is expected
+
+
+def test_proxy_protocol_typo_is_a_one_line_usage_error(monkeypatch):
+    monkeypatch.setenv("DK_PROXY_PROTOCOL", "maybe")
+    with pytest.raises(usage.UsageError, match=r"^DK_PROXY_PROTOCOL: must be 1/"):
+        Options().parseOptions([])

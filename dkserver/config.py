@@ -82,7 +82,9 @@ class Config:
     write_rate: float = DEFAULT_WRITE_RATE
     write_burst: int = DEFAULT_WRITE_BURST
     jwt_secret: str | None = field(default=None, repr=False)
-    #: Where a generated JWT secret is kept when JWT_SECRET is unset.
+    #: Where a generated JWT secret is kept when JWT_SECRET is unset; empty
+    #: on PostgreSQL without DK_JWT_SECRET_FILE: the secret is then kept in
+    #: the database, shared by every node (`secret_in_database`).
     jwt_secret_path: str = ""
     sqlite_synchronous: str = "NORMAL"
     admin_users: frozenset[str] = frozenset()
@@ -93,7 +95,8 @@ class Config:
     #: scripts/build-client) to serve at /download/*; empty: the server builds
     #: its own from the installed packages into ``client_path``.
     client_dir: str = ""
-    #: Where the server's own build goes: beside the database.
+    #: Where the server's own build goes: beside the database (SQLite), the
+    #: secret file, or else in `state_directory` (PostgreSQL).
     client_path: str = ""
     #: Operator folders: tracker packages (/tracker-apps, /tracker-folder/*)
     #: and desktop app binaries (/download/app/*); None means those are 404.
@@ -120,8 +123,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.database is None:
             object.__setattr__(self, "database", parse_database_url(self.db_path))
-        # Beside a SQLite file; a PostgreSQL URL names no place for a file
-        # (from_sources asks for DK_JWT_SECRET_FILE or JWT_SECRET then).
+        # Beside a SQLite file; a PostgreSQL URL names no place for a file,
+        # and its nodes share the secret through the database instead.
         if not self.jwt_secret_path and not self.database.is_postgresql:
             object.__setattr__(
                 self, "jwt_secret_path", f"{self.database.path}.jwt-secret"
@@ -133,9 +136,40 @@ class Config:
             # beside the SQLite file, or beside the secret file on PostgreSQL.
             if not self.database.is_postgresql:
                 state_dir = os.path.dirname(self.database.path)
+            elif self.jwt_secret_path:
+                state_dir = os.path.dirname(self.jwt_secret_path)
             else:
-                state_dir = os.path.dirname(self.jwt_secret_path or "")
+                state_dir = state_directory(os.environ)
             object.__setattr__(self, "client_path", os.path.join(state_dir, "dk.pyz"))
+
+    @property
+    def secret_in_database(self) -> bool:
+        """Neither ``JWT_SECRET`` nor a secret file (PostgreSQL only): the
+        nodes sharing the database keep the JWT secret in it."""
+        return not self.jwt_secret and not self.jwt_secret_path
+
+
+def state_directory(environ: Mapping[str, str]) -> str:
+    """Where a PostgreSQL node without a secret file keeps its own files
+    (the ``dk.pyz`` it builds for /download).
+
+    A URL names no place on disk, and the working directory is wherever the
+    node happened to be started (a test's, an operator's shell).  The file is
+    a cache, rebuilt from the installed packages, so: the directory systemd
+    made for the unit (``CACHE_DIRECTORY`` or ``STATE_DIRECTORY``, first
+    entry; deploy/dkserver.service has ``StateDirectory=dkserver``), else
+    the XDG cache directory (``$XDG_CACHE_HOME/dkserver``, by default
+    ``~/.cache/dkserver``).
+    """
+    for key in ("CACHE_DIRECTORY", "STATE_DIRECTORY"):
+        first = environ.get(key, "").split(":")[0]
+        if os.path.isabs(first):
+            return first
+    cache = environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(cache):
+        home = environ.get("HOME") or os.path.expanduser("~")
+        cache = os.path.join(home, ".cache")
+    return os.path.join(cache, "dkserver")
 
 
 def _positive_float(key: str, raw: str | float) -> float:
@@ -254,14 +288,13 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
         raise ConfigError("DK_DB", str(e)) from None
     jwt_secret = environ.get("JWT_SECRET") or None
     jwt_secret_path = str(pick("jwt_secret_file", "DK_JWT_SECRET_FILE", ""))
-    if database.is_postgresql and not jwt_secret and not jwt_secret_path:
-        # Every node sharing the database must sign with the same secret, and
-        # a URL names no directory to keep a generated one in: say where.
-        raise ConfigError(
-            "DK_JWT_SECRET_FILE",
-            "required when DK_DB is a PostgreSQL URL (a file the server may "
-            "create, shared by every node using the database), or set JWT_SECRET",
-        )
+    # PostgreSQL without a secret file: the build goes to the state
+    # directory (read from ``environ`` here, as every other setting).
+    client_path = (
+        os.path.join(state_directory(environ), "dk.pyz")
+        if database.is_postgresql and not jwt_secret_path
+        else ""
+    )
     redis = None
     redis_raw = str(pick("redis", "DK_REDIS_URL", "")).strip()
     if redis_raw:
@@ -345,6 +378,7 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
         admin_users=frozenset(_split_list(str(pick("admins", "DK_ADMIN_USERS", "")))),
         allowed_origins=origins,
         client_dir=str(pick("client_dir", "DK_CLIENT_DIR", "")),
+        client_path=client_path,
         tracker_dir=_folder(
             "DK_TRACKER_DIR", pick("tracker_dir", "DK_TRACKER_DIR", None)
         ),

@@ -55,15 +55,19 @@ def local_limits(config: Config, clock) -> LimitParts:
     return LimitParts(challenges, caps=ConnectionCounts(), services=services, **buckets)
 
 
-def build_limits(config: Config, clock, redis: Any = None) -> LimitParts:
+def build_limits(
+    config: Config, clock, cluster: Any = None, *, redis: Any = None
+) -> LimitParts:
     """This process's limits, or with ``config.redis`` the cluster's.
 
-    ``redis``: the command connection (cluster-bus's connection service);
-    None with ``config.redis`` set opens one of its own.
+    ``cluster``: the node's cluster parts (dkserver.cluster.service.Cluster);
+    the shared limits use its command connection and hook into its node
+    registry.  ``redis``: a connection to use instead (tests); with neither,
+    the limits open one of their own.
     """
     local = local_limits(config, clock)
     if config.redis is None:
         return local
     from dkserver.cluster.limits import shared_limits
 
-    return shared_limits(local, config, clock, redis)
+    return shared_limits(local, config, clock, cluster=cluster, redis=redis)

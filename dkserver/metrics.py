@@ -17,13 +17,17 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, node_id: str = "") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         # dkserver_build_info{version="..."} 1: which release a scrape came
         # from, joinable with every other series (the Prometheus convention).
         self.build_info = Info("dkserver_build", "The running dkserver", registry=r)
         self.build_info.info({"version": __version__})
+        # dkserver_node_info{node_id="..."} 1: which node of a cluster a
+        # scrape came from (its series are that node's own, docs/analytics.md).
+        self.node_info = Info("dkserver_node", "This dkserver node", registry=r)
+        self.node_info.info({"node_id": node_id})
         self.messages = Counter(
             "dkserver_messages", "Messages accepted, by kind", ["kind"], registry=r
         )

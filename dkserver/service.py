@@ -19,8 +19,11 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from dkserver.auth.handler import AuthHandler
-from dkserver.auth.secret import load_or_create_secret
+from dkserver.auth.secret import SecretError, load_or_create_secret
 from dkserver.auth.tokens import TokenIssuer
+from dkserver.cluster.analytics import DeadNodeSessions
+from dkserver.cluster.secret import database_secret
+from dkserver.cluster.service import build_cluster
 from dkserver.config import Config, endpoint_description
 from dkserver.limits import build_limits
 from dkserver.listening import ListeningService
@@ -67,13 +70,18 @@ class DkService(MultiService):
         self.setName("dkserver")
         self.config = config
         self.reactor = reactor
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.node_id)
 
-        secret, warnings = load_or_create_secret(
-            config.jwt_secret, config.jwt_secret_path
-        )
-        for warning in warnings:
-            self.log.warn("{warning}", warning=warning)
+        #: None while the secret is still to be read from the database
+        #: (`_migrate`); the auth handler holds requests until then.
+        self.tokens: TokenIssuer | None = None
+        if not config.secret_in_database:
+            secret, warnings = load_or_create_secret(
+                config.jwt_secret, config.jwt_secret_path
+            )
+            for warning in warnings:
+                self.log.warn("{warning}", warning=warning)
+            self.tokens = TokenIssuer(secret, reactor)
         context = load_context_factory(config.cert_path, config.key_path)
 
         self.store = Store.create(
@@ -84,10 +92,13 @@ class DkService(MultiService):
             statement_timeout=config.db_statement_timeout,
             connect_timeout=config.db_connect_timeout,
         )
-        #: Local, or with --redis shared by the cluster (the one place).
-        self.limits = build_limits(config, reactor)
+        # The one place a cluster is chosen: with --redis the bus is Redis's,
+        # and so are the limits (built on its command connection).
+        self.cluster = build_cluster(
+            config, reactor, lambda payload: self.hub.prepare(payload)
+        )
+        self.limits = build_limits(config, reactor, self.cluster)
         self.challenges = self.limits.challenges
-        self.tokens = TokenIssuer(secret, reactor)
         self.login_ip_limits = self.limits.login_ip
         self.login_user_limits = self.limits.login_user
         self.auth = AuthHandler(
@@ -98,8 +109,8 @@ class DkService(MultiService):
             self.login_user_limits,
             self.metrics,
         )
-        self.writer = GroupWriter(self.store.pool, reactor)
-        self.bus = LocalBus()
+        self.writer = GroupWriter(self.store.pool, reactor, node_id=config.node_id)
+        self.bus = LocalBus() if self.cluster is None else self.cluster.bus
         self.message_limits = self.limits.messages
         self.forward = ForwardBroker(reactor, config.forward_timeout)
         self.hub = Hub(
@@ -112,6 +123,16 @@ class DkService(MultiService):
             reactor,
             caps=self.limits.caps,
         )
+        #: Whose sessions this process closes when it starts and stops: in a
+        #: cluster its own (and those written before nodes were recorded);
+        #: a single process every session, whatever node id it had before.
+        self.session_owner = None if self.cluster is None else config.node_id
+        #: For the node registry: a dead node's sessions are closed here.
+        self.dead_node_sessions = DeadNodeSessions(
+            self.store.analytics, config.node_id, self.hub.time_ns
+        )
+        if self.cluster is not None:
+            self.cluster.nodes.on_node_died(self.dead_node_sessions.node_died)
         self.ws_factory = DkWebSocketFactory(config, self.hub, reactor)
         self.write_limits = self.limits.writes
         self.client_download = ClientDownload(config, reactor)
@@ -168,6 +189,9 @@ class DkService(MultiService):
         for service in self.limits.services:
             service.setServiceParent(self.timers)
         self.timers.setServiceParent(self)
+        if self.cluster is not None:
+            self.cluster.forwards.serve = self.hub.answer_for_node
+            self.cluster.setServiceParent(self)
 
     def startService(self) -> None:
         self._started_ns = self.hub.time_ns()
@@ -177,16 +201,26 @@ class DkService(MultiService):
 
     async def _migrate(self) -> None:
         await self.store.migrate()
+        if self.tokens is None:
+            self.tokens = TokenIssuer(
+                await database_secret(self.store.settings), self.reactor
+            )
+            self.auth.use_tokens(self.tokens)
         # Sessions a crash left open end now (their duration is an upper bound).
         closed = await self.store.analytics.end_open_sessions(
-            self.hub.time_ns(), started_before_ns=self._started_ns
+            self.hub.time_ns(),
+            started_before_ns=self._started_ns,
+            node_id=self.session_owner,
         )
         if closed:
             self.log.info("closed {count} sessions left open", count=closed)
         self.log.info("database {path} ready", path=self.config.database.redacted)
 
     def _fatal(self, failure) -> None:
-        self.log.failure("cannot open the database; stopping", failure)
+        if failure.check(SecretError):
+            self.log.error("{error}; stopping", error=str(failure.value))
+        else:
+            self.log.failure("cannot open the database; stopping", failure)
         if self.reactor.running:
             self.reactor.stop()
 
@@ -235,6 +269,11 @@ class DkService(MultiService):
             if listener is not None and listener.running:
                 await listener.stopService()
         await self._close_websockets()
+        # Timers stop while Redis is still connected: the shared limits
+        # remove this node's connection entries as they stop.
+        await self.timers.stopService()
+        if self.cluster is not None:
+            await self.cluster.stop()  # leave the cluster: our users go offline
         # Frames read before the close are stored before the database closes.
         if not await self._wait_until(
             lambda: not self.hub.unhandled_frames, self.config.shutdown_grace
@@ -246,8 +285,9 @@ class DkService(MultiService):
         left = await self.site.drain(self.reactor, self.config.shutdown_grace)
         if left:
             self.log.warn("{count} requests still running at shutdown", count=left)
-        await self.timers.stopService()
         await self.writer.close()
-        await self.store.analytics.end_open_sessions(self.hub.time_ns())
+        await self.store.analytics.end_open_sessions(
+            self.hub.time_ns(), node_id=self.session_owner
+        )
         await self.store.close()
         self.log.info("shutdown complete")

@@ -132,12 +132,17 @@ def build_config(options) -> Config:
 def makeService(options: Options):
     from twisted.internet import reactor
 
+    from dkserver.cluster.secret import preflight_secret_txn
     from dkserver.service import DkService, tune_gc
     from dkserver.store import StoreError, preflight_database
 
     config = options.config
     try:
-        preflight_database(config.database, config.db_connect_timeout)
+        preflight_database(
+            config.database,
+            config.db_connect_timeout,
+            preflight_secret_txn if config.secret_in_database else None,
+        )
     except (StoreError, ValueError, OSError) as e:
         sys.stderr.write(f"dkserver: DK_DB: {e}\n")
         sys.exit(1)

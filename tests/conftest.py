@@ -38,6 +38,10 @@ SERVER_ENVIRONMENT = (
     "MESSAGE_BURST_LIMIT",
     "LOGIN_RATE_LIMIT",
     "LOGIN_BURST_LIMIT",
+    # the state directory of a PostgreSQL node without a secret file
+    # (dkserver.config.state_directory); XDG_CACHE_HOME is set per session
+    "CACHE_DIRECTORY",
+    "STATE_DIRECTORY",
 )
 
 #: What scripts/serve leaves in the working directory, as decoys.
@@ -99,6 +103,10 @@ def hermetic_session(tmp_path_factory):
         if (k.startswith("DK_") and not k.startswith("DK_TEST_"))
         or k in SERVER_ENVIRONMENT
     }
+    # A PostgreSQL server without a secret file builds its client in the XDG
+    # cache directory: the session's own, not the developer's ~/.cache.
+    saved_cache = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
     before = _checkout_state()
     old_cwd = os.getcwd()
     os.chdir(cwd)
@@ -107,6 +115,10 @@ def hermetic_session(tmp_path_factory):
     finally:
         os.chdir(old_cwd)
         os.environ.update(saved_env)
+        if saved_cache is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = saved_cache
     changed = [
         name for name, content in DECOYS.items() if (cwd / name).read_bytes() != content
     ]

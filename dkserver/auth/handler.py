@@ -9,6 +9,7 @@ from __future__ import annotations
 import binascii
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from dkserver.auth.challenges import ChallengeStore
@@ -40,17 +41,33 @@ class AuthHandler:
         self,
         store: Store,
         challenges: ChallengeStore | Any,
-        tokens: TokenIssuer,
+        tokens: TokenIssuer | None,
         ip_limits: BucketRegistry | Any,
         user_limits: BucketRegistry | Any,
         metrics: Metrics,
     ) -> None:
         self._store = store
         self._challenges = challenges
+        #: None until `use_tokens`: a secret kept in the database is known
+        #: only once the database is open, while requests may already come.
         self._tokens = tokens
+        self._tokens_waiting: list[Deferred] = []
         self._ip_limits = ip_limits
         self._user_limits = user_limits
         self._metrics = metrics
+
+    def use_tokens(self, tokens: TokenIssuer) -> None:
+        """Sign and check with ``tokens`` from now on; releases any waiters."""
+        self._tokens = tokens
+        waiting, self._tokens_waiting = self._tokens_waiting, []
+        for d in waiting:
+            d.callback(tokens)
+
+    async def _issuer(self) -> TokenIssuer:
+        """Wait for `use_tokens`: only in the moments after startup."""
+        d: Deferred = Deferred()
+        self._tokens_waiting.append(d)
+        return await d
 
     async def check_rate(self, client_ip: str) -> None:
         """Per-IP limit for /auth/register and /auth/login (429 past it)."""
@@ -106,14 +123,14 @@ class AuthHandler:
         # Debug: at hundreds of logins a second, formatting this line is real
         # CPU; failures are logged as audit events above.
         self.log.debug("user {user_id} logged in", user_id=user_id)
-        return self._tokens.issue(user_id)
+        return (self._tokens or await self._issuer()).issue(user_id)
 
     async def authenticate(self, token: str | None) -> str:
         """The user id a bearer token names, if it is valid and the user exists."""
         if not token:
             raise Unauthorized("Missing token")
         try:
-            user_id = self._tokens.verify(token)
+            user_id = (self._tokens or await self._issuer()).verify(token)
         except InvalidToken:
             self._metrics.auth_failures.labels(kind="token").inc()
             raise Unauthorized("Invalid or expired token")

@@ -2,7 +2,9 @@
 
 The original server generated a fresh secret on every start when
 ``JWT_SECRET`` was unset, logging every user out at each restart.  dkserver
-writes the generated secret beside the database (mode 0600) and reads it back.
+writes the generated secret beside the database (mode 0600) and reads it back;
+on PostgreSQL without a secret file it keeps it in the database instead
+(dkserver.cluster.secret), so every node sharing the database has it.
 """
 
 from __future__ import annotations
@@ -83,17 +85,29 @@ def _read_secret_file(path: str) -> bytes:
                 f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
             )
         text = f.read(1024)
-    try:
-        secret = bytes.fromhex(text.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        secret = b""
-    if len(secret) != RECOMMENDED_SECRET_BYTES:
+    secret = parse_generated_secret(text)
+    if secret is None:
         raise SecretError(
             f"the JWT secret file {path} does not hold "
             f"{RECOMMENDED_SECRET_BYTES * 2} hex digits; delete it to generate "
             "a new secret (this logs every user out) or set JWT_SECRET"
         )
     return secret
+
+
+def generate_secret() -> bytes:
+    return secrets.token_bytes(RECOMMENDED_SECRET_BYTES)
+
+
+def parse_generated_secret(text: bytes | str) -> bytes | None:
+    """A secret as dkserver stores one it generated (hex), or None if damaged."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("ascii")
+        secret = bytes.fromhex(text.strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return secret if len(secret) == RECOMMENDED_SECRET_BYTES else None
 
 
 def _create_secret_file(path: str) -> bytes:
@@ -103,7 +117,7 @@ def _create_secret_file(path: str) -> bytes:
     place, which fails if the name exists: if two processes race, both end
     up using the winner's secret instead of one silently replacing the other.
     """
-    secret = secrets.token_bytes(RECOMMENDED_SECRET_BYTES)
+    secret = generate_secret()
     directory = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.{secrets.token_hex(8)}.tmp"
     try:

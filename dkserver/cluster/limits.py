@@ -297,8 +297,8 @@ class OwnEntries(TimerService):
 
 
 def connect(url: RedisUrl) -> Any:
-    """A reconnecting txredisapi connection; until cluster-bus's connection
-    service hands its own to :func:`shared_limits`."""
+    """A reconnecting txredisapi connection, for limits built without the
+    cluster's connection service (tests, tools)."""
     import txredisapi
 
     return txredisapi.lazyConnection(
@@ -306,11 +306,19 @@ def connect(url: RedisUrl) -> Any:
     )
 
 
-def shared_limits(local: LimitParts, config: Config, clock, redis: Any = None):
+def shared_limits(
+    local: LimitParts,
+    config: Config,
+    clock,
+    cluster: Any = None,
+    redis: Any = None,
+) -> LimitParts:
     """The cluster's limits, with ``local`` (this node's) as the fallback
-    while Redis is unavailable."""
+    while Redis is unavailable (see :func:`dkserver.limits.build_limits`)."""
     from dkserver.cluster.challenges import SharedChallenges
 
+    if cluster is not None:
+        redis = cluster.redis.commands
     own = connect(config.redis) if redis is None else None
     shared = SharedRedis(redis if redis is not None else own, clock)
     caps = SharedConnections(shared, config.node_id, local.caps)
@@ -334,4 +342,8 @@ def shared_limits(local: LimitParts, config: Config, clock, redis: Any = None):
         parts.services.append(
             periodic_service(f"shared-{name}-prune", 5.0, buckets.prune, clock)
         )
+    if cluster is not None:
+        cluster.nodes.on_node_died(caps.node_died)
+        # A new command connection may mean a restarted, empty Redis.
+        cluster.redis.on_commands_ready(caps.resync_logged)
     return parts

@@ -8,6 +8,7 @@ engine (dkserver.store.engine) holds what differs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -17,7 +18,7 @@ from twisted.logger import Logger
 from dkserver.store import pg_schema
 from dkserver.store.analytics import AnalyticsStore
 from dkserver.store.apis import Api, ApiStore, TooManyApis
-from dkserver.store.database import Database
+from dkserver.store.database import Database, Txn
 from dkserver.store.descriptions import DescriptionStore
 from dkserver.store.engine import PostgresEngine, Sqlite3Engine
 from dkserver.store.errors import (
@@ -29,6 +30,7 @@ from dkserver.store.errors import (
 from dkserver.store.messages import MessageStore, NewMessage, StoredMessage
 from dkserver.store.pool import DEFAULT_PG_POOL_SIZE, open_pg_pool, open_pool
 from dkserver.store.schema import LATEST_VERSION, migrate, preflight
+from dkserver.store.settings import SettingsStore
 from dkserver.store.trackers import Tracker, TrackerInfo, TrackerStore
 from dkserver.store.url import DatabaseUrl, parse_database_url
 from dkserver.store.users import User, UserStore
@@ -42,6 +44,7 @@ __all__ = [
     "IntegrityError",
     "MessageStore",
     "NewMessage",
+    "SettingsStore",
     "Store",
     "StoreError",
     "StoredMessage",
@@ -58,16 +61,22 @@ __all__ = [
 
 
 def preflight_database(
-    database: DatabaseUrl, connect_timeout: float = 10.0, *, migrate: bool = True
+    database: DatabaseUrl,
+    connect_timeout: float = 10.0,
+    check: Callable[[Txn], object] | None = None,
+    *,
+    migrate: bool = True,
 ) -> None:
     """Blocking, before the reactor runs: refuse a database dkserver cannot
     use, with a one-line `StoreError` instead of a failure after startup.
 
     SQLite: the file checks of `schema.preflight`.  PostgreSQL: connect,
-    bring the schema up to date (under the migration lock) and check that
-    the role may read and write every table and take ids.  ``migrate=False``
-    (``dkserver checkconfig``) changes nothing: it checks the rights only on
-    a database that already has dkserver's schema.
+    bring the schema up to date (under the migration lock), check that the
+    role may read and write every table and take ids, then run ``check`` in
+    a transaction of its own (the shared JWT secret: dkserver.cluster.secret).
+    ``migrate=False`` (``dkserver checkconfig``) changes nothing: it checks
+    the rights only on a database that already has dkserver's schema, and
+    runs no ``check``.
     """
     if not database.is_postgresql:
         preflight(str(database.path))
@@ -90,6 +99,9 @@ def preflight_database(
             or conn.execute("SELECT to_regclass('schema_version')").fetchone()[0]
         ):
             _check_privileges(conn)
+        if check is not None and migrate:
+            with conn.transaction():
+                check(Txn(conn.cursor(), PostgresEngine()))
     except psycopg.Error as e:
         reason = " ".join(str(e).split()) or type(e).__name__
         raise DatabaseUnusable(
@@ -102,7 +114,7 @@ def preflight_database(
 def _check_privileges(conn: Any) -> None:
     missing = [
         table
-        for table in (*pg_schema.TABLES, "schema_version")
+        for table in (*pg_schema.TABLES, *pg_schema.LOCAL_TABLES, "schema_version")
         if not conn.execute(
             "SELECT has_table_privilege(%s, 'SELECT,INSERT,UPDATE,DELETE')", (table,)
         ).fetchone()[0]
@@ -145,6 +157,7 @@ class Store:
         self.analytics = AnalyticsStore(db)
         self.trackers = TrackerStore(db)
         self.apis = ApiStore(db)
+        self.settings = SettingsStore(db)
 
     @property
     def pool(self) -> Database:

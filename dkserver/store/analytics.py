@@ -25,12 +25,15 @@ class AnalyticsStore:
     def __init__(self, pool: Database) -> None:
         self._pool = pool
 
-    async def start_session(self, session_id: str, user_id: str, start_ns: int) -> None:
+    async def start_session(
+        self, session_id: str, user_id: str, start_ns: int, node_id: str | None = None
+    ) -> None:
         await self._pool.runInteraction(
             _start_session_txn,
             session_id,
             user_id,
             timestamps.storage_from_unix_nanos(start_ns),
+            node_id,
         )
 
     async def end_session(self, session_id: str, end_ns: int) -> None:
@@ -38,15 +41,32 @@ class AnalyticsStore:
         await self._pool.runInteraction(_end_sessions_txn, session_id, end_ns)
 
     async def end_open_sessions(
-        self, end_ns: int, started_before_ns: int | None = None
+        self,
+        end_ns: int,
+        started_before_ns: int | None = None,
+        node_id: str | None = None,
     ) -> int:
         """Close sessions left open (shutdown, or a crash before); count.
 
         With ``started_before_ns``, only those that started earlier: at startup
         the listeners are already up, and a session opened meanwhile is live.
+        With ``node_id`` (one node of a cluster), only that node's sessions and
+        those without a node (written before schema version 6, by a process
+        that cannot still be writing: older versions refuse a newer schema);
+        without, every session (a single process holds them all).
         """
         return await self._pool.runInteraction(
-            _end_sessions_txn, None, end_ns, started_before_ns
+            _end_sessions_txn, None, end_ns, started_before_ns, node_id
+        )
+
+    async def end_node_sessions(self, node_id: str, end_ns: int) -> int:
+        """Close the open sessions of ``node_id`` (a node declared dead); count.
+
+        Idempotent and safe to run on several survivors at once: a session
+        already closed, by its node or by another survivor, is left alone.
+        """
+        return await self._pool.runInteraction(
+            _end_sessions_txn, None, end_ns, node_id=node_id, with_unowned=False
         )
 
     async def record_message_events(
@@ -73,10 +93,13 @@ class AnalyticsStore:
         return await self._pool.runInteraction(_stats_txn, now_ns // _NS)
 
 
-def _start_session_txn(txn: Txn, session_id: str, user_id: str, start: str) -> None:
+def _start_session_txn(
+    txn: Txn, session_id: str, user_id: str, start: str, node_id: str | None
+) -> None:
     txn.execute(
-        "INSERT INTO sessions (session_id, user_id, start_time) VALUES (?, ?, ?)",
-        (session_id, user_id, start),
+        "INSERT INTO sessions (session_id, user_id, start_time, node_id)"
+        " VALUES (?, ?, ?, ?)",
+        (session_id, user_id, start, node_id),
     )
 
 
@@ -85,17 +108,21 @@ def _end_sessions_txn(
     session_id: str | None,
     end_ns: int,
     started_before_ns: int | None = None,
+    node_id: str | None = None,
+    with_unowned: bool = True,
 ) -> int:
-    if session_id is None:
-        txn.execute(
-            "SELECT session_id, start_time FROM sessions WHERE end_time IS NULL"
-        )
-    else:
-        txn.execute(
-            "SELECT session_id, start_time FROM sessions"
-            " WHERE session_id = ? AND end_time IS NULL",
-            (session_id,),
-        )
+    """Close one session, or the open ones (of ``node_id``, plus those with
+    no node when ``with_unowned``); returns how many were closed."""
+    query = "SELECT session_id, start_time FROM sessions WHERE end_time IS NULL"
+    params: tuple = ()
+    if session_id is not None:
+        query += " AND session_id = ?"
+        params = (session_id,)
+    elif node_id is not None:
+        mine = "node_id = ?"
+        query += f" AND ({mine} OR node_id IS NULL)" if with_unowned else f" AND {mine}"
+        params = (node_id,)
+    txn.execute(query, params)
     updates = []
     for sid, start in txn.fetchall():
         try:
@@ -108,10 +135,17 @@ def _end_sessions_txn(
             # whole seconds, truncated, as the original's int(d.Seconds())
             duration = max(0, (end_ns - start_ns) // _NS)
         updates.append((timestamps.storage_from_unix_nanos(end_ns), duration, sid))
+    if not updates:
+        return 0
+    # "still open" again: another node may have closed it since the SELECT
+    # (PostgreSQL re-checks the condition after waiting for that node's lock),
+    # and only what this transaction closed counts.
     txn.executemany(
-        "UPDATE sessions SET end_time = ?, duration = ? WHERE session_id = ?", updates
+        "UPDATE sessions SET end_time = ?, duration = ?"
+        " WHERE session_id = ? AND end_time IS NULL",
+        updates,
     )
-    return len(updates)
+    return txn.rowcount
 
 
 def _record_events_txn(txn: Txn, values: list[tuple[str, str, int, str]]) -> None:

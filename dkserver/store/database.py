@@ -51,6 +51,11 @@ class Txn:
         except self.engine.driver_errors as e:
             raise _driver_error(e) from e
 
+    @property
+    def rowcount(self) -> int:
+        """Rows the last statement changed (summed over an ``executemany``)."""
+        return self._cursor.rowcount
+
     def fetchone(self) -> Any:
         return self._cursor.fetchone()
 

@@ -237,6 +237,14 @@ def _undelivered_broadcasts_txn(
     if row is None:
         return []
     floor = row[0]
+    if after_id <= floor:
+        # Read before the broadcasts: on PostgreSQL each statement sees the
+        # commits made before it began, and a broadcast committed between
+        # the two reads must not end up below the floor unsent.  Ids commit
+        # in order (the engine's next_message_ids), so every broadcast up to
+        # this maximum is visible to the next statement.
+        txn.execute("SELECT COALESCE(MAX(id), 0) FROM messages WHERE is_broadcast = 1")
+        newest = txn.fetchone()[0]
     txn.execute(
         f"SELECT {_COLUMNS} FROM messages m JOIN users u ON u.user_id = ?"
         " WHERE m.is_broadcast = 1 AND m.id > ?"
@@ -251,17 +259,13 @@ def _undelivered_broadcasts_txn(
     if after_id <= floor:
         # Everything below the first broadcast still to send is done: raise
         # the floor so the next connect skips it (see schema v3).
-        if found:
-            new_floor = found[0].id - 1
-        else:
-            txn.execute(
-                "SELECT COALESCE(MAX(id), 0) FROM messages WHERE is_broadcast = 1"
-            )
-            new_floor = txn.fetchone()[0]
+        new_floor = found[0].id - 1 if found else newest
         if new_floor > floor:
+            # Never lowered: a concurrent scan (another node) may be ahead.
             txn.execute(
-                "UPDATE users SET broadcast_floor = ? WHERE user_id = ?",
-                (new_floor, user_id),
+                "UPDATE users SET broadcast_floor = ?"
+                " WHERE user_id = ? AND broadcast_floor < ?",
+                (new_floor, user_id, new_floor),
             )
     return found
 

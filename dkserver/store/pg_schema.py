@@ -1,7 +1,7 @@
 """The PostgreSQL schema and its migrations, beside SQLite's in ``schema.py``.
 
 Same tables, columns (in the same order) and partial indexes as SQLite's
-schema at version 5, so that a store's SQL and ``dkserver port-db`` see one
+schema (version 6), so that a store's SQL and ``dkserver port-db`` see one
 schema on both backends.  Where PostgreSQL would pick a richer type, the
 SQLite representation wins, because rows must come out byte for byte as
 they went in, whichever backend holds them:
@@ -42,7 +42,7 @@ from dkserver.store.errors import DatabaseUnusable, StoreError
 log = Logger()
 
 #: The schema version this code writes; SQLite's ``LATEST_VERSION`` at merge.
-LATEST_VERSION = 5
+LATEST_VERSION = 6
 
 #: What an empty database is brought to in one step.
 BASELINE_VERSION = 5
@@ -62,6 +62,10 @@ TABLES = (
     "user_trackers",
     "user_apis",
 )
+
+#: Settings of this database itself (the nodes' shared JWT secret), which
+#: ``port-db`` does not copy: a SQLite deployment keeps its secret in a file.
+LOCAL_TABLES = ("server_settings",)
 
 #: Tables whose ``id`` comes from an identity sequence.
 SEQUENCED_TABLES = ("messages", "message_events", "user_trackers", "user_apis")
@@ -164,8 +168,20 @@ CREATE TABLE user_apis (
     "CREATE INDEX sessions_open_idx ON sessions(session_id) WHERE end_time IS NULL",
 )
 
+#: Version 6, as SQLite's ``_to_v6``: the node holding each session, and the
+#: settings every node of a cluster shares.
+_V6 = (
+    f"ALTER TABLE sessions ADD COLUMN node_id {_T}",
+    "CREATE INDEX sessions_node_open_idx ON sessions(node_id) WHERE end_time IS NULL",
+    f"""
+CREATE TABLE server_settings (
+    name {_T} PRIMARY KEY,
+    value {_T} NOT NULL
+)""",
+)
+
 #: version → the statements that reach it from the version before.
-_STEPS: dict[int, Sequence[str]] = {BASELINE_VERSION: _BASELINE}
+_STEPS: dict[int, Sequence[str]] = {BASELINE_VERSION: _BASELINE, 6: _V6}
 
 
 async def migrate(pool: Any) -> int:
@@ -227,7 +243,7 @@ def _check_empty(conn: Any) -> None:
     rows = conn.execute(
         "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL"
         " ORDER BY t",
-        (list(TABLES),),
+        (list(TABLES + LOCAL_TABLES),),
     ).fetchall()
     if rows:
         raise DatabaseUnusable(

@@ -18,6 +18,9 @@ Version 5 (see ``_to_v5``) adds the original's ``user_trackers`` and
 ``user_apis`` where missing and makes each name unique per user, keeping the
 newest of any duplicates the original wrote.
 
+Version 6 (see ``_to_v6``) is for a cluster of nodes on one database:
+``sessions.node_id`` and the ``server_settings`` table.
+
 Migrations run on the pool's thread, with foreign keys off (a table rebuild
 needs that, and the pragma is a no-op inside a transaction) and all steps in
 one transaction, checked by ``PRAGMA foreign_key_check`` before commit.
@@ -38,7 +41,7 @@ from dkserver.store.errors import DatabaseUnusable, StoreError
 
 log = Logger()
 
-LATEST_VERSION = 5
+LATEST_VERSION = 6
 
 _COPY_CHUNK = 1000
 
@@ -452,10 +455,38 @@ def _utc_text(value: object) -> object:
     return value if text is None else text
 
 
+# Version 6: several nodes on one database (PostgreSQL; SQLite gets the same
+# schema so that the stores and port-db see one).
+_SERVER_SETTINGS = """
+CREATE TABLE IF NOT EXISTS server_settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+)"""
+
+#: A node's own sessions left open, closed when it restarts or dies.
+_SESSIONS_NODE_OPEN_INDEX = (
+    "CREATE INDEX IF NOT EXISTS sessions_node_open_idx"
+    " ON sessions(node_id) WHERE end_time IS NULL"
+)
+
+
+def _to_v6(conn: sqlite3.Connection) -> None:
+    """``sessions.node_id``: which node holds (held) the connection, so a
+    restarting node closes only its own sessions and survivors close a dead
+    node's; NULL in every older row.  ``server_settings``: what every node of
+    a cluster must agree on (the JWT secret on PostgreSQL); unused on SQLite,
+    whose single process keeps its secret in a file."""
+    if "node_id" not in _columns(conn, "sessions"):
+        conn.execute("ALTER TABLE sessions ADD COLUMN node_id TEXT")
+    conn.execute(_SESSIONS_NODE_OPEN_INDEX)
+    conn.execute(_SERVER_SETTINGS)
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _to_v1,
     2: _to_v2,
     3: _to_v3,
     4: _to_v4,
     5: _to_v5,
+    6: _to_v6,
 }

@@ -40,7 +40,10 @@ MAX_BATCH = 2000
 
 @dataclass
 class _Batch:
-    sessions_started: list[tuple[str, str, str]] = field(default_factory=list)
+    #: (session_id, user_id, start time text, node_id)
+    sessions_started: list[tuple[str, str, str, str | None]] = field(
+        default_factory=list
+    )
     messages: list[tuple[NewMessage, str | None]] = field(default_factory=list)
     #: One per message: called as ``done(message_id, failure)``.
     waiters: list[Callable[[int | None, Failure | None], None]] = field(
@@ -64,9 +67,17 @@ class _Batch:
 class GroupWriter:
     log = Logger()
 
-    def __init__(self, pool: Database, clock: Any, delay: float = GROUP_DELAY) -> None:
+    def __init__(
+        self,
+        pool: Database,
+        clock: Any,
+        delay: float = GROUP_DELAY,
+        node_id: str | None = None,
+    ) -> None:
         self._pool = pool
         self._clock = clock
+        #: Written into each session row: which node holds the connection.
+        self.node_id = node_id
         #: PostgreSQL: a NUL outside the content (which is escaped) would
         #: fail the whole batch, so such a message is refused alone.
         self._refuse_nul = pool.engine.refuses_nul
@@ -126,7 +137,12 @@ class GroupWriter:
 
     def start_session(self, session_id: str, user_id: str, start_ns: int) -> None:
         self._next.sessions_started.append(
-            (session_id, user_id, timestamps.storage_from_unix_nanos(start_ns))
+            (
+                session_id,
+                user_id,
+                timestamps.storage_from_unix_nanos(start_ns),
+                self.node_id,
+            )
         )
         self._kick()
 
@@ -211,8 +227,8 @@ def _has_nul(m: NewMessage) -> bool:
 def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | None]:
     if batch.sessions_started:
         txn.executemany(
-            "INSERT INTO sessions (session_id, user_id, start_time)"
-            " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO sessions (session_id, user_id, start_time, node_id)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             batch.sessions_started,
         )
     ids = _insert_messages(txn, batch.messages, known_users) if batch.messages else []

@@ -274,9 +274,13 @@ class DkApp:
         user_id = await self.authenticated_user(request)
         if user_id not in self.config.admin_users:
             raise ApiError(403, "Administrators only")
+        # From the shared database: the same on every node of a cluster.
         stats = await self.store.analytics.stats(self.hub.time_ns())
+        stats["node"] = self.config.node_id
         stats["live"] = {
+            # this process's connections
             "connections": self.hub.bus.connection_count(),
+            # the bus's view: the whole cluster's once it is the cluster bus
             "online_users": len(self.hub.bus.online_users()),
         }
         return json_response(request, stats)

@@ -22,7 +22,7 @@ from dkserver.store.messages import NewMessage, StoredMessage
 from dkserver.store.writer import GroupWriter
 from dkserver.ws import frames
 from dkserver.ws.caps import ConnectionCounts
-from dkserver.ws.forward import ForwardBroker
+from dkserver.ws.forward import ForwardBroker, ForwardTimeout
 from dkserver.ws.sessions import LiveBus
 
 #: Rows fetched per query while sending a backlog on connect.
@@ -150,8 +150,31 @@ class Hub:
     async def forward_request(self, user_id: str, content: str, parse) -> Any:
         """Send a forward frame with ``content`` to the user's connections
         that answer; ``parse(answer content)`` of the first answer (see
-        ForwardBroker)."""
+        ForwardBroker).  A user connected only to other nodes is asked
+        there (``bus.ask_elsewhere``; one process has no elsewhere)."""
+        self._count["forward"].inc()
+        if not self.bus.connections(user_id):
+            remote = self.bus.ask_elsewhere(user_id, content)
+            if remote is not None:
+                result = parse(await remote)
+                if result is None:  # not an answer: as if none came in time
+                    raise ForwardTimeout()
+                return result
+        return await self.forward.ask(
+            user_id, self.bus.connections, self._forward_sender(user_id, content), parse
+        )
 
+    async def answer_for_node(self, user_id: str, content: str) -> str:
+        """Another node's forward request for a user connected here: the
+        answer's content, for that node to parse (never asked onwards)."""
+        return await self.forward.ask(
+            user_id,
+            self.bus.connections,
+            self._forward_sender(user_id, content),
+            lambda answer: answer,
+        )
+
+    def _forward_sender(self, user_id: str, content: str):
         def send(conn: Any) -> None:
             payload = frames.encode_message(
                 0,
@@ -164,8 +187,7 @@ class Hub:
             )
             conn.deliver(self.prepare(payload), None)
 
-        self._count["forward"].inc()
-        return await self.forward.ask(user_id, self.bus.connections, send, parse)
+        return send
 
     async def backlog_pages(self, user_id: str):
         """Pending direct messages, then undelivered broadcasts, oldest first,

@@ -121,6 +121,14 @@ class Outbox:
         self._write(frame, ack)
         return True
 
+    def in_flight(self) -> set[Any]:
+        """Acks of frames queued or written but not yet confirmed."""
+        acks = {ack for _, ack in self._queue if ack is not None}
+        acks.update(self._unconfirmed)
+        if self._tail is not None:
+            acks.add(self._tail[1])
+        return acks
+
     def has_room(self, reserve: int = 0) -> bool:
         return (
             not self._closed

@@ -170,11 +170,20 @@ class DkServerProtocol(WebSocketServerProtocol):
         if not self._gone:
             self.outbox.send(self.hub.prepare(frames.system_frame(self.user_id, text)))
 
-    async def _send_backlog(self) -> None:
+    async def _send_backlog(self, skip: frozenset = frozenset()) -> None:
+        """The stored backlog, then the live messages held meanwhile; ``skip``:
+        acks already on their way (a rescan)."""
+        live = self.hub.bus.when_live(self.user_id)
+        if live is not None:
+            await live  # subscribed before the scan: nothing falls between
+            if self._gone:
+                return
         sent = 0
         async for message, ack in self.hub.backlog_pages(self.user_id):
             if self._gone:
                 return
+            if ack in skip:
+                continue
             if not self.outbox.has_room():
                 if not await self.outbox.wait_writable():
                     return
@@ -196,6 +205,30 @@ class DkServerProtocol(WebSocketServerProtocol):
                 count=sent,
                 user_id=self.user_id,
             )
+        if self._rescan_wanted:
+            self._rescan_wanted = False
+            self.rescan()
+
+    #: A rescan was asked for while a backlog was being sent.
+    _rescan_wanted = False
+
+    def rescan(self) -> None:
+        """Live messages may have been lost (the bus lost its subscription):
+        send what is still stored for us, except what is already on its way,
+        holding live messages meanwhile as on connect."""
+        if self._gone or not hasattr(self, "outbox"):
+            return
+        if not self._backlog_done:
+            self._rescan_wanted = True
+            return
+        self._backlog_done = False
+        d = Deferred.fromCoroutine(self._rescan())
+        d.addErrback(self._backlog_failed)
+
+    async def _rescan(self) -> None:
+        # Deliveries confirmed but not yet committed would read as pending.
+        await self.hub.writer.flush()
+        await self._send_backlog(frozenset(self.outbox.in_flight()))
 
     def _backlog_failed(self, failure) -> None:
         self.dklog.failure(

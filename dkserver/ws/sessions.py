@@ -17,11 +17,19 @@ class Connection(Protocol):
     def deliver(self, frame: Any, ack: Any) -> None:
         """Queue a prepared frame; ``ack`` is reported once it is flushed."""
 
+    def rescan(self) -> None:
+        """Send the stored backlog again (live messages may have been lost)."""
+
 
 class LiveBus(Protocol):
     def add(self, conn: Connection) -> bool: ...
 
     def remove(self, conn: Connection) -> bool: ...
+
+    def when_live(self, user_id: str) -> Any:
+        """None, or a Deferred the backlog scan waits for: it fires once live
+        messages to ``user_id`` reach this process (so that a message stored
+        after the scan started is not missed)."""
 
     def connections(self, user_id: str) -> tuple[Connection, ...]: ...
 
@@ -36,6 +44,10 @@ class LiveBus(Protocol):
     def send_direct(self, to_user: str, frame: Any, message_id: int) -> int: ...
 
     def send_broadcast(self, from_user: str, frame: Any, message_id: int) -> int: ...
+
+    def ask_elsewhere(self, user_id: str, content: str) -> Any:
+        """None, or a Deferred of the answer content of a forward request
+        sent to the user's connections in another process."""
 
 
 class LocalBus:
@@ -65,6 +77,12 @@ class LocalBus:
             del self._by_user[conn.user_id]
             return True
         return False
+
+    def when_live(self, user_id: str) -> None:
+        return None  # one process: delivery is live as soon as add() returns
+
+    def ask_elsewhere(self, user_id: str, content: str) -> None:
+        return None  # one process: no other connections than ours
 
     def connections(self, user_id: str) -> tuple[Connection, ...]:
         return tuple(self._by_user.get(user_id, ()))

@@ -16,6 +16,7 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 
+from dkserver.store import Store
 from tests.support.client import (
     Identity,
     get,
@@ -395,3 +396,41 @@ async def test_metrics_unchanged_by_successful_register_and_login(server):
     assert sample(text, "dkserver_auth_failures_total", kind="login") in (None, 0.0)
     assert sample(text, "dkserver_auth_failures_total", kind="token") in (None, 0.0)
     assert sample(text, "dkserver_websocket_connections") == 0.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_single_process_closes_every_session_left_open_and_names_itself(
+    tmp_path, db_target
+):
+    """Without a cluster the process is the only one: sessions left open by
+    any node id (its own under another port, or none before version 6) end
+    at its start; its own sessions carry its node id."""
+    store = await Store.open(db_target, reactor)
+    try:
+        await store.users.create("ghost", "ghost", "k")
+        long_ago = time.time_ns() - 3600 * 10**9
+        await store.analytics.start_session("old-port", "ghost", long_ago, "h:1")
+        await store.analytics.start_session("legacy", "ghost", long_ago)
+    finally:
+        await store.close()
+    server = await start_server(
+        make_config(
+            tmp_path, db=db_target, node_id="h:2", admin_users=frozenset({"root"})
+        )
+    )
+    try:
+        open_rows = "SELECT session_id FROM sessions WHERE end_time IS NULL"
+        assert db_rows(server, open_rows) == []
+        root = await register_and_login(server, Identity("root"))
+        ws = await connect(server, root)
+        assert await eventually(lambda: db_rows(server, open_rows))
+        assert db_rows(
+            server, "SELECT node_id FROM sessions WHERE end_time IS NULL"
+        ) == [("h:2",)]
+        body = await stats(server, root)
+        assert body["node"] == "h:2"
+        assert sample(await scrape(server), "dkserver_node_info", node_id="h:2") == 1.0
+        ws.close()
+        await ws.wait_closed()
+    finally:
+        await stop_server(server)

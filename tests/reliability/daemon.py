@@ -61,10 +61,20 @@ class DaemonHandle:
 class Daemon:
     """``twistd -n dkserver`` on a fixed port, database and certificate."""
 
-    def __init__(self, directory: Path, **env: str) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        db: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        **env: str,
+    ) -> None:
+        """``db``: the ``--db`` value (default ``dk.db`` in ``directory``);
+        ``extra_args`` follow the others on the command line."""
         self.dir = Path(directory)
         self.port = free_port()
-        self.db = self.dir / "dk.db"
+        #: A Path (SQLite, the default) or a PostgreSQL URL.
+        self.db = self.dir / "dk.db" if db is None else db
+        self.extra_args = tuple(extra_args)
         self.cert = self.dir / "server.pem"
         self.key = self.dir / "server.key"
         self.log_path = self.dir / "daemon.log"
@@ -109,6 +119,7 @@ class Daemon:
                     str(self.cert),
                     "--key",
                     str(self.key),
+                    *self.extra_args,
                 ],
                 cwd=self.dir,
                 env=self.env,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from twisted.python import usage
 
-from dkserver.config import ConfigError, endpoint_description, from_sources
+from dkserver.config import (
+    ConfigError,
+    endpoint_description,
+    from_sources,
+    state_directory,
+)
 from dkserver.tap import Options
 
 
@@ -163,7 +168,6 @@ def test_sqlite_keeps_its_secret_beside_the_file():
     ("options", "environ", "key"),
     [
         ({"db": "mysql://x/y"}, {}, "DK_DB"),
-        ({"db": "postgresql://u@h/db"}, {}, "DK_JWT_SECRET_FILE"),
         ({}, {"DK_DB_POOL_SIZE": "0"}, "DK_DB_POOL_SIZE"),
         ({}, {"DK_DB_STATEMENT_TIMEOUT": "soon"}, "DK_DB_STATEMENT_TIMEOUT"),
         ({}, {"DK_DB_CONNECT_TIMEOUT": "-1"}, "DK_DB_CONNECT_TIMEOUT"),
@@ -178,6 +182,54 @@ def test_bad_database_settings_name_the_key(options, environ, key):
 def test_jwt_secret_alone_is_enough_on_postgresql():
     config = from_sources({"db": "postgresql://u@h/db"}, {"JWT_SECRET": "x" * 32})
     assert config.jwt_secret_path == ""
+    assert not config.secret_in_database
+
+
+def test_postgresql_without_a_secret_setting_keeps_it_in_the_database():
+    config = from_sources(
+        {"db": "postgresql://u@h/db"}, {"XDG_CACHE_HOME": "/home/dk/.cache"}
+    )
+    assert config.secret_in_database
+    assert config.jwt_secret_path == ""
+    # the client build goes to the cache directory, never the working directory
+    assert config.client_path == "/home/dk/.cache/dkserver/dk.pyz"
+
+
+def test_postgresql_secret_file_still_holds_the_secret_and_places_the_build():
+    config = from_sources(
+        {"db": "postgresql://u@h/db"}, {"DK_JWT_SECRET_FILE": "/etc/dk/jwt"}
+    )
+    assert not config.secret_in_database
+    assert config.client_path == "/etc/dk/dk.pyz"
+
+
+def test_sqlite_never_keeps_its_secret_in_the_database():
+    config = from_sources({"db": "/var/lib/dk.db"}, {"XDG_CACHE_HOME": "/c"})
+    assert not config.secret_in_database
+    assert config.client_path == "/var/lib/dk.pyz"
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        (
+            {"CACHE_DIRECTORY": "/var/cache/dkserver:/x", "HOME": "/h"},
+            "/var/cache/dkserver",
+        ),
+        (
+            {"STATE_DIRECTORY": "/var/lib/dkserver", "XDG_CACHE_HOME": "/c"},
+            "/var/lib/dkserver",
+        ),
+        ({"XDG_CACHE_HOME": "/c", "HOME": "/h"}, "/c/dkserver"),
+        # relative values are not directories the specifications allow
+        (
+            {"XDG_CACHE_HOME": "cache", "STATE_DIRECTORY": "s", "HOME": "/h"},
+            "/h/.cache/dkserver",
+        ),
+    ],
+)
+def test_state_directory_follows_systemd_then_xdg(environ, expected):
+    assert state_directory(environ) == expected
 
 
 @pytest.mark.parametrize(

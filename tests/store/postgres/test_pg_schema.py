@@ -44,7 +44,14 @@ EXPECTED_COLUMNS = {
         "client_timestamp",
     ],
     "broadcast_deliveries": ["message_id", "user_id", "delivered_at"],
-    "sessions": ["session_id", "user_id", "start_time", "end_time", "duration"],
+    "sessions": [
+        "session_id",
+        "user_id",
+        "start_time",
+        "end_time",
+        "duration",
+        "node_id",
+    ],
     "message_events": ["id", "session_id", "user_id", "is_broadcast", "timestamp"],
     "user_descriptions": ["user_id", "descriptions"],
     "user_trackers": [
@@ -66,7 +73,11 @@ EXPECTED_COLUMNS = {
         "created_at",
         "updated_at",
     ],
+    "server_settings": ["name", "value"],
 }
+
+#: Every version a fresh database records: the baseline, then each step.
+APPLIED_VERSIONS = list(range(pg_schema.BASELINE_VERSION, pg_schema.LATEST_VERSION + 1))
 
 #: What SQLite's versions after 3 add (PostgreSQL has them from the start).
 ADDED_AFTER_SQLITE_V3 = {
@@ -134,10 +145,12 @@ def test_empty_database_migrates_to_latest_with_every_table(pg_empty_url):
         assert pg_tables(conn) == {*EXPECTED_COLUMNS, "schema_version"}
         for table, columns in EXPECTED_COLUMNS.items():
             assert pg_columns(conn, table) == columns, table
-        versions = conn.execute("SELECT version, applied_at FROM schema_version")
-        [(version, applied_at)] = versions.fetchall()
-        assert version == pg_schema.LATEST_VERSION
-        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", applied_at)
+        versions = conn.execute(
+            "SELECT version, applied_at FROM schema_version ORDER BY version"
+        ).fetchall()
+        assert [version for version, _ in versions] == APPLIED_VERSIONS
+        for _, applied_at in versions:
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", applied_at)
 
 
 def test_second_migration_finds_latest_and_changes_nothing(pg_url):
@@ -207,9 +220,8 @@ def test_concurrent_migrators_migrate_once(pg_empty_url):
     assert not errors
     assert sorted(results) == [0] + [pg_schema.LATEST_VERSION] * (count - 1)
     with connect(pg_empty_url) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [
-            (pg_schema.LATEST_VERSION,)
-        ]
+        rows = conn.execute("SELECT version FROM schema_version ORDER BY version")
+        assert [version for (version,) in rows] == APPLIED_VERSIONS
 
 
 def test_newer_schema_version_is_refused(pg_url):

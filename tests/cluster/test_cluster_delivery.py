@@ -1,0 +1,138 @@
+"""Live delivery across nodes (issue 11, item 1): direct messages reach
+every connection of the recipient on other nodes, broadcasts every
+connected user on every node once, and what is stored between a node's
+subscription and its backlog scan is neither lost nor sent twice."""
+
+from __future__ import annotations
+
+import pytest_twisted
+from twisted.internet.defer import Deferred
+
+from tests.support.client import Identity, register_and_login
+from tests.support.cluster import pg_rows
+from tests.support.envelope import decrypt_with
+from tests.support.waiting import sleep, wait_for
+from tests.support.ws import broadcast_frame, connect, direct_frame
+
+
+async def login_on(cluster, index: int, name: str) -> tuple[Identity, str]:
+    ident = Identity(cluster.user(name))
+    return ident, await register_and_login(cluster[index], ident)
+
+
+def status(cluster, message_id: int) -> str | None:
+    rows = pg_rows(
+        cluster.pg_url, "SELECT status FROM messages WHERE id = %s", message_id
+    )
+    return rows[0][0] if rows else None
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_message_reaches_every_connection_on_other_nodes(cluster):
+    alice, alice_token = await login_on(cluster, 0, "alice")
+    bob, bob_token = await login_on(cluster, 1, "bob")
+    # A token from one node is good on every node (one shared secret).
+    alice_ws = await connect(cluster[0], alice_token)
+    bob_on_1 = await connect(cluster[1], bob_token)
+    bob_on_2 = await connect(cluster[2], bob_token)
+
+    alice_ws.send_json(
+        direct_frame(alice, bob.user_id, "across nodes", bob.public_key_b64)
+    )
+    got_1, got_2 = await bob_on_1.recv(), await bob_on_2.recv()
+    assert got_1["id"] == got_2["id"]
+    assert decrypt_with(bob.signing_key, got_1["content"]) == "across nodes"
+    assert got_1["from"] == alice.user_id and got_2["to"] == bob.user_id
+    await alice_ws.expect_silence(0.2)
+    # The node holding a connection records the delivery.
+    await wait_for(lambda: status(cluster, got_1["id"]) == "delivered", "delivered")
+    for ws in (alice_ws, bob_on_1, bob_on_2):
+        ws.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcast_reaches_each_user_on_every_node_once(cluster):
+    alice, alice_token = await login_on(cluster, 0, "alice")
+    bob, bob_token = await login_on(cluster, 1, "bob")
+    carol, carol_token = await login_on(cluster, 2, "carol")
+    _, dave_token = await login_on(cluster, 2, "dave")
+    alice_ws = await connect(cluster[0], alice_token)
+    bob_ws = await connect(cluster[1], bob_token)
+    carol_on_2 = await connect(cluster[2], carol_token)
+    carol_on_0 = await connect(cluster[0], carol_token)
+
+    alice_ws.send_json(broadcast_frame(alice, "to everyone"))
+    got = [await ws.recv() for ws in (bob_ws, carol_on_2, carol_on_0)]
+    assert {g["id"] for g in got} == {got[0]["id"]}
+    assert all(g["is_broadcast"] and g["content"] == "to everyone" for g in got)
+    for ws in (alice_ws, bob_ws, carol_on_2, carol_on_0):
+        await ws.expect_silence(0.3)  # nobody twice, not the sender
+    message_id = got[0]["id"]
+
+    def recipients() -> set[str]:
+        rows = pg_rows(
+            cluster.pg_url,
+            "SELECT user_id FROM broadcast_deliveries WHERE message_id = %s",
+            message_id,
+        )
+        return {r[0] for r in rows}
+
+    await wait_for(
+        lambda: recipients() == {bob.user_id, carol.user_id}, "deliveries recorded"
+    )
+    # Offline then: dave gets it from the backlog, once, on any node.
+    dave_ws = await connect(cluster[1], dave_token)
+    assert (await dave_ws.recv())["id"] == message_id
+    await dave_ws.expect_silence(0.3)
+    for ws in (alice_ws, bob_ws, carol_on_2, carol_on_0, dave_ws):
+        ws.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_stored_while_the_recipient_connects_arrive_once(cluster):
+    """The sender streams while the recipient connects on another node: each
+    connection gets every message once, whether it was stored before the
+    connection's backlog scan (backlog) or after (live)."""
+    alice, alice_token = await login_on(cluster, 0, "alice")
+    bob, bob_token = await login_on(cluster, 1, "bob")
+    alice_ws = await connect(cluster[0], alice_token)
+    sent = 0
+
+    def send(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            sent += 1
+            alice_ws.send_json(
+                direct_frame(alice, bob.user_id, f"m{sent}", bob.public_key_b64)
+            )
+
+    for round_number in range(4):
+        first = sent + 1
+        send(20)
+        # Connect while more are in flight: some commit before the scan,
+        # some between the subscription and the scan, some after.
+        connecting = Deferred.fromCoroutine(
+            connect(cluster[1 + round_number % 2], bob_token)
+        )
+        for _ in range(10):
+            send(3)
+            await sleep(0.005)
+        bob_ws = await connecting
+        wanted = set(range(first, sent + 1))
+        seen: list[int] = []
+        while not wanted <= {seq(bob, m) for m in seen}:
+            seen.append(await bob_ws.recv(timeout=10))
+        numbers = [seq(bob, m) for m in seen]
+        ids = [m["id"] for m in seen]
+        assert len(ids) == len(set(ids)), (
+            f"a message twice on one connection: {numbers}"
+        )
+        assert set(numbers) >= wanted
+        await bob_ws.expect_silence(0.3)
+        bob_ws.close()
+        await bob_ws.wait_closed()
+    alice_ws.close()
+
+
+def seq(ident: Identity, frame: dict) -> int:
+    return int(decrypt_with(ident.signing_key, frame["content"])[1:])

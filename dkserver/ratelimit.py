@@ -13,10 +13,25 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+
+async def settled(value: Any) -> Any:
+    """``value``, or its result if it is a Deferred.
+
+    The limits, caps and challenges of one node answer at once; those shared
+    between nodes (dkserver.cluster, through Redis) answer later.  Callers
+    off the hot path accept both through this.
+    """
+    if isinstance(value, Deferred):
+        return await value
+    return value
+
 
 # Absorbs float rounding, so that e.g. ten refills of 0.1 token add up to one.
 _EPSILON = 1e-9

@@ -18,7 +18,6 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from dkserver.auth.challenges import ChallengeStore
 from dkserver.auth.handler import AuthHandler
 from dkserver.auth.secret import SecretError, load_or_create_secret
 from dkserver.auth.tokens import TokenIssuer
@@ -26,11 +25,10 @@ from dkserver.cluster.analytics import DeadNodeSessions
 from dkserver.cluster.secret import database_secret
 from dkserver.cluster.service import build_cluster
 from dkserver.config import Config, endpoint_description
+from dkserver.limits import build_limits
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
-from dkserver.periodic import periodic_service
 from dkserver.proxyproto import ProxyProtocolEndpoint
-from dkserver.ratelimit import BucketRegistry, make_refill_service
 from dkserver.store import Store
 from dkserver.store.writer import GroupWriter
 from dkserver.tls import load_context_factory
@@ -94,13 +92,15 @@ class DkService(MultiService):
             statement_timeout=config.db_statement_timeout,
             connect_timeout=config.db_connect_timeout,
         )
-        self.challenges = ChallengeStore(reactor, ttl=config.challenge_ttl)
-        self.login_ip_limits = BucketRegistry(
-            config.login_rate, config.login_burst, reactor
+        # The one place a cluster is chosen: with --redis the bus is Redis's,
+        # and so are the limits (built on its command connection).
+        self.cluster = build_cluster(
+            config, reactor, lambda payload: self.hub.prepare(payload)
         )
-        self.login_user_limits = BucketRegistry(
-            config.login_rate, config.login_burst, reactor
-        )
+        self.limits = build_limits(config, reactor, self.cluster)
+        self.challenges = self.limits.challenges
+        self.login_ip_limits = self.limits.login_ip
+        self.login_user_limits = self.limits.login_user
         self.auth = AuthHandler(
             self.store,
             self.challenges,
@@ -110,14 +110,8 @@ class DkService(MultiService):
             self.metrics,
         )
         self.writer = GroupWriter(self.store.pool, reactor, node_id=config.node_id)
-        # The one place a cluster is chosen: with --redis the bus is Redis's.
-        self.cluster = build_cluster(
-            config, reactor, lambda payload: self.hub.prepare(payload)
-        )
         self.bus = LocalBus() if self.cluster is None else self.cluster.bus
-        self.message_limits = BucketRegistry(
-            config.message_rate, config.message_burst, reactor
-        )
+        self.message_limits = self.limits.messages
         self.forward = ForwardBroker(reactor, config.forward_timeout)
         self.hub = Hub(
             self.store,
@@ -127,6 +121,7 @@ class DkService(MultiService):
             self.forward,
             self.metrics,
             reactor,
+            caps=self.limits.caps,
         )
         #: Whose sessions this process closes when it starts and stops: in a
         #: cluster its own (and those written before nodes were recorded);
@@ -139,9 +134,7 @@ class DkService(MultiService):
         if self.cluster is not None:
             self.cluster.nodes.on_node_died(self.dead_node_sessions.node_died)
         self.ws_factory = DkWebSocketFactory(config, self.hub, reactor)
-        self.write_limits = BucketRegistry(
-            config.write_rate, config.write_burst, reactor
-        )
+        self.write_limits = self.limits.writes
         self.client_download = ClientDownload(config, reactor)
         self.client_download.setServiceParent(self)
         self.app = DkApp(
@@ -193,16 +186,8 @@ class DkService(MultiService):
 
         self.timers = MultiService()
         self.timers.setName("timers")
-        for registry in (
-            self.login_ip_limits,
-            self.login_user_limits,
-            self.message_limits,
-            self.write_limits,
-        ):
-            make_refill_service(registry, 5.0, reactor).setServiceParent(self.timers)
-        periodic_service(
-            "challenge-prune", 10.0, self.challenges.prune, reactor
-        ).setServiceParent(self.timers)
+        for service in self.limits.services:
+            service.setServiceParent(self.timers)
         self.timers.setServiceParent(self)
         if self.cluster is not None:
             self.cluster.forwards.serve = self.hub.answer_for_node
@@ -284,6 +269,9 @@ class DkService(MultiService):
             if listener is not None and listener.running:
                 await listener.stopService()
         await self._close_websockets()
+        # Timers stop while Redis is still connected: the shared limits
+        # remove this node's connection entries as they stop.
+        await self.timers.stopService()
         if self.cluster is not None:
             await self.cluster.stop()  # leave the cluster: our users go offline
         # Frames read before the close are stored before the database closes.
@@ -297,7 +285,6 @@ class DkService(MultiService):
         left = await self.site.drain(self.reactor, self.config.shutdown_grace)
         if left:
             self.log.warn("{count} requests still running at shutdown", count=left)
-        await self.timers.stopService()
         await self.writer.close()
         await self.store.analytics.end_open_sessions(
             self.hub.time_ns(), node_id=self.session_owner

@@ -19,6 +19,10 @@ from twisted.logger import Logger
 CHALLENGE_BYTES = 32
 
 
+def new_challenge() -> str:
+    return base64.b64encode(secrets.token_bytes(CHALLENGE_BYTES)).decode("ascii")
+
+
 class ChallengeStore:
     """At most one outstanding challenge per user id.
 
@@ -62,9 +66,7 @@ class ChallengeStore:
         ids exist; the caller decides whether the user is real at verify time.
         """
         now = self._clock.seconds()
-        challenge = base64.b64encode(secrets.token_bytes(CHALLENGE_BYTES)).decode(
-            "ascii"
-        )
+        challenge = new_challenge()
         # Remove first so the replacement moves to the end (newest) of the order.
         self._challenges.pop(user_id, None)
         self._drop_expired(now)

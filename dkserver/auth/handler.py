@@ -7,6 +7,7 @@ Routes parse and render; this object decides.  Its errors are
 from __future__ import annotations
 
 import binascii
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -22,7 +23,7 @@ from dkserver.auth.validation import (
     validate_username,
 )
 from dkserver.metrics import Metrics
-from dkserver.ratelimit import BucketRegistry
+from dkserver.ratelimit import BucketRegistry, settled
 from dkserver.store import Store
 from dkserver.store.errors import UserExists
 from dkserver.web.responses import (
@@ -39,10 +40,10 @@ class AuthHandler:
     def __init__(
         self,
         store: Store,
-        challenges: ChallengeStore,
+        challenges: ChallengeStore | Any,
         tokens: TokenIssuer | None,
-        ip_limits: BucketRegistry,
-        user_limits: BucketRegistry,
+        ip_limits: BucketRegistry | Any,
+        user_limits: BucketRegistry | Any,
         metrics: Metrics,
     ) -> None:
         self._store = store
@@ -68,15 +69,15 @@ class AuthHandler:
         self._tokens_waiting.append(d)
         return await d
 
-    def check_rate(self, client_ip: str) -> None:
+    async def check_rate(self, client_ip: str) -> None:
         """Per-IP limit for /auth/register and /auth/login (429 past it)."""
-        if not self._ip_limits.try_take(client_ip):
+        if not await settled(self._ip_limits.try_take(client_ip)):
             self._audit("rate_limited", client_ip, None)
             raise TooManyRequests()
 
-    def check_rate_user(self, user_id: str) -> None:
+    async def check_rate_user(self, user_id: str) -> None:
         """Per-user-id limit, so many IPs cannot hammer one account."""
-        if not self._user_limits.try_take(user_id[:128]):
+        if not await settled(self._user_limits.try_take(user_id[:128])):
             self._audit("rate_limited", None, user_id)
             raise TooManyRequests()
 
@@ -93,7 +94,7 @@ class AuthHandler:
             raise Conflict("User ID already exists")
         self.log.info("registered user {user_id}", user_id=user_id)
 
-    def challenge(self, user_id: str) -> str:
+    async def challenge(self, user_id: str) -> str:
         """Issue a challenge, for unknown users too (no user enumeration).
 
         Ids longer than any registrable one are refused rather than kept in
@@ -102,10 +103,10 @@ class AuthHandler:
         """
         if len(user_id) > MAX_USER_ID_LENGTH:
             raise BadRequest(f"user_id must be at most {MAX_USER_ID_LENGTH} characters")
-        return self._challenges.issue(user_id)
+        return await settled(self._challenges.issue(user_id))
 
     async def verify(self, user_id: str, signature: str, client_ip: str) -> str:
-        challenge = self._challenges.consume(user_id)
+        challenge = await settled(self._challenges.consume(user_id))
         if challenge is None:
             raise BadRequest(
                 "No challenge outstanding for this user; request one first"

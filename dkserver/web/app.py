@@ -20,7 +20,7 @@ from dkserver.auth.handler import AuthHandler
 from dkserver.config import Config
 from dkserver.metrics import CONTENT_TYPE_LATEST, Metrics
 from dkserver.peers import peer_host
-from dkserver.ratelimit import BucketRegistry
+from dkserver.ratelimit import BucketRegistry, settled
 from dkserver.store import Store, StoreUnavailable, TooManyApis
 from dkserver.web import documents, trackers
 from dkserver.web.files import OperatorFiles
@@ -125,26 +125,25 @@ class DkApp:
     @app.route("/auth/register", methods=["POST"])
     async def register(self, request: IRequest) -> bytes:
         ip = client_ip(request)
-        self.auth.check_rate(ip)
+        await self.auth.check_rate(ip)
         body = read_json_object(request, "user_id", "username", "public_key")
-        self.auth.check_rate_user(body["user_id"])
+        await self.auth.check_rate_user(body["user_id"])
         await self.auth.register(body["user_id"], body["username"], body["public_key"])
         return text_response(request, "User registered successfully", 201)
 
     @app.route("/auth/login", methods=["POST"])
     async def login(self, request: IRequest) -> bytes:
         ip = client_ip(request)
-        self.auth.check_rate(ip)
+        await self.auth.check_rate(ip)
         if request.args.get(b"verify", [b""])[0].lower() == b"true":
             body = read_json_object(request, "user_id", "signature")
-            self.auth.check_rate_user(body["user_id"])
+            await self.auth.check_rate_user(body["user_id"])
             token = await self.auth.verify(body["user_id"], body["signature"], ip)
             return json_response(request, {"token": token})
         body = read_json_object(request, "user_id")
-        self.auth.check_rate_user(body["user_id"])
-        return json_response(
-            request, {"challenge": self.auth.challenge(body["user_id"])}
-        )
+        await self.auth.check_rate_user(body["user_id"])
+        challenge = await self.auth.challenge(body["user_id"])
+        return json_response(request, {"challenge": challenge})
 
     @app.route("/auth/users/<string:user_id>", methods=["GET"])
     async def get_user(self, request: IRequest, user_id: str) -> bytes:
@@ -199,12 +198,13 @@ class DkApp:
             )
             raise
         ip = client_ip(request)
-        if not self.hub.reserve(
+        reservation = await self.hub.reserve(
             ip,
             user_id,
             self.config.max_connections_per_ip,
             self.config.max_connections_per_user,
-        ):
+        )
+        if reservation is None:
             self.metrics.refused_upgrades.labels(reason="limit").inc()
             self.log.warn(
                 "security event refused_upgrade (connection limit) for {user_id}"
@@ -214,7 +214,7 @@ class DkApp:
                 audit=True,
             )
             raise ApiError(429, "Too many connections")
-        return UpgradeResource(self.ws_factory, user_id, (ip, user_id))
+        return UpgradeResource(self.ws_factory, user_id, reservation)
 
     # -- presence and profiles ----------------------------------------------------
 
@@ -350,7 +350,7 @@ class DkApp:
     async def writing_user(self, request: IRequest) -> str:
         """The token's user, if their REST-write bucket has a token (429 if not)."""
         user_id = await self.authenticated_user(request)
-        if not self.write_limits.try_take(user_id):
+        if not await settled(self.write_limits.try_take(user_id)):
             self.log.warn(
                 "security event rate_limited (rest write) for user {user_id!r}",
                 user_id=user_id,

@@ -16,11 +16,12 @@ from twisted.python.failure import Failure
 
 from dkserver import timestamps
 from dkserver.metrics import Metrics
-from dkserver.ratelimit import BucketRegistry
+from dkserver.ratelimit import BucketRegistry, settled
 from dkserver.store import Store
 from dkserver.store.messages import NewMessage, StoredMessage
 from dkserver.store.writer import GroupWriter
 from dkserver.ws import frames
+from dkserver.ws.caps import ConnectionCounts
 from dkserver.ws.forward import ForwardBroker, ForwardTimeout
 from dkserver.ws.sessions import LiveBus
 
@@ -41,11 +42,16 @@ class Hub:
         metrics: Metrics,
         clock: Any,
         time_ns=time.time_ns,
+        caps: Any = None,
     ) -> None:
         self.store = store
         self.writer = writer
         self.bus = bus
+        #: ``try_take(user_id)``: True/False, or a Deferred of either when
+        #: the bucket is shared between nodes (see DkServerProtocol.onMessage).
         self.limits = limits
+        #: Connection caps: ConnectionCounts, or SharedConnections in a cluster.
+        self.caps = caps if caps is not None else ConnectionCounts()
         self.forward = forward
         self.metrics = metrics
         self.clock = clock
@@ -56,9 +62,6 @@ class Hub:
         self.unhandled_frames = 0
         #: Set when shutdown starts: no new WebSocket sessions.
         self.closing = False
-        #: Connections (including handshakes in progress) per IP and per user.
-        self._per_ip: dict[str, int] = {}
-        self._per_user: dict[str, int] = {}
         metrics.track_live(bus.connection_count, lambda: len(bus.online_users()))
         # Resolved once: prometheus_client's labels() takes a lock per call.
         self._count = {
@@ -66,24 +69,16 @@ class Hub:
             for kind in ("direct", "broadcast", "forward")
         }
 
-    def reserve(self, ip: str, user_id: str, max_ip: int, max_user: int) -> bool:
-        """Count a new connection against its IP's and user's limits."""
-        if (
-            self._per_ip.get(ip, 0) >= max_ip
-            or self._per_user.get(user_id, 0) >= max_user
-        ):
-            return False
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
-        return True
+    async def reserve(
+        self, ip: str, user_id: str, max_ip: int, max_user: int
+    ) -> Any | None:
+        """Count a new connection against its IP's and user's limits; the
+        reservation to release when it ends, or None if a cap is full."""
+        return await settled(self.caps.reserve(ip, user_id, max_ip, max_user))
 
-    def release(self, ip: str, user_id: str) -> None:
-        for counts, key in ((self._per_ip, ip), (self._per_user, user_id)):
-            left = counts.get(key, 0) - 1
-            if left > 0:
-                counts[key] = left
-            else:
-                counts.pop(key, None)
+    def release(self, reservation: Any) -> None:
+        """Give back what :meth:`reserve` returned (once)."""
+        self.caps.release(reservation)
 
     def prepare(self, payload: bytes) -> Any:
         """Frame a payload once for every recipient (Autobahn PreparedMessage)."""

@@ -12,6 +12,7 @@ also in the backlog is sent once.
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -280,12 +281,13 @@ class DkServerProtocol(WebSocketServerProtocol):
             self.onMessage(b"".join(self.message_data), self.message_is_binary)
         self.message_data = None
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+    def onMessage(self, payload: bytes, isBinary: bool, checked: bool = False):
         hub = self.hub
-        if not hub.limits.try_take(self.user_id):
-            hub.metrics.rate_limited.inc()
-            self.send_system(frames.RATE_LIMITED)
-            return
+        if not checked:
+            allowed = hub.limits.try_take(self.user_id)
+            if allowed is not True or self._rate_checks:
+                self._after_rate_check(payload, isBinary, allowed)
+                return
         if isBinary:
             self.send_system("Binary frames are not supported; send JSON text")
             return
@@ -306,13 +308,71 @@ class DkServerProtocol(WebSocketServerProtocol):
             return
         # Submitted synchronously, in arrival order: the writer commits and
         # calls back in that order, so a sender's messages stay in order.
+        # (Inline rather than self._frame_in(): this is the hot path.)
         self._inflight += 1
         hub.unhandled_frames += 1
         if self._inflight >= self.factory.inbox_limit and not self._reading_paused:
-            # Backpressure on a fast sender: stop reading until we catch up.
-            self._reading_paused = True
-            self.transport.pauseProducing()
+            self._pause_reading()
         hub.accept(self, message)
+
+    # A bucket shared between nodes answers through a Deferred (one Redis
+    # round trip).  Checks are sent at once, in arrival order; each frame waits
+    # in _rate_checks until its own and every earlier frame's answer is in, so
+    # frames are still handled -- stored, relayed -- in the order they came.
+    # Waiting frames count as in flight (backpressure, and shutdown waits).
+    _rate_checks: deque | tuple = ()
+
+    def _after_rate_check(self, payload: bytes, isBinary: bool, allowed) -> None:
+        if allowed is False and not self._rate_checks:
+            self._rate_limited()
+            return
+        if not self._rate_checks:
+            self._rate_checks = deque()
+        entry = [payload, isBinary, allowed if isinstance(allowed, bool) else None]
+        self._rate_checks.append(entry)
+        self._frame_in()
+        if entry[2] is None:
+            allowed.addCallbacks(
+                self._rate_answered,
+                self._rate_check_failed,
+                callbackArgs=(entry,),
+                errbackArgs=(entry,),
+            )
+
+    def _frame_in(self) -> None:
+        self._inflight += 1
+        self.hub.unhandled_frames += 1
+        if self._inflight >= self.factory.inbox_limit and not self._reading_paused:
+            self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        """Backpressure on a fast sender: stop reading until we catch up."""
+        self._reading_paused = True
+        if not self._gone:  # a frame whose rate check came back after close
+            self.transport.pauseProducing()
+
+    def _rate_check_failed(self, failure, entry: list) -> None:
+        # Shared limits fall back to this node's own on a Redis error and do
+        # not fail; should one, the frame passes (messages fail open).
+        self.dklog.failure(
+            "rate check for {user_id} failed", failure, user_id=self.user_id
+        )
+        self._rate_answered(True, entry)
+
+    def _rate_answered(self, allowed: bool, entry: list) -> None:
+        entry[2] = bool(allowed)
+        checks = self._rate_checks
+        while checks and checks[0][2] is not None:
+            payload, isBinary, ok = checks.popleft()
+            self._handled()
+            if ok:
+                self.onMessage(payload, isBinary, checked=True)
+            else:
+                self._rate_limited()
+
+    def _rate_limited(self) -> None:
+        self.hub.metrics.rate_limited.inc()
+        self.send_system(frames.RATE_LIMITED)
 
     def accepted(self, error: str | None) -> None:
         """The hub stored (and relayed) a message of ours, or refused it."""
@@ -338,15 +398,15 @@ class DkServerProtocol(WebSocketServerProtocol):
 
     # -- teardown ----------------------------------------------------------------
 
-    #: (ip, user id) counted against the connection limits; released once.
-    reservation: tuple[str, str] | None = None
+    #: What Hub.reserve counted against the connection limits; released once.
+    reservation: Any = None
 
     def connectionLost(self, reason) -> None:
         try:
             super().connectionLost(reason)
         finally:
             if self.reservation is not None:
-                self.factory.hub.release(*self.reservation)
+                self.factory.hub.release(self.reservation)
                 self.reservation = None
 
     def onClose(self, wasClean: bool, code: int, reason: str) -> None:

@@ -7,6 +7,7 @@ upgraded), and the protocol learns which user it serves before the handshake.
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.protocols.policies import ProtocolWrapper
@@ -39,7 +40,7 @@ def check_origin(request: IRequest, allowed: tuple[str, ...]) -> None:
 
 
 def upgrade(
-    request: IRequest, factory, user_id: str, reservation: tuple[str, str] | None = None
+    request: IRequest, factory, user_id: str, reservation: Any = None
 ) -> int | bytes:
     """Take over the request's transport for a WebSocket session of ``user_id``.
 
@@ -57,7 +58,7 @@ def upgrade(
         refusal = ApiError(426, "WebSocket upgrade required")
     if refusal is not None:
         if reservation is not None:
-            factory.hub.release(*reservation)
+            factory.hub.release(reservation)
         raise refusal
     protocol = factory.buildProtocol(transport.getPeer())
     protocol.user_id = user_id
@@ -92,9 +93,7 @@ class UpgradeResource(Resource):
 
     isLeaf = True
 
-    def __init__(
-        self, factory, user_id: str, reservation: tuple[str, str] | None = None
-    ) -> None:
+    def __init__(self, factory, user_id: str, reservation: Any = None) -> None:
         super().__init__()
         self._factory = factory
         self._user_id = user_id

@@ -86,8 +86,8 @@ async def wait_sockets_closed(server, timeout: float = 5.0) -> None:
 def assert_counts_released(server) -> None:
     hub = server.service.hub
     assert server.service.bus.connection_count() == 0
-    assert hub._per_ip == {}, hub._per_ip
-    assert hub._per_user == {}, hub._per_user
+    assert hub.caps._per_ip == {}, hub.caps._per_ip
+    assert hub.caps._per_user == {}, hub.caps._per_user
 
 
 async def wait_counts_released(server, timeout: float = 5.0) -> None:
@@ -95,8 +95,8 @@ async def wait_counts_released(server, timeout: float = 5.0) -> None:
     await wait_for(
         lambda: (
             server.service.bus.connection_count() == 0
-            and not hub._per_ip
-            and not hub._per_user
+            and not hub.caps._per_ip
+            and not hub.caps._per_user
         ),
         "connection counts back to zero",
         timeout,
@@ -1144,11 +1144,11 @@ async def test_connections_past_the_per_ip_and_per_user_limits_get_429(backend_c
         c1 = await connect(server, c_token)
         # Four open from this IP: user d has no connection yet but is refused.
         assert await upgrade_status(server, d_token) == 429
-        assert server.service.hub._per_ip == {"127.0.0.1": 4}
+        assert server.service.hub.caps._per_ip == {"127.0.0.1": 4}
         # Hammering the limit holds nothing.
         for _ in range(20):
             assert await upgrade_status(server, d_token) == 429
-        assert server.service.hub._per_ip == {"127.0.0.1": 4}
+        assert server.service.hub.caps._per_ip == {"127.0.0.1": 4}
         # An aborted connection frees its slot.
         a2.abort()
         d1 = await wait_for(

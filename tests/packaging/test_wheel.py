@@ -263,6 +263,9 @@ def test_wheel_ships_plugin_pages_tac_and_license_but_no_twisted_init(installed)
     for page in ("index.html", "download.html", "install.sh", "dk.css"):
         assert f"dkserver/web/pages/{page}" in names
     assert "dkserver/tac/dkserver.tac" in names
+    # The shared limits' Lua scripts (read at import by dkserver.cluster.limits).
+    for script in ("bucket_take", "conn_reserve", "conn_release", "conn_resync"):
+        assert f"dkserver/cluster/{script}.lua" in names
     assert "dkserver/clientbuild.py" in names and "dkclient/cli.py" in names
     assert f"{dist_info}/licenses/LICENSE" in names
     assert not [n for n in names if n.startswith("tests/")]

@@ -95,9 +95,13 @@ PG_SETTINGS = {
 
 
 class Infra:
-    """The private PostgreSQL and Redis every configuration shares."""
+    """The PostgreSQL and Redis every configuration shares: private servers
+    started here (their CPU is measured), or the ones ``db_url`` and
+    ``redis_url`` name (every configuration then shares that database, and
+    their CPU is not measured)."""
 
-    def __init__(self) -> None:
+    def __init__(self, db_url: str | None = None, redis_url: str | None = None):
+        self.db_url, self._redis_url = db_url, redis_url
         self._pg = None
         self.pg = None
         self._postmaster: int | None = None
@@ -107,43 +111,52 @@ class Infra:
         from tests.support import redis
         from tests.support.postgres import PrivateServer, find_bindir
 
-        bindir = find_bindir()
-        if bindir is None:
-            raise SystemExit("bench cluster: no PostgreSQL binaries (initdb, pg_ctl)")
-        if redis.find_redis_server() is None:
-            raise SystemExit("bench cluster: redis-server not found on PATH")
-        self._pg = PrivateServer(bindir, settings=PG_SETTINGS)
-        self.pg = self._pg.start()
-        self._postmaster = int(
-            (self._pg.data / "postmaster.pid").read_text().split()[0]
-        )
-        os.environ.pop(redis.ENV_URL, None)  # a private server: its CPU is ours
-        self.redis = redis.open_server()
+        if self.db_url is None:
+            bindir = find_bindir()
+            if bindir is None:
+                raise BenchError("no PostgreSQL binaries (initdb, pg_ctl); or --db")
+            self._pg = PrivateServer(bindir, settings=PG_SETTINGS)
+            self.pg = self._pg.start()
+            pid_file = self._pg.data / "postmaster.pid"
+            self._postmaster = int(pid_file.read_text().split()[0])
+        if self._redis_url is None:
+            if redis.find_redis_server() is None:
+                raise BenchError("redis-server not found on PATH; or --redis")
+            os.environ.pop(redis.ENV_URL, None)  # private: its CPU is ours
+            self.redis = redis.open_server()
 
     def database(self) -> str:
-        """A fresh migrated database's URL."""
+        """A fresh migrated database's URL (or the one given)."""
+        if self.pg is None:
+            return self.db_url
         return self.pg.url(self.pg.create_database(migrated=True))
 
     @property
     def redis_url(self) -> str:
-        return self.redis.url
+        return self._redis_url or self.redis.url
 
-    def pg_cpu(self) -> float:
+    def pg_cpu(self) -> float | None:
         """The postmaster and its children (the nodes' pool connections)."""
+        if self._postmaster is None:
+            return None
         total = 0.0
         for pid in [self._postmaster, *_children(self._postmaster)]:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 total += cpu_seconds(pid)
         return total
 
-    def redis_cpu(self) -> float:
-        return cpu_seconds(self.redis._proc.pid)
+    def redis_cpu(self) -> float | None:
+        return cpu_seconds(self.redis._proc.pid) if self.redis is not None else None
 
     def stop(self) -> None:
         if self.redis is not None:
             self.redis.close()
         if self._pg is not None:
             self._pg.stop()
+
+
+class BenchError(Exception):
+    """A setup problem: one line, exit code 2."""
 
 
 def _children(ppid: int) -> list[int]:
@@ -169,7 +182,7 @@ class Nodes:
 
     def __init__(self, name: str, procs: list[ServerProc], infra: Infra) -> None:
         self.name, self.procs, self.infra = name, procs, infra
-        self.marks: list[tuple[list[float], float, float]] = []
+        self.marks: list[tuple[list[float], float | None, float | None]] = []
 
     @property
     def port(self) -> int:
@@ -192,8 +205,8 @@ class Nodes:
         redis = pg = 0.0
         for a, b in zip(marks[0::2], marks[1::2], strict=True):
             nodes = [n + y - x for n, x, y in zip(nodes, a[0], b[0], strict=True)]
-            redis += b[1] - a[1]
-            pg += b[2] - a[2]
+            redis = None if a[1] is None else redis + b[1] - a[1]
+            pg = None if a[2] is None else pg + b[2] - a[2]
         return {"nodes": nodes, "redis": redis, "pg": pg}
 
     def rss(self) -> int:
@@ -257,7 +270,12 @@ class ClusterBench(Bench):
     for ``relay`` it is ``[sender port, receiver port]``."""
 
     routes: dict = field(default_factory=dict)
+    #: Before every user name: configurations may share one database.
+    prefix: str = ""
     _turn: int = 0
+
+    def tag(self, kind: str) -> str:
+        return self.prefix + super().tag(kind)
 
     def route(self, **routes: list[int]) -> None:
         self.routes, self._turn = routes, 0
@@ -273,8 +291,8 @@ class ClusterBench(Bench):
         return out
 
 
-def _per(seconds: float, n: int) -> float | None:
-    return round(seconds * 1e6 / n, 1) if n else None
+def _per(seconds: float | None, n: int) -> float | None:
+    return round(seconds * 1e6 / n, 1) if n and seconds is not None else None
 
 
 def _split_costs(costs: dict, n: int, unit: str) -> dict:
@@ -535,7 +553,7 @@ async def run(args) -> dict:
         },
         "rounds": [],
     }
-    infra = Infra()
+    infra = Infra(args.db, args.redis)
     configs: list[Nodes] = []
     t_start = time.monotonic()
     ok = False
@@ -556,6 +574,7 @@ async def run(args) -> dict:
                     cafile=os.path.join(tmp, "c.pem"),
                     dk=nodes,
                     procs=args.procs,
+                    prefix=f"{nodes.name[0]}{rnd + 1}",
                 )
                 out = await one_round(b, nodes, cfg)
                 out["round"] = rnd + 1
@@ -601,6 +620,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     p.add_argument(
+        "--db",
+        metavar="postgresql://…",
+        help="use this database (shared by every configuration) instead of "
+        "a private PostgreSQL",
+    )
+    p.add_argument(
+        "--redis", metavar="redis://…", help="use this Redis instead of a private one"
+    )
+    p.add_argument(
         "--baseline",
         type=Path,
         metavar="CHECKOUT",
@@ -611,6 +639,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         value = getattr(args, key)
         if value is not None and value < 1:
             p.error(f"--{key} takes a positive integer")
+    if args.db is not None:
+        from dkserver.store.url import DatabaseUrlError, parse_database_url
+
+        try:
+            if not parse_database_url(args.db).is_postgresql:
+                p.error("--db: the cluster needs a postgresql:// URL")
+        except DatabaseUrlError as e:
+            p.error(f"--db: {e}")
+    if args.redis is not None:
+        from dkserver.cluster.url import RedisUrlError, parse_redis_url
+
+        try:
+            parse_redis_url(args.redis)
+        except RedisUrlError as e:
+            p.error(f"--redis: {e}")
     if args.baseline is not None:
         args.baseline = args.baseline.resolve()
         if not (args.baseline / "dkserver" / "__init__.py").is_file():
@@ -624,6 +667,10 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     try:
         results = asyncio.run(run(args))
+    except BenchError as e:
+        kill_all()
+        print(f"python -m bench cluster: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         kill_all()
         print("interrupted", file=sys.stderr)

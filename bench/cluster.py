@@ -241,23 +241,24 @@ def node_proc(
     return ServerProc(name, argv, env, port, os.path.join(tmp, f"{name}.log"))
 
 
-def configurations(tmp: str, infra: Infra, baseline: Path | None) -> list[Nodes]:
-    out = [Nodes("single", [node_proc(tmp, "single", infra.database(), [])], infra)]
+def configuration(name: str, tmp: str, infra: Infra, baseline: Path | None) -> Nodes:
+    """The nodes of ``name`` on a fresh database (new users would otherwise
+    get the earlier rounds' broadcasts as backlog)."""
     db = infra.database()
-    procs = [
-        node_proc(
-            tmp,
-            f"cluster-n{i}",
-            db,
-            ["--redis", infra.redis_url, "--node-id", f"n{i}"],
-        )
-        for i in range(NODES)
-    ]
-    out.append(Nodes("cluster", procs, infra))
-    if baseline is not None:
-        proc = node_proc(tmp, "baseline", infra.database(), [], root=baseline)
-        out.append(Nodes("baseline", [proc], infra))
-    return out
+    if name == "cluster":
+        procs = [
+            node_proc(
+                tmp,
+                f"cluster-n{i}",
+                db,
+                ["--redis", infra.redis_url, "--node-id", f"n{i}"],
+            )
+            for i in range(NODES)
+        ]
+    else:
+        root = baseline if name == "baseline" else ROOT
+        procs = [node_proc(tmp, name, db, [], root=root)]
+    return Nodes(name, procs, infra)
 
 
 # --- scenarios ---------------------------------------------------------------
@@ -310,7 +311,7 @@ async def relay(b: ClusterBench, nodes: Nodes, cfg: dict, to: int) -> dict:
     b.route(relay=[nodes.ports[0], nodes.ports[to]], users=nodes.ports)
     since = len(nodes.marks)
     count = max(10, cfg["messages"] // cfg["pairs"])
-    run = await scenarios.relay(b, "dk", cfg["pairs"], count)
+    run = await scenarios.relay(b, "dk", cfg["pairs"], count, max_s=180.0)
     run["placement"] = "same node" if to == 0 else "two nodes"
     run.update(_split_costs(nodes.costs(since), run["delivered"], "msg"))
     return run
@@ -384,14 +385,29 @@ async def one_round(b: ClusterBench, nodes: Nodes, cfg: dict) -> dict:
     if len(nodes.procs) > 1:
         log(f"{nodes.name}: relay, sender on n0, receiver on n1")
         out["relay_cross"] = await relay(b, nodes, cfg, 1)
-    log(f"{nodes.name}: broadcast to {cfg['clients']} clients")
-    out["broadcast"] = await broadcast(b, nodes, cfg)
-    await asyncio.sleep(1.0)  # the receivers' disconnects settle
     log(f"{nodes.name}: {cfg['conns']} logins + connects")
     out["connects"] = await connects(b, nodes, cfg)
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the disconnects settle
+    # Last: every user registered after a broadcast gets it as backlog.
+    log(f"{nodes.name}: broadcast to {cfg['clients']} clients")
+    out["broadcast"] = await broadcast(b, nodes, cfg)
     nodes.check()
     return out
+
+
+def _brief(out: dict) -> str:
+    """One log line per configuration and round (the table comes at the end)."""
+    parts = []
+    for key in ("relay_same", "relay_cross"):
+        if key in out:
+            r = out[key]
+            parts.append(
+                f"{key} {r['delivered']}/{r['expected']} {r['msgs_per_s']}/s "
+                f"{r['server_cpu_us_per_msg']} µs/msg"
+            )
+    parts.append(f"connects {out['connects']['connects_per_s']}/s")
+    parts.append(f"broadcast all held p50 {out['broadcast']['all_held_ms_p50']} ms")
+    return "; ".join(parts)
 
 
 # --- summary -----------------------------------------------------------------
@@ -554,36 +570,40 @@ async def run(args) -> dict:
         "rounds": [],
     }
     infra = Infra(args.db, args.redis)
-    configs: list[Nodes] = []
+    names = ["single", "cluster"] + (["baseline"] if args.baseline else [])
+    nodes: Nodes | None = None
     t_start = time.monotonic()
     ok = False
     try:
         log(f"starting PostgreSQL and Redis (tmp {tmp})")
         infra.start()
-        configs = configurations(tmp, infra, args.baseline)
-        for nodes in configs:
-            log(f"starting {nodes.name}: {len(nodes.procs)} node(s)")
-            await nodes.start()
         setup: list = []
         for rnd in range(args.repeat):
             # Alternate the order, so a drift in the box's load does not
             # always favour the same configuration.
-            for nodes in configs if rnd % 2 == 0 else configs[::-1]:
+            for name in names if rnd % 2 == 0 else names[::-1]:
+                nodes = configuration(name, tmp, infra, args.baseline)
+                log(f"round {rnd + 1}: starting {name} ({len(nodes.procs)} node(s))")
+                await nodes.start()
                 b = ClusterBench(
                     tmp=tmp,
                     cafile=os.path.join(tmp, "c.pem"),
                     dk=nodes,
                     procs=args.procs,
-                    prefix=f"{nodes.name[0]}{rnd + 1}",
+                    prefix=f"{name[0]}{rnd + 1}",
                 )
                 out = await one_round(b, nodes, cfg)
                 out["round"] = rnd + 1
                 results["rounds"].append(out)
                 setup += b.setup
+                log(f"round {rnd + 1}, {name}: {_brief(out)}")
+                await nodes.stop()
+                nodes = None
         results["setup"] = setup
         ok = True
     finally:
-        await asyncio.gather(*(n.stop() for n in configs), return_exceptions=True)
+        if nodes is not None:
+            await nodes.stop()
         kill_all()
         infra.stop()
         if not ok:

@@ -385,6 +385,8 @@ async def one_round(b: ClusterBench, nodes: Nodes, cfg: dict) -> dict:
     if len(nodes.procs) > 1:
         log(f"{nodes.name}: relay, sender on n0, receiver on n1")
         out["relay_cross"] = await relay(b, nodes, cfg, 1)
+    if cfg.get("relay_only"):
+        return out
     log(f"{nodes.name}: {cfg['conns']} logins + connects")
     out["connects"] = await connects(b, nodes, cfg)
     await asyncio.sleep(1.0)  # the disconnects settle
@@ -405,8 +407,10 @@ def _brief(out: dict) -> str:
                 f"{key} {r['delivered']}/{r['expected']} {r['msgs_per_s']}/s "
                 f"{r['server_cpu_us_per_msg']} µs/msg"
             )
-    parts.append(f"connects {out['connects']['connects_per_s']}/s")
-    parts.append(f"broadcast all held p50 {out['broadcast']['all_held_ms_p50']} ms")
+    if "connects" in out:
+        parts.append(f"connects {out['connects']['connects_per_s']}/s")
+        held = out["broadcast"]["all_held_ms_p50"]
+        parts.append(f"broadcast all held p50 {held} ms")
     return "; ".join(parts)
 
 
@@ -523,12 +527,20 @@ def render(results: dict) -> str:
         f"broadcast ({results['meta']['sizes']['clients']} receivers; "
         "ms until every receiver holds it, over the rounds)",
         ["config", "all p50", "all p99", "rcpt p50", "srv µs/dlv", "redis", "pg"],
-        [[c, *(s[c]["broadcast"][f] for f in BCAST_FIGURES)] for c in s],
+        [
+            [c, *(s[c]["broadcast"][f] for f in BCAST_FIGURES)]
+            for c in s
+            if "broadcast" in s[c]
+        ],
     )
     lines += _table(
         "login + WebSocket connect (spread over the nodes)",
         ["config", "connects/s", "srv µs/conn", "redis", "pg"],
-        [[c, *(s[c]["connects"][f] for f in CONNECT_FIGURES)] for c in s],
+        [
+            [c, *(s[c]["connects"][f] for f in CONNECT_FIGURES)]
+            for c in s
+            if "connects" in s[c]
+        ],
     )
     lines += _table(
         "targets",
@@ -570,7 +582,10 @@ async def run(args) -> dict:
         "rounds": [],
     }
     infra = Infra(args.db, args.redis)
-    names = ["single", "cluster"] + (["baseline"] if args.baseline else [])
+    names = args.configs or ["single", "cluster"]
+    if args.baseline and "baseline" not in names:
+        names.append("baseline")
+    cfg["relay_only"] = args.relay_only
     nodes: Nodes | None = None
     t_start = time.monotonic()
     ok = False
@@ -638,6 +653,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="rounds (medians)")
     p.add_argument("--procs", type=int, default=2, help="relay load generators")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
+    p.add_argument(
+        "--configs",
+        type=lambda text: text.split(","),
+        help="which of single,cluster,baseline to run (default: all given)",
+    )
+    p.add_argument(
+        "--relay-only", action="store_true", help="no connects, no broadcast"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     p.add_argument(
         "--db",
@@ -659,6 +682,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         value = getattr(args, key)
         if value is not None and value < 1:
             p.error(f"--{key} takes a positive integer")
+    unknown = set(args.configs or ()) - {"single", "cluster", "baseline"}
+    if unknown:
+        p.error(f"--configs: unknown {', '.join(sorted(unknown))}")
+    if "baseline" in (args.configs or ()) and args.baseline is None:
+        p.error("--configs baseline needs --baseline CHECKOUT")
     if args.db is not None:
         from dkserver.store.url import DatabaseUrlError, parse_database_url
 

@@ -2,4 +2,7 @@ import sys
 
 from bench.runner import main
 
+if sys.argv[1:2] == ["cluster"]:  # nodes on PostgreSQL + Redis: bench/cluster.py
+    from bench.cluster import main
+
 sys.exit(main())

@@ -296,8 +296,13 @@ async def job_relay(job, ctl, ctx) -> None:
         pair = pairs[i]
         return pair.on_message, (pair.refill if not rate else None)
 
+    # ``receiver_port``: the receivers on another server (a cluster node).
     receivers, fail_r = await connect_many(
-        job["port"], ctx, [(r, rp) for _, _, r, rp in specs], 32, receiver_callbacks
+        job.get("receiver_port", job["port"]),
+        ctx,
+        [(r, rp) for _, _, r, rp in specs],
+        32,
+        receiver_callbacks,
     )
     senders, fail_s = await connect_many(
         job["port"],
@@ -526,6 +531,54 @@ async def job_idle(job, ctl, ctx) -> None:
     emit("closed")
 
 
+# --- login + connect ---------------------------------------------------------
+
+
+async def job_connects(job, ctl, ctx) -> None:
+    """Registered users log in and open their WebSocket, ``concurrency`` at a
+    time, each worker over its own HTTPS keep-alive connection; the sockets
+    stay open until ``close``."""
+    users: list[str] = job["users"]
+    nworkers = max(1, min(job.get("concurrency", 16), len(users)))
+    https = [await wire.http_connect(job["port"], ctx) for _ in range(nworkers)]
+    keys = {u: wire.signing_key(u) for u in users}
+    conns: list = []
+    failures: list[str] = []
+    emit("ready")
+    await ctl.expect("go")
+    cpu0 = cpu_seconds()
+    start_ns = time.time_ns()
+    queue = list(users)
+
+    async def worker(http):
+        while queue:
+            uid = queue.pop()
+            try:
+                token = await wire.login(http, uid, keys[uid])
+                path = wire.dk_path(token)
+                conns.append(await wire.ws_connect(job["port"], path, ctx))
+            except (TimeoutError, OSError, ConnectionError, RuntimeError) as e:
+                failures.append(f"{uid}: {type(e).__name__}: {e}")
+
+    await asyncio.gather(*(worker(h) for h in https))
+    emit(
+        "result",
+        connected=len(conns),
+        failed=len(failures),
+        failures=failures[:3],
+        start_ns=start_ns,
+        end_ns=time.time_ns(),
+        cpu_s=cpu_seconds() - cpu0,
+    )
+    await ctl.expect("close")
+    for c in conns:
+        c.close()
+    for h in https:
+        h.close()
+    await asyncio.sleep(0.2)
+    emit("closed")
+
+
 # --- backlog drain -----------------------------------------------------------
 
 
@@ -603,6 +656,7 @@ JOBS = {
     "bcast": job_bcast,
     "idle": job_idle,
     "backlog": job_backlog,
+    "connects": job_connects,
 }
 
 

@@ -21,10 +21,9 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from bench.procs import cpu_seconds
+from bench.procs import tree_cpu_seconds
 from dkserver.store.url import DatabaseUrlError, parse_database_url
 
 #: A durable server for measuring: the defaults (fsync, synchronous_commit
@@ -153,11 +152,7 @@ class PostgresBackend:
         ``None`` for a server elsewhere."""
         if self._postmaster is None:
             return None
-        total = 0.0
-        for pid in [self._postmaster, *_children(self._postmaster)]:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                total += cpu_seconds(pid)
-        return total
+        return tree_cpu_seconds(self._postmaster)
 
     def stop(self) -> None:
         if self._private is not None:
@@ -174,18 +169,6 @@ def with_search_path(url: str, schema: str) -> str:
     query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
     query.append(("options", f"-c search_path={schema}"))
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
-
-
-def _children(ppid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError):
-            stat = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
-            if int(stat[1]) == ppid:
-                out.append(int(entry.name))
-    return out
 
 
 def parse_backends(values: list[str] | None) -> list[Backend]:

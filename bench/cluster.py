@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
 import shutil
@@ -56,6 +55,7 @@ from bench.procs import (
     raise_nofile,
     start_all,
     stop_all,
+    tree_cpu_seconds,
 )
 from bench.runner import ROOT, _table, dkserver_version, server_env
 from bench.scenarios import Bench, log, split
@@ -139,11 +139,7 @@ class Infra:
         """The postmaster and its children (the nodes' pool connections)."""
         if self._postmaster is None:
             return None
-        total = 0.0
-        for pid in [self._postmaster, *_children(self._postmaster)]:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                total += cpu_seconds(pid)
-        return total
+        return tree_cpu_seconds(self._postmaster)
 
     def redis_cpu(self) -> float | None:
         return cpu_seconds(self.redis._proc.pid) if self.redis is not None else None
@@ -157,17 +153,6 @@ class Infra:
 
 class BenchError(Exception):
     """A setup problem: one line, exit code 2."""
-
-
-def _children(ppid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
-                if int(stat[1]) == ppid:
-                    out.append(int(entry.name))
-    return out
 
 
 # --- the nodes of one configuration ------------------------------------------

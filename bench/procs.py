@@ -54,6 +54,34 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def children(ppid: int) -> list[int]:
+    """The pids whose parent is ``ppid`` (from /proc)."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read().rsplit(b")", 1)[1].split()
+            if int(stat[1]) == ppid:
+                out.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and its children (a postmaster and its
+    backends); processes that are gone meanwhile count nothing."""
+    total = 0.0
+    for pid in [root, *children(root)]:
+        try:
+            total += cpu_seconds(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -34,12 +34,12 @@ async def two_nodes(tmp_path, pg_url: str, redis_url: str, **env: str):
             directory.mkdir()
             daemon = Daemon(
                 directory,
+                db=pg_url,
                 DK_REDIS_URL=redis_url,
                 DK_NODE_ID=name,
                 DK_JWT_SECRET_FILE=str(tmp_path / "jwt-secret"),
                 **env,
             )
-            daemon.db = pg_url  # the command line's --db
             daemons.append(daemon)
             await daemon.start(timeout=30.0)
         yield [d.handle for d in daemons]

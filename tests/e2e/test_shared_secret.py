@@ -28,9 +28,10 @@ def node(tmp_path, name: str, pg_url: str) -> Daemon:
     """A twistd dkserver on ``pg_url`` with no secret setting at all."""
     directory = tmp_path / name
     directory.mkdir()
-    daemon = Daemon(directory, DK_NODE_ID=name, XDG_CACHE_HOME=str(directory / "cache"))
-    daemon.env.pop("DK_JWT_SECRET_FILE", None)
-    daemon.db = pg_url  # the command line's --db (Daemon's default is SQLite)
+    daemon = Daemon(
+        directory, db=pg_url, DK_NODE_ID=name, XDG_CACHE_HOME=str(directory / "cache")
+    )
+    daemon.env.pop("DK_JWT_SECRET_FILE", None)  # Daemon's default on PostgreSQL
     return daemon
 
 

@@ -175,6 +175,10 @@ def start(directory: Path):
         "LOGIN_BURST_LIMIT": "10000",
         "DK_WRITE_RATE_LIMIT": "10000",
         "DK_WRITE_BURST_LIMIT": "10000",
+        # The agent's forward answers are WebSocket messages and take from
+        # the message bucket; schemathesis asks faster than 5 a second.
+        "MESSAGE_RATE_LIMIT": "10000",
+        "MESSAGE_BURST_LIMIT": "10000",
         **operator_folders(directory),
         "DK_ADMIN_USERS": USER_ID,
         "DK_CLIENT_DIR": str(client_dir),

@@ -19,6 +19,12 @@ txredisapi does not do, this does:
   and the subscriber is pinged every PING_INTERVAL; either aborts the
   connection (a SIGSTOPped Redis keeps its sockets open), which then
   reconnects.
+* **a failed handshake is retried**: txredisapi gives up reconnecting for
+  good when AUTH or SELECT on a new connection fails, and a paused Redis
+  accepts the TCP connection but answers neither in time; so a node would
+  stay cut off after Redis resumed.  Here only stopping the service stops
+  the reconnecting; a handshake refusal (a wrong password) is logged and
+  retried with the same backoff, so fixing Redis is enough.
 """
 
 from __future__ import annotations
@@ -72,6 +78,14 @@ class _Factory(txredisapi.RedisFactory):
         self._owner = owner
         self._kind = kind
 
+    def stopTrying(self) -> Deferred:
+        """txredisapi's reaction to a failed AUTH/SELECT: kept reconnecting
+        (see the module doc) unless the service itself is stopping."""
+        if self._owner._stopping:
+            return super().stopTrying()
+        self._owner._handshake_failed(self._kind)
+        return succeed(None)
+
     def addConnection(self, conn) -> None:
         super().addConnection(conn)
         if conn in self.pool:
@@ -103,7 +117,7 @@ class RedisService(Service):
         self._command_factory = _Factory(
             self,
             "commands",
-            dbid=url.db,
+            dbid=url.db or None,  # 0 is where a connection starts: no SELECT
             password=url.password,
             replyTimeout=REPLY_TIMEOUT,
             convertNumbers=False,
@@ -254,6 +268,14 @@ class RedisService(Service):
         self.log.info("Redis subscriber ready ({count} channels)", count=count)
         for hook in self._on_resubscribed:
             _call(hook, "Redis resubscribed hook")
+
+    def _handshake_failed(self, kind: str) -> None:
+        # txredisapi logs the reason (legacy log.msg) and drops the
+        # connection; its slot then reconnects after the usual delay.
+        self.log.warn(
+            "Redis {kind} connection setup (AUTH/SELECT) failed; retrying",
+            kind=kind,
+        )
 
     def _lost(self, kind: str, conn) -> None:
         if kind == "commands":

@@ -92,15 +92,22 @@ class Cluster:
         return self
 
     async def wait_connected(self, timeout: float = 15.0) -> None:
-        """Until every running node's heartbeat is in Redis (the nodes see
-        each other by their next heartbeat)."""
+        """Until every running node has stamped its heartbeat into Redis in
+        the last two seconds (the nodes see each other by their next one).
+
+        A fresh stamp, not just an entry: after a Redis pause or restart a
+        node whose connection has not come back still has its old one."""
         names = {n.node_id for n in self.nodes if n.handle is not None}
 
-        def registered() -> bool:
-            found = redis_command(self.redis_url, "ZRANGE", "dk:nodes", "0", "-1")
+        def beating() -> bool:
+            seconds, micros = redis_command(self.redis_url, "TIME")
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            found = redis_command(
+                self.redis_url, "ZRANGEBYSCORE", "dk:nodes", str(now_ms - 2000), "+inf"
+            )
             return names <= set(found)
 
-        await wait_for(registered, f"nodes {sorted(names)} in dk:nodes", timeout)
+        await wait_for(beating, f"heartbeats of {sorted(names)} in dk:nodes", timeout)
 
     async def active_users(self, index: int) -> tuple[set[str], set[str]]:
         code, body = await get(self[index], "/active-users")
@@ -116,16 +123,13 @@ class Cluster:
         """Every node running and unfrozen, Redis up: the next test's start."""
         if self.redis_server is not None and self.redis_server.private:
             self.redis_server.start()  # a no-op when it runs
-        restarted = False
         for node in self.nodes:
             if node.frozen:
                 node.thaw()
             if node.proc is None or node.proc.poll() is not None:
                 await node.drop_handle()
                 await node.start(timeout=30)
-                restarted = True
-        if restarted:
-            await self.wait_connected()
+        await self.wait_connected()
 
     async def stop(self) -> None:
         for node in self.nodes:

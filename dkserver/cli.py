@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from importlib import resources
+from importlib import import_module, resources
 
 from dkserver import __version__
 
@@ -72,6 +72,15 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+#: The admin commands' modules, each adding itself with ``add_parser(sub)``
+#: (dkserver/admin/context.py); one per line.
+ADMIN_COMMANDS = (
+    "dkserver.admin.check_config",
+    "dkserver.admin.users",
+    "dkserver.admin.stats",
+    "dkserver.admin.port_db",
+)
+
 #: Commands whose arguments are the server's options (admin commands say
 #: so with ``set_defaults(passthrough=True)``: check-config).
 PASSTHROUGH = frozenset({"serve"})
@@ -101,16 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         "tac-path",
         help="print where the installed dkserver.tac is (twistd -ny FILE)",
     )
-    # Admin commands: each module's add_parser(sub) (dkserver/admin/context.py),
-    # one per line.
-    from dkserver.admin import check_config, port_db, users
-
-    for module in (
-        check_config,
-        port_db,
-        users,
-    ):
-        module.add_parser(sub)
+    for name in ADMIN_COMMANDS:
+        import_module(name).add_parser(sub)
     return parser
 
 

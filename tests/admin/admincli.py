@@ -70,6 +70,20 @@ def dkserver(*args: str, cwd: Path | None = None, timeout: float = 120, **env: s
     return Result(done.returncode, done.stdout, done.stderr)
 
 
+async def dkserver_async(*args: str, cwd: Path | None = None, **env: str) -> Result:
+    """`dkserver` without blocking the reactor (a server in this process, or
+    a load generator, keeps running meanwhile)."""
+    from twisted.internet import utils
+
+    out, err, code = await utils.getProcessOutputAndValue(
+        sys.executable,
+        ["-m", "dkserver.cli", *args],
+        env=command_env(**env),
+        path=str(cwd) if cwd is not None else None,
+    )
+    return Result(code, out.decode(), err.decode())
+
+
 def sqlite_database(path: Path) -> str:
     """A new SQLite file at the current schema, as the server leaves it."""
     conn = sqlite3.connect(path)

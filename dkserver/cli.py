@@ -78,6 +78,7 @@ ADMIN_COMMANDS = (
     "dkserver.admin.check_config",
     "dkserver.admin.users",
     "dkserver.admin.stats",
+    "dkserver.admin.backup",
     "dkserver.admin.port_db",
 )
 

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from dkserver.store import StoreError, preflight_database
 
     try:
-        options = parse_server_options(f"{NAME} [--json]", args.options)
+        options = parse_server_options(f"{args.command} [--json]", args.options)
     except usage.UsageError as e:
         return _invalid(str(e), EXIT_USAGE)
     config = options.config

@@ -28,7 +28,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit 2)."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see dkserver --help)\n")
+        self.exit(
+            EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n"
+        )
 
 
 def parse_server_options(command: str, argv: Sequence[str]):
@@ -122,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in PASSTHROUGH or getattr(args, "passthrough", False):
         args.options = rest
     elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        # the command's own parser, when it says which (context.add_common_options)
+        owner = getattr(args, "command_parser", parser)
+        owner.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

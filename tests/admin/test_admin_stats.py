@@ -89,4 +89,7 @@ def test_stats_refuses_arguments_it_does_not_take(tmp_path):
     db = sqlite_database(tmp_path / "dk.db")
     result = dkserver("stats", "--db", db, "today")
     assert result.rc == 2 and result.out == ""
-    assert "unrecognized arguments: today" in result.one_error_line("dkserver")
+    assert result.one_error_line("dkserver stats: error: ") == (
+        "dkserver stats: error: unrecognized arguments: today"
+        " (see dkserver stats --help)"
+    )

@@ -1,9 +1,10 @@
 """``dkserver``: the operator's command (the admin CLI starts here).
 
 ``dkserver serve`` runs the server in the foreground (``twistd -n --pidfile=
-dkserver ...``), ``dkserver checkconfig`` parses the configuration exactly as
-the server does and reports the one-line error a start would stop with.
-Usage errors and invalid settings print one line and exit 2.
+dkserver ...``); the admin commands (``check-config``, ``user``, ``stats``,
+``backup``, ``port-db``, ...) are modules of dkserver/admin, each adding
+itself with ``add_parser`` (dkserver/admin/context.py).  Usage errors and
+invalid settings print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from importlib import resources
+from importlib import import_module, resources
 
 from dkserver import __version__
 
@@ -27,10 +28,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit 2)."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see dkserver --help)\n")
+        self.exit(
+            EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n"
+        )
 
 
-def _parse_server_options(command: str, argv: Sequence[str]):
+def parse_server_options(command: str, argv: Sequence[str]):
     """The server's own options (dkserver.tap.Options) with the environment:
     the exact parse ``twistd dkserver`` does; raises usage.UsageError."""
     from dkserver.tap import Options
@@ -50,36 +53,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from twisted.python import usage
 
     try:
-        _parse_server_options(args.command, args.options)
+        parse_server_options(args.command, args.options)
     except usage.UsageError as e:
         return _usage_failure(e)
     from twisted.scripts.twistd import run
 
     sys.argv = ["twistd", *TWISTD_ARGS, "dkserver", *args.options]
     run()
-    return EXIT_OK
-
-
-def cmd_checkconfig(args: argparse.Namespace) -> int:
-    from twisted.python import usage
-
-    try:
-        options = _parse_server_options(args.command, args.options)
-    except usage.UsageError as e:
-        return _usage_failure(e)
-    config = options.config
-    from dkserver.store import StoreError, preflight_database
-
-    try:
-        # The checks the server makes before it serves; they create nothing.
-        preflight_database(config.database, config.db_connect_timeout, migrate=False)
-    except (StoreError, ValueError, OSError) as e:
-        return _usage_failure(f"DK_DB/--db: {e}")
-    proxied = " (PROXY protocol)" if config.proxy_protocol else ""
-    print(
-        f"configuration OK: https {config.https}{proxied}, "
-        f"http {config.http or 'none'}, database {config.database.redacted}"
-    )
     return EXIT_OK
 
 
@@ -90,13 +70,23 @@ def cmd_tac_path(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
-    "checkconfig": cmd_checkconfig,
     "tac-path": cmd_tac_path,
 }
 
 
-#: Commands whose arguments are the server's options.
-PASSTHROUGH = frozenset({"serve", "checkconfig"})
+#: The admin commands' modules, each adding itself with ``add_parser(sub)``
+#: (dkserver/admin/context.py); one per line.
+ADMIN_COMMANDS = (
+    "dkserver.admin.check_config",
+    "dkserver.admin.users",
+    "dkserver.admin.stats",
+    "dkserver.admin.backup",
+    "dkserver.admin.port_db",
+)
+
+#: Commands whose arguments are the server's options (admin commands say
+#: so with ``set_defaults(passthrough=True)``: check-config).
+PASSTHROUGH = frozenset({"serve"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"dkserver {__version__}"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    # serve and checkconfig take the server's own options (dkserver.tap),
+    # serve (and check-config) take the server's own options (dkserver.tap),
     # passed through unparsed; their --help is the server's.
     sub.add_parser(
         "serve",
@@ -120,34 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     sub.add_parser(
-        "checkconfig",
-        help="parse the configuration ([server options] and the environment) "
-        "as the server would; exit 2 if invalid",
-        add_help=False,
-    )
-    sub.add_parser(
         "tac-path",
         help="print where the installed dkserver.tac is (twistd -ny FILE)",
     )
-    # Admin commands: each module's add_parser(sub) (dkserver/admin/context.py),
-    # one per line.
-    from dkserver.admin import port_db, users
-
-    for module in (
-        port_db,
-        users,
-    ):
-        module.add_parser(sub)
+    for name in ADMIN_COMMANDS:
+        import_module(name).add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.command in PASSTHROUGH:
+    if args.command in PASSTHROUGH or getattr(args, "passthrough", False):
         args.options = rest
     elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        # the command's own parser, when it says which (context.add_common_options)
+        owner = getattr(args, "command_parser", parser)
+        owner.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -126,6 +126,8 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print one JSON document (for scripts) instead of text",
     )
+    # a stray argument is reported by this command's parser (dkserver/cli.py)
+    parser.set_defaults(command_parser=parser)
 
 
 def command_group(

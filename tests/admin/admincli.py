@@ -57,8 +57,23 @@ def command_env(**env: str) -> dict[str, str]:
     return {**base, **env}
 
 
-def dkserver(*args: str, cwd: Path | None = None, timeout: float = 120, **env: str):
-    """``python -m dkserver.cli ARGS`` in a subprocess (the real entry point)."""
+def dkserver(
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    max_file_bytes: int | None = None,
+    **env: str,
+):
+    """``python -m dkserver.cli ARGS`` in a subprocess (the real entry point).
+
+    ``max_file_bytes`` sets its RLIMIT_FSIZE: a write past it fails with
+    EFBIG (Python ignores SIGXFSZ), as on a full disk."""
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     done = subprocess.run(
         [*COMMAND, *args],
         capture_output=True,
@@ -66,8 +81,23 @@ def dkserver(*args: str, cwd: Path | None = None, timeout: float = 120, **env: s
         timeout=timeout,
         cwd=cwd,
         env=command_env(**env),
+        preexec_fn=limit if max_file_bytes is not None else None,
     )
     return Result(done.returncode, done.stdout, done.stderr)
+
+
+async def dkserver_async(*args: str, cwd: Path | None = None, **env: str) -> Result:
+    """`dkserver` without blocking the reactor (a server in this process, or
+    a load generator, keeps running meanwhile)."""
+    from twisted.internet import utils
+
+    out, err, code = await utils.getProcessOutputAndValue(
+        sys.executable,
+        ["-m", "dkserver.cli", *args],
+        env=command_env(**env),
+        path=str(cwd) if cwd is not None else None,
+    )
+    return Result(code, out.decode(), err.decode())
 
 
 def sqlite_database(path: Path) -> str:

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from dkserver.store import pg_schema, schema
-from tests.admin.admincli import dkserver, sqlite_database
+from tests.admin.admincli import dkserver, seed, sqlite_database
 
 PREFIX = "dkserver user list: "
 
@@ -173,3 +173,25 @@ def test_postgresql_role_without_rights_is_exit_1(pg_url, pg_server):
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(f"REVOKE ALL ON schema_version FROM {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_commands_read_while_another_process_holds_the_write_lock(tmp_path):
+    """The server's writer mid-transaction (here: an external BEGIN
+    IMMEDIATE with an uncommitted row) does not hold the commands up: they
+    read the last committed state, backup included."""
+    db = sqlite_database(tmp_path / "dk.db")
+    seed(db, [("alice", "Alice", "k" * 44)])
+    writer = sqlite3.connect(db, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute(
+            "INSERT INTO users (user_id, username, public_key) VALUES ('zed', 'Z', 'k')"
+        )
+        listed = dkserver("user", "list", "--json", "--db", db).json()
+        assert [u["user_id"] for u in listed["users"]] == ["alice"]
+        assert dkserver("stats", "--json", "--db", db).json()["sessions"]["count"] == 0
+        backup = dkserver("backup", str(tmp_path / "copy.db"), "--db", db, "--json")
+        assert backup.json()["tables"]["users"] == 1
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

@@ -8,6 +8,7 @@ import pytest
 import pytest_twisted
 
 from dkserver.store import User, UserExists
+from dkserver.store.users import UserActivity
 
 
 @pytest_twisted.ensureDeferred
@@ -55,3 +56,48 @@ async def test_lookup_of_an_id_with_a_nul_finds_nobody(store):
     assert await store.users.get("alice\x00") is None
     assert not await store.users.exists("\x00")
     assert await store.descriptions.get("alice\x00") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_page_walks_users_in_id_order(store):
+    for user_id in ("carol", "alice", "erin", "bob", "dave"):
+        await store.users.create(user_id, user_id.title(), "a2V5", registered_ns=7)
+    first = await store.users.page(None, 2)
+    assert [u.user_id for u in first] == ["alice", "bob"]
+    assert first[0] == User("alice", "Alice", "a2V5", 7)
+    assert [u.user_id for u in await store.users.page("bob", 2)] == ["carol", "dave"]
+    assert [u.user_id for u in await store.users.page("dave", 2)] == ["erin"]
+    assert await store.users.page("erin", 2) == []
+    # "after" need not be a registered id
+    assert [u.user_id for u in await store.users.page("b", 1)] == ["bob"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_activity_counts_pending_direct_messages_and_sessions(store):
+    from dkserver.store import NewMessage
+
+    await store.users.create("alice", "Alice", "a2V5")
+    await store.users.create("bob", "Bob", "a2V5")
+    assert await store.users.activity("bob") == UserActivity(0, 0, 0, None)
+
+    def dm(to: str, content: str) -> NewMessage:
+        return NewMessage(
+            "alice", to, "2026-01-01T00:00:00Z", content, False, None, False, 1
+        )
+
+    ids = await store.messages.add_many(
+        [dm("bob", "1"), dm("bob", "2"), dm("alice", "3")]
+    )
+    await store.messages.mark_delivered(ids[:1])
+    bcast = NewMessage(
+        "alice", "broadcast", "2026-01-01T00:00:00Z", "all", True, None, False, 2
+    )
+    await store.messages.add_many([bcast])
+    start = 1_795_668_340_000_000_000
+    await store.analytics.start_session("s1", "bob", start)
+    await store.analytics.end_session("s1", start + 5 * 10**9)
+    await store.analytics.start_session("s2", "bob", start + 10 * 10**9)
+    activity = await store.users.activity("bob")
+    assert activity.pending_direct == 1
+    assert (activity.sessions, activity.open_sessions) == (2, 1)
+    assert activity.last_session_start.startswith("2026-11-26 04:45:50")

@@ -110,6 +110,7 @@ class DkService(MultiService):
             self.metrics,
         )
         self.writer = GroupWriter(self.store.pool, reactor, node_id=config.node_id)
+        self.metrics.track_store(lambda: self.writer.writable)
         self.bus = LocalBus() if self.cluster is None else self.cluster.bus
         self.message_limits = self.limits.messages
         self.forward = ForwardBroker(reactor, config.forward_timeout)

@@ -15,13 +15,17 @@ transaction (group commit keeps that affordable).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from typing import Any
 
 from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
-from dkserver.store.errors import StoreUnavailable
+from dkserver.store import errors
+from dkserver.store.database import driver_error
+from dkserver.store.engine import PostgresEngine, Sqlite3Engine
+from dkserver.store.errors import IntegrityError, StoreError, StoreUnavailable
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 
@@ -46,7 +50,7 @@ def open_pool(
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute(f"PRAGMA synchronous={mode}")
 
-    return adbapi.ConnectionPool(
+    return SqliteConnectionPool(
         "sqlite3",
         path,
         check_same_thread=False,
@@ -55,6 +59,81 @@ def open_pool(
         cp_reactor=reactor,
         cp_openfun=openfun,
     )
+
+
+_SQLITE = Sqlite3Engine()
+
+#: Below this much free space (bytes) a write error on SQLite is put down to
+#: a full disk: SQLite says SQLITE_FULL for ENOSPC on its own writes, but a
+#: failure to grow the ``-shm`` file or to create a file is an I/O error.
+LOW_SPACE = 256 * 1024
+
+
+class SqliteConnectionPool(adbapi.ConnectionPool):
+    """adbapi's pool, with every failure a dkserver error that names why.
+
+    Statements already fail as dkserver errors (database.Txn); here the
+    rest do too: opening the connection and ``COMMIT`` (where a full disk
+    or a lock usually shows, WAL frames being written at commit).  SQLite
+    reports EROFS, EPERM (an immutable file) and a failure to grow the
+    ``-shm`` file as a bare "disk I/O error", so that is diagnosed from the
+    files (writable? space left?) on the pool's thread.  A failed COMMIT
+    on SQLite committed nothing: never in doubt.
+    """
+
+    def __init__(self, dbapiName: str, path: str, *args: Any, **kw: Any) -> None:
+        super().__init__(dbapiName, path, *args, **kw)
+        self.path = path
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return super()._runInteraction(interaction, *args, **kw)
+        except sqlite3.IntegrityError as e:
+            raise IntegrityError(str(e).strip()) from e
+        except sqlite3.Error as e:
+            raise self._diagnosed(driver_error(_SQLITE, e)) from e
+        except StoreUnavailable as e:
+            diagnosed = self._diagnosed(e)
+            if diagnosed is e:
+                raise
+            raise diagnosed from e.__cause__
+
+    def _diagnosed(self, e: StoreError) -> StoreError:
+        if not isinstance(e, StoreUnavailable) or e.cause not in (
+            errors.IO_ERROR,
+            errors.UNAVAILABLE,
+            errors.READ_ONLY,
+        ):
+            return e
+        found = diagnose_sqlite_files(self.path)
+        if found is None:
+            return e
+        cause, detail = found
+        reason = str(e).split(": ", 1)[-1]
+        return StoreUnavailable(f"{reason}; {detail}", cause=cause)
+
+
+def diagnose_sqlite_files(path: str) -> tuple[str, str] | None:
+    """(cause, detail) when the files of the database at ``path`` explain a
+    failed write: one that cannot be written (a read-only mount, an
+    immutable file, permissions), or no space left beside them."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    db = os.path.abspath(path)
+    directory = os.path.dirname(db)
+    try:
+        for name in (db, db + "-wal", db + "-shm"):
+            if os.path.exists(name) and not os.access(name, os.R_OK | os.W_OK):
+                return errors.READ_ONLY, f"{name} is not writable"
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return errors.READ_ONLY, f"directory {directory} is not writable"
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free < LOW_SPACE:
+        return errors.DISK_FULL, f"{free} bytes free in {directory}"
+    return None
 
 
 #: PostgreSQL connections per process, by default: the group writer holds
@@ -110,6 +189,10 @@ class PgConnectionPool(adbapi.ConnectionPool):
             except BaseException as e:
                 if not _broken(conn):
                     self._rollback(conn)
+                    if isinstance(e, self.dbapi.IntegrityError):
+                        raise IntegrityError(str(e).strip()) from e
+                    if isinstance(e, self.dbapi.Error):
+                        raise driver_error(_POSTGRES, e) from e
                     raise
                 self._discard(conn)
                 raise StoreUnavailable(_reason(e), in_doubt=True) from e
@@ -133,6 +216,9 @@ class PgConnectionPool(adbapi.ConnectionPool):
         """Forget (and close) this thread's connection: the next use opens one."""
         if self.connections.get(self.threadID()) is conn._connection:
             self.disconnect(conn._connection)
+
+
+_POSTGRES = PostgresEngine()
 
 
 def _broken(conn: adbapi.Connection) -> bool:

@@ -8,17 +8,23 @@ a session row is written before its message events, a message before its
 ``delivered`` mark.  A message counts as accepted when its batch commits; the
 Deferred returned by :meth:`GroupWriter.submit_message` fires then.
 
-When the database is unreachable (`StoreUnavailable`: PostgreSQL down or
-restarting) a batch fails as a whole: its messages are refused (their
-senders are told to resend), while its bookkeeping (delivery marks, session
-rows), which nobody can resend, goes back to the head of the queue; the
-next try waits RETRY_DELAY, so an outage costs a connection attempt every
-half second rather than a busy loop.  The first batch that commits again
-ends the outage; nothing committed before it is touched.
+When the database cannot be reached or written (`StoreUnavailable`:
+PostgreSQL down or restarting, a full disk, a read-only file or database, a
+lock held by another process, rights revoked) a batch fails as a whole: its
+messages are refused (their senders are told to resend), while its
+bookkeeping (delivery marks, session rows), which nobody can resend, goes
+back to the head of the queue; the next try waits RETRY_DELAY, so an outage
+costs an attempt every half second rather than a busy loop.  With nothing
+queued the writer probes instead (a one-row write, `_probe_txn`), so it
+notices the end of the outage without traffic.  The first batch that commits
+again ends the outage; nothing committed before it is touched.  An outage is
+logged once when it starts (naming its cause) and once when it ends, and
+:attr:`GroupWriter.writable` is the ``dkserver_store_writable`` gauge.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +37,7 @@ from dkserver import timestamps
 from dkserver.store.analytics import _end_sessions_txn
 from dkserver.store.database import Database, Txn
 from dkserver.store.errors import (
+    PERMISSION_DENIED,
     IntegrityError,
     NulNotStorable,
     StoreError,
@@ -70,6 +77,8 @@ class _Batch:
     broadcast_deliveries: list[tuple[int, str]] = field(default_factory=list)
     sessions_ended: list[tuple[str, int]] = field(default_factory=list)
     flushed: list[Deferred] = field(default_factory=list)
+    #: Nothing else to write during an outage: write the probe row.
+    probe: bool = False
 
     def requeue_bookkeeping(self, failed: _Batch) -> None:
         """Put ``failed``'s rows other than messages before this batch's own
@@ -114,6 +123,9 @@ class GroupWriter:
         self._closed = False
         #: Since a batch failed on an unreachable database, until one commits.
         self.unavailable = False
+        #: The `StoreUnavailable.cause` of the outage (None outside one).
+        self.unavailable_cause: str | None = None
+        self._outage_started: float | None = None
         #: Recipients known to exist; touched only on the pool's thread.
         #: Users are never deleted, so a positive answer stays true.
         self._known_users: set[str] = set()
@@ -193,6 +205,22 @@ class GroupWriter:
         self._kick()
         return d
 
+    @property
+    def writable(self) -> bool:
+        """False from a batch failing on an unwritable database until one
+        commits (the ``dkserver_store_writable`` gauge)."""
+        return not self.unavailable
+
+    def _probing(self) -> bool:
+        """During an outage, whether an idle writer should probe.  Not when
+        rights were revoked: a probe row might be allowed where messages are
+        not, and then each message would end a false recovery."""
+        return (
+            self.unavailable
+            and not self._closed
+            and self.unavailable_cause != PERMISSION_DENIED
+        )
+
     # -- the loop --------------------------------------------------------------
 
     def _kick(self, delay: float | None = None) -> None:
@@ -204,8 +232,10 @@ class GroupWriter:
     def _run(self) -> None:
         batch, self._next = self._next, _Batch()
         if not batch.size() and not batch.flushed:
-            self._running = False
-            return
+            if not self._probing():
+                self._running = False
+                return
+            batch.probe = True
         if len(batch.messages) > MAX_BATCH:
             # The rest of the messages go first in the next batch (which is
             # empty: it was created just above); flush() waiters wait for them.
@@ -220,9 +250,22 @@ class GroupWriter:
         d.addErrback(lambda f: self.log.failure("group writer bookkeeping", f))
 
     def _committed(self, ids: list[int | None], batch: _Batch) -> None:
-        if self.unavailable:
+        if self.unavailable and (
+            batch.messages or batch.probe or self.unavailable_cause != PERMISSION_DENIED
+        ):
+            # Revoked rights may still allow some rows (a delivery mark is an
+            # UPDATE): only stored messages prove that one was given back.
+            started = self._outage_started
+            seconds = 0.0 if started is None else self._clock.seconds() - started
+            self.log.info(
+                "database writable again after {seconds:.1f} s ({cause});"
+                " storing messages",
+                cause=self.unavailable_cause,
+                seconds=seconds,
+            )
             self.unavailable = False
-            self.log.info("database reachable again; storing messages")
+            self.unavailable_cause = None
+            self._outage_started = None
         self.batches += 1
         self.rows += batch.size()
         for done, message_id in zip(batch.waiters, ids, strict=True):
@@ -242,12 +285,17 @@ class GroupWriter:
                     reason=failure.getErrorMessage(),
                     count=len(batch.messages),
                 )
-            elif not self.unavailable:
+            elif not self.unavailable or failure.value.cause != self.unavailable_cause:
+                # Once per outage (and when its cause changes), not per frame.
                 self.log.warn(
                     "{reason}; refusing messages until the database is back",
                     reason=failure.getErrorMessage(),
+                    cause=failure.value.cause,
                 )
+            if not self.unavailable:
+                self._outage_started = self._clock.seconds()
             self.unavailable = True
+            self.unavailable_cause = failure.value.cause
             if not self._closed:
                 self._next.requeue_bookkeeping(batch)
                 retry = RETRY_DELAY
@@ -268,6 +316,8 @@ class GroupWriter:
         self._running = False
         if self._next.size() or self._next.flushed:
             self._kick(delay)
+        elif self._probing():
+            self._kick(RETRY_DELAY)
 
 
 def _has_nul(m: NewMessage) -> bool:
@@ -293,7 +343,20 @@ def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | No
         )
     for session_id, end_ns in batch.sessions_ended:
         _end_sessions_txn(txn, session_id, end_ns)
+    if batch.probe:
+        _probe_txn(txn)
     return ids
+
+
+def _probe_txn(txn: Txn) -> None:
+    """A real write (a WAL frame on SQLite, a new row version on
+    PostgreSQL), so that a full disk, a read-only file or transaction, or a
+    held lock fails it as it fails messages."""
+    txn.execute(
+        "INSERT INTO server_settings (name, value) VALUES ('writer_probe', ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (timestamps.storage_from_unix_nanos(time.time_ns()),),
+    )
 
 
 def _insert_messages(

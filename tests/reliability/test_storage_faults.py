@@ -1,0 +1,482 @@
+"""A database that cannot be written, under a running dkserver: refuse,
+keep reading, recover by itself, lose nothing acknowledged.
+
+Each fault is real: a full filesystem (a small tmpfs mounted for the test,
+filled with a file), a read-only database (the SQLite file and its WAL made
+immutable with ``chattr +i`` on a loop-mounted ext4 image: the tests run as
+root, for whom ``chmod`` changes nothing, and ext4 refuses writes through
+already-open descriptors of an immutable file), a lock held by another
+process (``BEGIN EXCLUSIVE`` on the file, held past the busy timeout), and
+on PostgreSQL a read-only server (``default_transaction_read_only``) and
+revoked rights (``REVOKE INSERT``) for a role of the test's own.
+
+While the fault lasts, senders streaming signed direct messages are told
+"Internal error: message not stored; please resend", REST writes answer 503
+with the JSON error shape, reads answer (a user, an unknown user, the
+active users) and an offline user who connects gets the messages stored for
+them before the fault; ``dkserver_store_writable`` is 0, and the log has one
+warning naming the cause.  Once the fault is undone, with no restart,
+messages are stored and delivered again, REST writes work, the gauge is 1
+and the log says so once.  Then, as in test_postgres_restart.py: every
+frame was stored or refused (``stored + refused == sent`` per sender),
+every stored message reached its recipient exactly once and is marked
+delivered, and the database is sound.
+
+Mounting needs root (CAP_SYS_ADMIN, and CAP_LINUX_IMMUTABLE for chattr):
+without it these SQLite tests are skipped with the reason, or fail when
+``DK_TEST_REQUIRE_MOUNTS`` is set (as CI sets it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import shutil
+import sqlite3
+import subprocess
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from dkserver.store import errors
+from tests.reliability.daemon import Daemon
+from tests.reliability.streaming import (
+    Receiver,
+    Streamer,
+    Traffic,
+    open_clients,
+    open_ws,
+)
+from tests.support.client import Identity, get, post_json, register_and_login
+from tests.support.waiting import wait_for
+from tests.support.ws import signed_frame
+
+RESEND = "Internal error: message not stored; please resend"
+
+#: Generous bounds for a loaded machine (not performance bounds).  A held
+#: SQLite lock costs every write the busy timeout (5 s) before it fails.
+OUTAGE_TIMEOUT = 40.0
+
+ENV_REQUIRE_MOUNTS = "DK_TEST_REQUIRE_MOUNTS"
+
+#: What the writer logs when writes start failing, and when they work again.
+OUTAGE_WARNING = "refusing messages until the database is back"
+RECOVERY_INFO = "database writable again"
+
+
+def _run(*argv: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if done.returncode:
+        raise OSError(f"{' '.join(argv)}: {(done.stderr or done.stdout).strip()}")
+
+
+def _mounted(directory: Path, *argv: str) -> Path:
+    """``mount … directory`` or skip (fail under DK_TEST_REQUIRE_MOUNTS)."""
+    directory.mkdir()
+    try:
+        if os.geteuid() != 0:
+            raise OSError("not running as root")
+        _run("mount", *argv, str(directory))
+    except OSError as e:
+        if os.environ.get(ENV_REQUIRE_MOUNTS):
+            pytest.fail(f"{ENV_REQUIRE_MOUNTS} is set: cannot mount: {e}")
+        pytest.skip(f"cannot mount a filesystem for the fault: {e}")
+    return directory
+
+
+def _unmount(directory: Path) -> None:
+    subprocess.run(["umount", "-l", str(directory)], capture_output=True, timeout=60)
+
+
+class DiskFull:
+    """A 24 MiB tmpfs holding the database; broken by filling it."""
+
+    cause = errors.DISK_FULL
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = _mounted(
+            tmp_path / "small", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs"
+        )
+        self.filler = self.dir / "filler"
+
+    @property
+    def db(self) -> str:
+        return str(self.dir / "dk.db")
+
+    def break_it(self) -> None:
+        with open(self.filler, "wb", buffering=0) as f:
+            for chunk in (2**20, 4096, 512):
+                block = b"\0" * chunk
+                try:
+                    while True:
+                        f.write(block)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+        assert shutil.disk_usage(self.dir).free < 4096
+
+    def fix(self) -> None:
+        self.filler.unlink()
+
+    def close(self) -> None:
+        _unmount(self.dir)
+
+
+class ReadOnly:
+    """A loop-mounted ext4 image holding the database; broken by making the
+    database file and its WAL immutable (not the ``-shm`` file: a write to
+    its shared mapping would then kill the process with SIGBUS)."""
+
+    cause = errors.READ_ONLY
+
+    def __init__(self, tmp_path: Path) -> None:
+        image = tmp_path / "ext4.img"
+        with open(image, "wb") as f:
+            f.truncate(64 * 2**20)
+        try:
+            _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
+        except (OSError, FileNotFoundError) as e:
+            if os.environ.get(ENV_REQUIRE_MOUNTS):
+                pytest.fail(f"{ENV_REQUIRE_MOUNTS} is set: mkfs.ext4: {e}")
+            pytest.skip(f"cannot make an ext4 image: {e}")
+        self.dir = _mounted(tmp_path / "ext4", "-o", "loop", str(image))
+        self.files = [self.dir / "dk.db", self.dir / "dk.db-wal"]
+
+    @property
+    def db(self) -> str:
+        return str(self.dir / "dk.db")
+
+    def break_it(self) -> None:
+        _run("chattr", "+i", *map(str, self.files))
+
+    def fix(self) -> None:
+        _run("chattr", "-i", *map(str, self.files))
+
+    def close(self) -> None:
+        subprocess.run(
+            ["chattr", "-i", *map(str, self.files)], capture_output=True, timeout=60
+        )
+        _unmount(self.dir)
+
+
+class Locked:
+    """Another process's ``BEGIN EXCLUSIVE`` on the database file, held until
+    :meth:`fix` (in WAL mode it blocks writers, not readers)."""
+
+    cause = errors.LOCKED
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "dk.db"
+        self.conn: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> str:
+        return str(self.path)
+
+    def break_it(self) -> None:
+        self.conn = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self.conn.execute("BEGIN EXCLUSIVE")
+
+    def fix(self) -> None:
+        self.conn.execute("COMMIT")
+        self.conn.close()
+        self.conn = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+class PgReadOnly:
+    """The whole server read-only for new transactions (as a standby, or
+    ``default_transaction_read_only``), through ``ALTER SYSTEM`` + reload,
+    which reaches the daemon's open connections too."""
+
+    cause = errors.READ_ONLY
+
+    def __init__(self, admin) -> None:
+        self.admin = admin
+
+    def break_it(self) -> None:
+        self.admin.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        self.admin.execute("SELECT pg_reload_conf()")
+
+    def fix(self) -> None:
+        self.admin.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        self.admin.execute("SELECT pg_reload_conf()")
+
+
+class PgRevoked:
+    """The daemon's role loses INSERT on every table, then gets it back."""
+
+    cause = errors.PERMISSION_DENIED
+
+    def __init__(self, db_admin, role: str) -> None:
+        self.db_admin = db_admin
+        self.role = role
+
+    def break_it(self) -> None:
+        self.db_admin.execute(
+            f"REVOKE INSERT ON ALL TABLES IN SCHEMA public FROM {self.role}"
+        )
+
+    def fix(self) -> None:
+        self.db_admin.execute(
+            f"GRANT INSERT ON ALL TABLES IN SCHEMA public TO {self.role}"
+        )
+
+
+def refusals(client) -> int:
+    return sum(1 for f in client.received if f.get("content") == RESEND)
+
+
+def writable_gauge(metrics_text: str) -> float | None:
+    for line in metrics_text.splitlines():
+        if line.startswith("dkserver_store_writable "):
+            return float(line.split()[1])
+    return None
+
+
+async def outage(daemon: Daemon, fault) -> None:
+    """The whole scenario of the module docstring, on ``daemon``'s database."""
+    traffic = Traffic()
+    clients = []
+    streamers: list[Streamer] = []
+    try:
+        server = await daemon.start(timeout=60)
+        senders = [Identity("s0"), Identity("s1")]
+        receivers = [Identity("r0"), Identity("r1")]
+        tokens, rx, tx = await open_clients(server, senders, receivers)
+        clients += [*rx.values(), *tx.values()]
+        # Stored before the fault for a user who connects during it.
+        offline = Identity("off")
+        off_token = await register_and_login(server, offline)
+        for i in range(5):
+            content = f"stored-before-{i}"
+            tx["s0"].send_json(signed_frame(senders[0], "off", content))
+            traffic.sent[content] = ("s0", "off")
+        await wait_for(
+            lambda: (
+                sum(
+                    1
+                    for r in daemon.database.messages(read_only=True).values()
+                    if r[1] == "off"
+                )
+                == 5
+            ),
+            "the offline user's messages stored",
+            timeout=OUTAGE_TIMEOUT,
+        )
+        streamers = [
+            Streamer(s, tx[s.user_id], list(rx), traffic, (64, 256), 1, 0.05)
+            for s in senders
+        ]
+
+        def received_from(user_id: str, after_seq: int) -> bool:
+            return any(
+                f.get("from") == user_id
+                and f["content"].startswith(user_id + "-")
+                and int(f["content"].split("|")[0].rsplit("-", 1)[1]) >= after_seq
+                for c in rx.values()
+                for f in c.received
+            )
+
+        await wait_for(
+            lambda: all(received_from(s.user_id, 10) for s in senders),
+            "messages flowing before the fault",
+            timeout=OUTAGE_TIMEOUT,
+        )
+
+        await deferToThread(fault.break_it)
+        await wait_for(
+            lambda: all(refusals(tx[s.user_id]) >= 3 for s in senders),
+            "every sender told to resend",
+            timeout=OUTAGE_TIMEOUT,
+            interval=0.1,
+        )
+        assert daemon.proc.poll() is None, daemon.log_tail()
+        # REST writes: 503, the JSON error shape.
+        late = Identity("late")
+        code, body = await post_json(
+            server,
+            "/auth/register",
+            {
+                "user_id": late.user_id,
+                "username": "late",
+                "public_key": late.public_key_b64,
+            },
+        )
+        assert code == 503 and body["error"] is True, (code, body)
+        assert isinstance(body["message"], str) and body["message"]
+        code, body = await post_json(
+            server,
+            "/user/descriptions",
+            ["while the disk is full"],
+            {"Authorization": f"Bearer {tokens['s0']}"},
+        )
+        assert code == 503 and body["error"] is True, (code, body)
+        # Reads still answer, from the database.
+        code, body = await get(server, "/auth/users/nobody")
+        assert code == 404 and body["error"] is True, (code, body)
+        code, body = await get(server, "/auth/users/r1")
+        assert code == 200 and body["user_id"] == "r1", (code, body)
+        code, body = await get(server, "/active-users")
+        assert code == 200 and "s0" in body["online"], (code, body)
+        # A user connecting now gets what was stored for them before.
+        off = await open_ws(server, off_token, Receiver)
+        clients.append(off)
+        rx["off"] = off
+        await wait_for(
+            lambda: sum(1 for f in off.received if f.get("from") == "s0") == 5,
+            "the stored messages delivered during the fault",
+            timeout=OUTAGE_TIMEOUT,
+        )
+        code, text = await get(server, "/metrics")
+        assert code == 200 and writable_gauge(text) == 0.0, text
+
+        await deferToThread(fault.fix)
+        fixed_at = {s.ident.user_id: s.seq for s in streamers}
+        await wait_for(
+            lambda: all(received_from(u, n) for u, n in fixed_at.items()),
+            "messages sent after the fault delivered",
+            timeout=OUTAGE_TIMEOUT,
+            interval=0.1,
+        )
+        assert await register_and_login(server, late)
+        code, text = await get(server, "/metrics")
+        assert code == 200 and writable_gauge(text) == 1.0, text
+        for s in streamers:
+            await s.stop()
+
+        def settled() -> bool:
+            rows = daemon.database.messages(read_only=True)
+            stored = Counter(row[0] for row in rows.values())
+            sent = Counter(frm for frm, _ in traffic.sent.values())
+            answered = all(stored[u] + refusals(tx[u]) >= sent[u] for u in sent)
+            got = {(u, f["id"]) for u, c in rx.items() for f in c.received}
+            return answered and all(
+                (row[1], mid) in got and row[3] == "delivered"
+                for mid, row in rows.items()
+            )
+
+        try:
+            await wait_for(settled, "the backlog of the fault", OUTAGE_TIMEOUT, 0.2)
+        except AssertionError:
+            pass  # the checks below say what is missing
+        assert daemon.proc.poll() is None, daemon.log_tail()
+
+        rows = daemon.database.messages()
+        contents = Counter(row[2] for row in rows.values())
+        assert not [c for c, n in contents.items() if n > 1], "content stored twice"
+        for mid, (frm, to, content, *_) in rows.items():
+            assert traffic.sent.get(content) == (frm, to), f"row {mid} never sent"
+        for user_id, client in tx.items():
+            others = [
+                f
+                for f in client.received
+                if f.get("from") == "system" and f.get("content") != RESEND
+            ]
+            assert others == [], others
+            sent = sum(1 for frm, _ in traffic.sent.values() if frm == user_id)
+            stored = sum(1 for row in rows.values() if row[0] == user_id)
+            refused = refusals(client)
+            assert refused, f"{user_id} was never told to resend"
+            assert stored + refused == sent, (
+                f"{user_id}: sent {sent}, stored {stored}, refused {refused}"
+            )
+        for user_id, client in rx.items():
+            counts = Counter(f["id"] for f in client.received)
+            assert not [m for m, n in counts.items() if n > 1], "duplicates"
+            for f in client.received:
+                frm, to, content, *_ = rows[f["id"]]
+                assert (f["from"], f["to"], f["content"]) == (frm, to, content)
+            missing = [
+                m for m, row in rows.items() if row[1] == user_id and m not in counts
+            ]
+            assert not missing, f"{user_id} never got {len(missing)} stored messages"
+        pending = [m for m, row in rows.items() if row[3] != "delivered"]
+        assert not pending, f"{len(pending)} delivered rows not marked delivered"
+
+        # One warning naming the cause, one line for the recovery.
+        log = daemon.log_text()
+        warnings = [line for line in log.splitlines() if OUTAGE_WARNING in line]
+        assert len(warnings) == 1, warnings
+        assert f"({fault.cause})" in warnings[0], warnings
+        recoveries = [line for line in log.splitlines() if RECOVERY_INFO in line]
+        assert len(recoveries) == 1, recoveries
+
+        assert await daemon.stop() is not None, daemon.log_tail()
+        assert daemon.database.integrity_problems() == []
+        print(
+            {
+                "sent": len(traffic.sent),
+                "stored": len(rows),
+                "refused": sum(refusals(c) for c in tx.values()),
+            }
+        )
+    finally:
+        for s in streamers:
+            s.running = False
+        for client in clients:
+            if client.protocol is not None and not client.closed:
+                client.abort()
+        daemon.kill_now()
+
+
+@pytest.mark.parametrize("kind", [DiskFull, ReadOnly, Locked], ids=lambda k: k.__name__)
+@pytest_twisted.ensureDeferred
+async def test_sqlite_unwritable_refuses_keeps_reading_and_recovers(tmp_path, kind):
+    fault = kind(tmp_path)
+    try:
+        await outage(Daemon(tmp_path, fault.db), fault)
+    finally:
+        await deferToThread(fault.close)
+
+
+@pytest.fixture
+def pg_role(own_postgres):
+    """A migrated database on the test's own server, and a non-superuser
+    role with just the rights dkserver needs (a superuser ignores REVOKE):
+    (URL for the daemon as that role, an admin connection to the server,
+    an admin connection to the database, the role)."""
+    pg = own_postgres.server
+    name = pg.create_database(migrated=True)
+    role, password = "dk_app", uuid.uuid4().hex
+    admin = pg.connect(autocommit=True)
+    admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    db_admin = pg.connect(name, autocommit=True)
+    db_admin.execute(
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+    )
+    db_admin.execute(
+        f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {role}"
+    )
+    as_role = dataclasses.replace(pg, user=role, password=password)
+    try:
+        yield as_role.url(name), admin, db_admin, role
+    finally:
+        db_admin.close()
+        admin.close()
+
+
+@pytest.mark.parametrize("kind", ["read-only", "revoked"])
+@pytest_twisted.ensureDeferred
+async def test_postgres_unwritable_refuses_keeps_reading_and_recovers(
+    tmp_path, pg_role, kind
+):
+    url, admin, db_admin, role = pg_role
+    fault = PgReadOnly(admin) if kind == "read-only" else PgRevoked(db_admin, role)
+    try:
+        await outage(Daemon(tmp_path, url), fault)
+    finally:
+        await deferToThread(
+            admin.execute, "ALTER SYSTEM RESET default_transaction_read_only"
+        )
+        await deferToThread(admin.execute, "SELECT pg_reload_conf()")

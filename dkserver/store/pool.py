@@ -15,7 +15,6 @@ transaction (group commit keeps that affordable).
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from typing import Any
 
@@ -26,6 +25,7 @@ from dkserver.store import errors
 from dkserver.store.database import driver_error
 from dkserver.store.engine import PostgresEngine, Sqlite3Engine
 from dkserver.store.errors import IntegrityError, StoreError, StoreUnavailable
+from dkserver.store.files import diagnose_sqlite_files
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 
@@ -62,11 +62,6 @@ def open_pool(
 
 
 _SQLITE = Sqlite3Engine()
-
-#: Below this much free space (bytes) a write error on SQLite is put down to
-#: a full disk: SQLite says SQLITE_FULL for ENOSPC on its own writes, but a
-#: failure to grow the ``-shm`` file or to create a file is an I/O error.
-LOW_SPACE = 256 * 1024
 
 
 class SqliteConnectionPool(adbapi.ConnectionPool):
@@ -111,29 +106,6 @@ class SqliteConnectionPool(adbapi.ConnectionPool):
         cause, detail = found
         reason = str(e).split(": ", 1)[-1]
         return StoreUnavailable(f"{reason}; {detail}", cause=cause)
-
-
-def diagnose_sqlite_files(path: str) -> tuple[str, str] | None:
-    """(cause, detail) when the files of the database at ``path`` explain a
-    failed write: one that cannot be written (a read-only mount, an
-    immutable file, permissions), or no space left beside them."""
-    if path == ":memory:" or path.startswith("file:"):
-        return None
-    db = os.path.abspath(path)
-    directory = os.path.dirname(db)
-    try:
-        for name in (db, db + "-wal", db + "-shm"):
-            if os.path.exists(name) and not os.access(name, os.R_OK | os.W_OK):
-                return errors.READ_ONLY, f"{name} is not writable"
-        if not os.access(directory, os.W_OK | os.X_OK):
-            return errors.READ_ONLY, f"directory {directory} is not writable"
-        st = os.statvfs(directory)
-    except OSError:
-        return None
-    free = st.f_bavail * st.f_frsize
-    if free < LOW_SPACE:
-        return errors.DISK_FULL, f"{free} bytes free in {directory}"
-    return None
 
 
 #: PostgreSQL connections per process, by default: the group writer holds

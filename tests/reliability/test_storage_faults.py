@@ -97,6 +97,8 @@ class DiskFull:
     """A 24 MiB tmpfs holding the database; broken by filling it."""
 
     cause = errors.DISK_FULL
+    #: What dkserver's one line says when it cannot start on the fault.
+    at_startup = "disk full"
 
     def __init__(self, tmp_path: Path) -> None:
         self.dir = _mounted(
@@ -133,6 +135,7 @@ class ReadOnly:
     its shared mapping would then kill the process with SIGBUS)."""
 
     cause = errors.READ_ONLY
+    at_startup = "is not readable and writable"
 
     def __init__(self, tmp_path: Path) -> None:
         image = tmp_path / "ext4.img"
@@ -480,3 +483,33 @@ async def test_postgres_unwritable_refuses_keeps_reading_and_recovers(
             admin.execute, "ALTER SYSTEM RESET default_transaction_read_only"
         )
         await deferToThread(admin.execute, "SELECT pg_reload_conf()")
+
+
+@pytest.mark.parametrize("kind", [DiskFull, ReadOnly], ids=lambda k: k.__name__)
+@pytest_twisted.ensureDeferred
+async def test_sqlite_unwritable_at_startup_refuses_in_one_line(tmp_path, kind):
+    """Started on a full disk or a read-only file, dkserver does not serve
+    reads it cannot keep up (SQLite needs its -shm file): it exits with one
+    line naming the cause, and starts once the cause is gone."""
+    fault = kind(tmp_path)
+    daemon = Daemon(tmp_path, fault.db)
+    try:
+        server = await daemon.start(timeout=60)
+        assert await register_and_login(server, Identity("alice"))
+        assert await daemon.stop() is not None, daemon.log_tail()
+        if kind is ReadOnly:
+            fault.files = [f for f in fault.files if f.exists()]
+        await deferToThread(fault.break_it)
+        with pytest.raises(AssertionError, match="twistd exited"):
+            await daemon.start(timeout=60)
+        last = daemon.log_text().strip().splitlines()[-1]
+        assert last.startswith("dkserver: DK_DB: ") and fault.at_startup in last, last
+        assert "Traceback" not in daemon.log_text()
+        await deferToThread(fault.fix)
+        server = await daemon.start(timeout=60)
+        code, body = await get(server, "/auth/users/alice")
+        assert code == 200 and body["user_id"] == "alice", (code, body)
+        assert await daemon.stop() is not None, daemon.log_tail()
+    finally:
+        daemon.kill_now()
+        await deferToThread(fault.close)

@@ -15,9 +15,10 @@ messages are refused (their senders are told to resend), while its
 bookkeeping (delivery marks, session rows), which nobody can resend, goes
 back to the head of the queue; the next try waits RETRY_DELAY, so an outage
 costs an attempt every half second rather than a busy loop.  With nothing
-queued the writer probes instead (a one-row write, `_probe_txn`), so it
-notices the end of the outage without traffic.  The first batch that commits
-again ends the outage; nothing committed before it is touched.  An outage is
+queued the writer still tries, every RETRY_DELAY, with only the probe
+(`_probe_txn`, which every batch of an outage carries), so it notices the
+end of the outage without traffic.  The first batch that commits again
+ends the outage; nothing committed before it is touched.  An outage is
 logged once when it starts (naming its cause) and once when it ends, and
 :attr:`GroupWriter.writable` is the ``dkserver_store_writable`` gauge.
 """
@@ -37,7 +38,6 @@ from dkserver import timestamps
 from dkserver.store.analytics import _end_sessions_txn
 from dkserver.store.database import Database, Txn
 from dkserver.store.errors import (
-    PERMISSION_DENIED,
     IntegrityError,
     NulNotStorable,
     StoreError,
@@ -212,14 +212,8 @@ class GroupWriter:
         return not self.unavailable
 
     def _probing(self) -> bool:
-        """During an outage, whether an idle writer should probe.  Not when
-        rights were revoked: a probe row might be allowed where messages are
-        not, and then each message would end a false recovery."""
-        return (
-            self.unavailable
-            and not self._closed
-            and self.unavailable_cause != PERMISSION_DENIED
-        )
+        """Whether the next batch carries the probe: during an outage."""
+        return self.unavailable and not self._closed
 
     # -- the loop --------------------------------------------------------------
 
@@ -231,11 +225,10 @@ class GroupWriter:
 
     def _run(self) -> None:
         batch, self._next = self._next, _Batch()
-        if not batch.size() and not batch.flushed:
-            if not self._probing():
-                self._running = False
-                return
-            batch.probe = True
+        batch.probe = self._probing()
+        if not batch.size() and not batch.flushed and not batch.probe:
+            self._running = False
+            return
         if len(batch.messages) > MAX_BATCH:
             # The rest of the messages go first in the next batch (which is
             # empty: it was created just above); flush() waiters wait for them.
@@ -250,11 +243,9 @@ class GroupWriter:
         d.addErrback(lambda f: self.log.failure("group writer bookkeeping", f))
 
     def _committed(self, ids: list[int | None], batch: _Batch) -> None:
-        if self.unavailable and (
-            batch.messages or batch.probe or self.unavailable_cause != PERMISSION_DENIED
-        ):
-            # Revoked rights may still allow some rows (a delivery mark is an
-            # UPDATE): only stored messages prove that one was given back.
+        if self.unavailable:
+            # Every batch of an outage carries the probe: this one could have
+            # stored messages, so the outage is over.
             started = self._outage_started
             seconds = 0.0 if started is None else self._clock.seconds() - started
             self.log.info(
@@ -349,9 +340,21 @@ def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | No
 
 
 def _probe_txn(txn: Txn) -> None:
-    """A real write (a WAL frame on SQLite, a new row version on
-    PostgreSQL), so that a full disk, a read-only file or transaction, or a
-    held lock fails it as it fails messages."""
+    """Fails when storing a message would, without storing one.
+
+    A message row is inserted and taken back (a fault that spares some
+    tables, such as REVOKE INSERT ON messages or a full tablespace holding
+    only ``messages``, while delivery marks, UPDATEs, still commit, fails
+    it too; id -1: no sequence is drawn), and one row is really written
+    (a WAL frame on SQLite: a full disk, a read-only file or a held lock
+    show only when something commits)."""
+    txn.execute("SAVEPOINT probe")
+    txn.execute(
+        "INSERT INTO messages (id, from_user, to_user, content, status)"
+        " SELECT -1, user_id, user_id, '', 'probe' FROM users LIMIT 1"
+    )
+    txn.execute("ROLLBACK TO SAVEPOINT probe")
+    txn.execute("RELEASE SAVEPOINT probe")
     txn.execute(
         "INSERT INTO server_settings (name, value) VALUES ('writer_probe', ?)"
         " ON CONFLICT (name) DO UPDATE SET value = excluded.value",

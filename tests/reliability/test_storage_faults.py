@@ -35,6 +35,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -217,7 +218,9 @@ class PgReadOnly:
 
 
 class PgRevoked:
-    """The daemon's role loses INSERT on every table, then gets it back."""
+    """The daemon's role loses INSERT on ``messages`` (and on ``users``, for
+    the REST write), then gets it back.  Delivery marks (UPDATEs) and
+    session rows still commit meanwhile: they must not end the outage."""
 
     cause = errors.PERMISSION_DENIED
 
@@ -227,13 +230,52 @@ class PgRevoked:
 
     def break_it(self) -> None:
         self.db_admin.execute(
-            f"REVOKE INSERT ON ALL TABLES IN SCHEMA public FROM {self.role}"
+            f"REVOKE INSERT ON messages, users, user_descriptions FROM {self.role}"
         )
 
     def fix(self) -> None:
         self.db_admin.execute(
-            f"GRANT INSERT ON ALL TABLES IN SCHEMA public TO {self.role}"
+            f"GRANT INSERT ON messages, users, user_descriptions TO {self.role}"
         )
+
+
+class PgDiskFull:
+    """``messages`` (and ``user_descriptions``, empty: a REST write) moved to
+    a tablespace on a 16 MiB tmpfs, which is then filled: inserts that need
+    a new page fail with SQLSTATE 53100 while the other tables (and the
+    WAL) still have room."""
+
+    cause = errors.DISK_FULL
+    TABLES = ("messages", "user_descriptions")
+    #: ``users`` stays out: a row that still fits in a page of the table
+    #: needs no space, and registering would work (as on a real full disk).
+    register_refused = False
+
+    def __init__(self, own_postgres, admin, db_admin) -> None:
+        # Somewhere the server's account can reach (pytest's tmp_path is
+        # root's, mode 0700), owned by that account.
+        owner = os.stat(own_postgres.data)
+        self.parent = Path(tempfile.mkdtemp(prefix="dk-pg-space-"))
+        self.parent.chmod(0o755)
+        self.dir = _mounted(
+            self.parent / "space",
+            "-t",
+            "tmpfs",
+            "-o",
+            f"size=16m,mode=0700,uid={owner.st_uid},gid={owner.st_gid}",
+            "tmpfs",
+        )
+        admin.execute(f"CREATE TABLESPACE dk_small LOCATION '{self.dir}'")
+        for table in self.TABLES:
+            db_admin.execute(f"ALTER TABLE {table} SET TABLESPACE dk_small")
+        self.filler = self.dir / "filler"
+
+    break_it = DiskFull.break_it
+    fix = DiskFull.fix
+
+    def close(self) -> None:
+        _unmount(self.dir)
+        shutil.rmtree(self.parent, ignore_errors=True)
 
 
 def refusals(client) -> int:
@@ -307,17 +349,18 @@ async def outage(daemon: Daemon, fault) -> None:
         assert daemon.proc.poll() is None, daemon.log_tail()
         # REST writes: 503, the JSON error shape.
         late = Identity("late")
-        code, body = await post_json(
-            server,
-            "/auth/register",
-            {
-                "user_id": late.user_id,
-                "username": "late",
-                "public_key": late.public_key_b64,
-            },
-        )
-        assert code == 503 and body["error"] is True, (code, body)
-        assert isinstance(body["message"], str) and body["message"]
+        if getattr(fault, "register_refused", True):
+            code, body = await post_json(
+                server,
+                "/auth/register",
+                {
+                    "user_id": late.user_id,
+                    "username": "late",
+                    "public_key": late.public_key_b64,
+                },
+            )
+            assert code == 503 and body["error"] is True, (code, body)
+            assert isinstance(body["message"], str) and body["message"]
         code, body = await post_json(
             server,
             "/user/descriptions",
@@ -325,6 +368,7 @@ async def outage(daemon: Daemon, fault) -> None:
             {"Authorization": f"Bearer {tokens['s0']}"},
         )
         assert code == 503 and body["error"] is True, (code, body)
+        assert isinstance(body["message"], str) and body["message"]
         # Reads still answer, from the database.
         code, body = await get(server, "/auth/users/nobody")
         assert code == 404 and body["error"] is True, (code, body)
@@ -469,13 +513,18 @@ def pg_role(own_postgres):
         admin.close()
 
 
-@pytest.mark.parametrize("kind", ["read-only", "revoked"])
+@pytest.mark.parametrize("kind", ["read-only", "revoked", "disk-full"])
 @pytest_twisted.ensureDeferred
 async def test_postgres_unwritable_refuses_keeps_reading_and_recovers(
-    tmp_path, pg_role, kind
+    tmp_path, own_postgres, pg_role, kind
 ):
     url, admin, db_admin, role = pg_role
-    fault = PgReadOnly(admin) if kind == "read-only" else PgRevoked(db_admin, role)
+    if kind == "read-only":
+        fault = PgReadOnly(admin)
+    elif kind == "revoked":
+        fault = PgRevoked(db_admin, role)
+    else:
+        fault = PgDiskFull(own_postgres, admin, db_admin)
     try:
         await outage(Daemon(tmp_path, url), fault)
     finally:
@@ -483,6 +532,8 @@ async def test_postgres_unwritable_refuses_keeps_reading_and_recovers(
             admin.execute, "ALTER SYSTEM RESET default_transaction_read_only"
         )
         await deferToThread(admin.execute, "SELECT pg_reload_conf()")
+        if kind == "disk-full":
+            await deferToThread(fault.close)
 
 
 @pytest.mark.parametrize("kind", [DiskFull, ReadOnly], ids=lambda k: k.__name__)

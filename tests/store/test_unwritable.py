@@ -62,21 +62,18 @@ async def test_a_lock_held_by_another_process_is_unavailable_locked(store, db_pa
 
 
 class _Fault:
-    """The store's database, failing every batch with messages while
-    ``failing`` (and, with ``everything``, every other interaction too)."""
+    """The store's database, failing every interaction while ``failing``."""
 
-    def __init__(self, db, cause: str, everything: bool = True) -> None:
+    def __init__(self, db, cause: str) -> None:
         self._db = db
         self.engine = db.engine
         self.cause = cause
-        self.everything = everything
         self.failing = True
         self.attempts = 0
 
     def runInteraction(self, func, *args, **kwargs):
         self.attempts += 1
-        batch = args[0] if args else None
-        if self.failing and (self.everything or getattr(batch, "messages", None)):
+        if self.failing:
             return fail(StoreUnavailable("the test broke it", cause=self.cause))
         return self._db.runInteraction(func, *args, **kwargs)
 
@@ -130,33 +127,29 @@ async def test_an_idle_writer_notices_the_end_of_an_outage_by_itself(
 
 
 @pytest_twisted.ensureDeferred
-async def test_revoked_rights_end_only_when_a_message_is_stored_again(
+async def test_the_probe_stores_nothing_but_fails_where_messages_would(
     store, sql, db_path
 ):
+    """The probe's message row is taken back; in a read-only transaction
+    the probe fails as a message would."""
+    from dkserver.store.writer import _probe_txn
+
     await store.users.create("alice", "A", "k")
-    await store.users.create("bob", "B", "k")
-    first = await GroupWriter(store.pool, reactor).submit_message(
-        message("bob", 0), None
-    )
-    fault = _Fault(store.pool, errors.PERMISSION_DENIED, everything=False)
-    writer = GroupWriter(fault, reactor)
-    with _Events() as events:
-        with pytest.raises(StoreUnavailable):
-            await writer.submit_message(message("bob", 1), None)
-        writer.mark_delivered(first)  # an UPDATE, still allowed
-        await writer.flush()
-        assert not writer.writable  # a delivery mark proves nothing
-        attempts = fault.attempts
-        await wait_for(lambda: not writer._running, "the writer to go idle", 5)
-        assert fault.attempts == attempts  # no probe: it might be allowed
-        with pytest.raises(StoreUnavailable):
-            await writer.submit_message(message("bob", 2), None)
-        fault.failing = False  # GRANT INSERT
-        assert await writer.submit_message(message("bob", 3), None)
-        assert writer.writable
-    assert len(events.writer(LogLevel.warn)) == 1
-    assert len(events.writer(LogLevel.info)) == 1
-    status = _Inspect(sql, db_path).execute(
-        "SELECT status FROM messages WHERE id = ?", (first,)
-    )
-    assert status.fetchone() == ("delivered",)
+    await store.pool.runInteraction(_probe_txn)
+    con = _Inspect(sql, db_path)
+    assert con.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+
+    def read_only_probe(txn) -> None:
+        sqlite = txn.engine.name == "sqlite"
+        txn.execute("PRAGMA query_only = 1" if sqlite else "SET TRANSACTION READ ONLY")
+        try:
+            _probe_txn(txn)
+        finally:
+            if sqlite:
+                txn.execute("PRAGMA query_only = 0")
+
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.pool.runInteraction(read_only_probe)
+    assert caught.value.cause == errors.READ_ONLY
+    writer = GroupWriter(store.pool, reactor)
+    assert await writer.submit_message(message("alice", 1), None) == 1

@@ -290,6 +290,14 @@ class GroupWriter:
             if not self._closed:
                 self._next.requeue_bookkeeping(batch)
                 retry = RETRY_DELAY
+            elif batch.size() > len(batch.messages):
+                self.log.warn(
+                    "shutting down with {count} delivery marks and session rows"
+                    " not written ({reason}): those messages stay pending and"
+                    " are sent again",
+                    count=batch.size() - len(batch.messages),
+                    reason=failure.getErrorMessage(),
+                )
         else:
             self.log.failure(
                 "group commit of {count} rows failed", failure, count=batch.size()

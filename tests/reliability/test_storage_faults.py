@@ -564,3 +564,41 @@ async def test_sqlite_unwritable_at_startup_refuses_in_one_line(tmp_path, kind):
     finally:
         daemon.kill_now()
         await deferToThread(fault.close)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_shutdown_during_a_full_disk_exits_without_a_traceback(tmp_path):
+    """SIGTERM while writes fail: dkserver still stops in time, logs what
+    it could not write, and starts on the same file once there is room."""
+    fault = DiskFull(tmp_path)
+    daemon = Daemon(tmp_path, fault.db)
+    clients = []
+    try:
+        server = await daemon.start(timeout=60)
+        senders, receivers = [Identity("s0")], [Identity("r0")]
+        _, rx, tx = await open_clients(server, senders, receivers)
+        clients += [*rx.values(), *tx.values()]
+        tx["s0"].send_json(signed_frame(senders[0], "r0", "before"))
+        await wait_for(lambda: rx["r0"].received, "a message delivered", 20)
+        await deferToThread(fault.break_it)
+        for n in range(3):
+            tx["s0"].send_json(signed_frame(senders[0], "r0", f"refused-{n}"))
+        await wait_for(lambda: refusals(tx["s0"]) == 3, "the refusals", 20)
+        assert await daemon.stop(timeout=30) is not None, daemon.log_tail()
+        log = daemon.log_text()
+        assert "Traceback" not in log, daemon.log_tail()
+        assert "shutdown complete" in log.rsplit("===== run", 1)[-1], log[-3000:]
+        await deferToThread(fault.fix)
+        server = await daemon.start(timeout=60)
+        code, body = await get(server, "/auth/users/r0")
+        assert code == 200, (code, body)
+        rows = daemon.database.messages(read_only=True)
+        assert [row[2] for row in rows.values()] == ["before"]
+        assert await daemon.stop() is not None, daemon.log_tail()
+        assert daemon.database.integrity_problems() == []
+    finally:
+        for client in clients:
+            if client.protocol is not None and not client.closed:
+                client.abort()
+        daemon.kill_now()
+        await deferToThread(fault.close)

@@ -53,6 +53,7 @@ from tests.reliability.streaming import (
     open_clients,
     open_ws,
 )
+from tests.support import mounts
 from tests.support.client import Identity, get, post_json, register_and_login
 from tests.support.waiting import wait_for
 from tests.support.ws import signed_frame
@@ -63,35 +64,9 @@ RESEND = "Internal error: message not stored; please resend"
 #: SQLite lock costs every write the busy timeout (5 s) before it fails.
 OUTAGE_TIMEOUT = 40.0
 
-ENV_REQUIRE_MOUNTS = "DK_TEST_REQUIRE_MOUNTS"
-
 #: What the writer logs when writes start failing, and when they work again.
 OUTAGE_WARNING = "refusing messages until the database is back"
 RECOVERY_INFO = "database writable again"
-
-
-def _run(*argv: str) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    if done.returncode:
-        raise OSError(f"{' '.join(argv)}: {(done.stderr or done.stdout).strip()}")
-
-
-def _mounted(directory: Path, *argv: str) -> Path:
-    """``mount … directory`` or skip (fail under DK_TEST_REQUIRE_MOUNTS)."""
-    directory.mkdir()
-    try:
-        if os.geteuid() != 0:
-            raise OSError("not running as root")
-        _run("mount", *argv, str(directory))
-    except OSError as e:
-        if os.environ.get(ENV_REQUIRE_MOUNTS):
-            pytest.fail(f"{ENV_REQUIRE_MOUNTS} is set: cannot mount: {e}")
-        pytest.skip(f"cannot mount a filesystem for the fault: {e}")
-    return directory
-
-
-def _unmount(directory: Path) -> None:
-    subprocess.run(["umount", "-l", str(directory)], capture_output=True, timeout=60)
 
 
 class DiskFull:
@@ -102,7 +77,7 @@ class DiskFull:
     at_startup = "disk full"
 
     def __init__(self, tmp_path: Path) -> None:
-        self.dir = _mounted(
+        self.dir = mounts.mounted(
             tmp_path / "small", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs"
         )
         self.filler = self.dir / "filler"
@@ -127,7 +102,7 @@ class DiskFull:
         self.filler.unlink()
 
     def close(self) -> None:
-        _unmount(self.dir)
+        mounts.unmount(self.dir)
 
 
 class ReadOnly:
@@ -139,16 +114,8 @@ class ReadOnly:
     at_startup = "is not readable and writable"
 
     def __init__(self, tmp_path: Path) -> None:
-        image = tmp_path / "ext4.img"
-        with open(image, "wb") as f:
-            f.truncate(64 * 2**20)
-        try:
-            _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
-        except (OSError, FileNotFoundError) as e:
-            if os.environ.get(ENV_REQUIRE_MOUNTS):
-                pytest.fail(f"{ENV_REQUIRE_MOUNTS} is set: mkfs.ext4: {e}")
-            pytest.skip(f"cannot make an ext4 image: {e}")
-        self.dir = _mounted(tmp_path / "ext4", "-o", "loop", str(image))
+        image = mounts.ext4_image(tmp_path / "ext4.img", 64 * 2**20)
+        self.dir = mounts.mounted(tmp_path / "ext4", "-o", "loop", str(image))
         self.files = [self.dir / "dk.db", self.dir / "dk.db-wal"]
 
     @property
@@ -156,16 +123,16 @@ class ReadOnly:
         return str(self.dir / "dk.db")
 
     def break_it(self) -> None:
-        _run("chattr", "+i", *map(str, self.files))
+        mounts.run("chattr", "+i", *map(str, self.files))
 
     def fix(self) -> None:
-        _run("chattr", "-i", *map(str, self.files))
+        mounts.run("chattr", "-i", *map(str, self.files))
 
     def close(self) -> None:
         subprocess.run(
             ["chattr", "-i", *map(str, self.files)], capture_output=True, timeout=60
         )
-        _unmount(self.dir)
+        mounts.unmount(self.dir)
 
 
 class Locked:
@@ -257,7 +224,7 @@ class PgDiskFull:
         owner = os.stat(own_postgres.data)
         self.parent = Path(tempfile.mkdtemp(prefix="dk-pg-space-"))
         self.parent.chmod(0o755)
-        self.dir = _mounted(
+        self.dir = mounts.mounted(
             self.parent / "space",
             "-t",
             "tmpfs",
@@ -274,7 +241,7 @@ class PgDiskFull:
     fix = DiskFull.fix
 
     def close(self) -> None:
-        _unmount(self.dir)
+        mounts.unmount(self.dir)
         shutil.rmtree(self.parent, ignore_errors=True)
 
 

@@ -7,8 +7,9 @@ immutable with ``chattr +i`` on a loop-mounted ext4 image: the tests run as
 root, for whom ``chmod`` changes nothing, and ext4 refuses writes through
 already-open descriptors of an immutable file), a lock held by another
 process (``BEGIN EXCLUSIVE`` on the file, held past the busy timeout), and
-on PostgreSQL a read-only server (``default_transaction_read_only``) and
-revoked rights (``REVOKE INSERT``) for a role of the test's own.
+on PostgreSQL a read-only server (``default_transaction_read_only``),
+revoked rights (``REVOKE INSERT``) for a role of the test's own, and a full
+tablespace (on a small tmpfs) holding ``messages``.
 
 While the fault lasts, senders streaming signed direct messages are told
 "Internal error: message not stored; please resend", REST writes answer 503
@@ -22,9 +23,12 @@ frame was stored or refused (``stored + refused == sent`` per sender),
 every stored message reached its recipient exactly once and is marked
 delivered, and the database is sound.
 
+Also: started on a full disk or an immutable file, dkserver exits with one
+line naming the cause; stopped during a fault, it still shuts down cleanly.
+
 Mounting needs root (CAP_SYS_ADMIN, and CAP_LINUX_IMMUTABLE for chattr):
-without it these SQLite tests are skipped with the reason, or fail when
-``DK_TEST_REQUIRE_MOUNTS`` is set (as CI sets it).
+without it the tests that mount are skipped with the reason, or fail when
+``DK_TEST_REQUIRE_MOUNTS`` is set (as CI sets it): tests/support/mounts.py.
 """
 
 from __future__ import annotations

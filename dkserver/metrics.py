@@ -56,6 +56,17 @@ class Metrics:
             "Users with at least one open connection",
             registry=r,
         )
+        self.store_writable = Gauge(
+            "dkserver_store_writable",
+            "1 while the database takes writes; 0 from a write failing (disk"
+            " full, read-only, locked, database unavailable) until one commits",
+            registry=r,
+        )
+        self.store_writable.set(1)
+
+    def track_store(self, writable: Callable[[], bool]) -> None:
+        """``dkserver_store_writable`` from the group writer's state."""
+        self.store_writable.set_function(lambda: 1.0 if writable() else 0.0)
 
     def track_live(
         self, connections: Callable[[], int], users: Callable[[], int]

@@ -29,7 +29,7 @@ from dkserver.limits import build_limits
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
 from dkserver.proxyproto import ProxyProtocolEndpoint
-from dkserver.store import Store
+from dkserver.store import Store, StoreError
 from dkserver.store.writer import GroupWriter
 from dkserver.tls import load_context_factory
 from dkserver.web.app import DkApp
@@ -110,6 +110,7 @@ class DkService(MultiService):
             self.metrics,
         )
         self.writer = GroupWriter(self.store.pool, reactor, node_id=config.node_id)
+        self.metrics.track_store(lambda: self.writer.writable)
         self.bus = LocalBus() if self.cluster is None else self.cluster.bus
         self.message_limits = self.limits.messages
         self.forward = ForwardBroker(reactor, config.forward_timeout)
@@ -286,8 +287,15 @@ class DkService(MultiService):
         if left:
             self.log.warn("{count} requests still running at shutdown", count=left)
         await self.writer.close()
-        await self.store.analytics.end_open_sessions(
-            self.hub.time_ns(), node_id=self.session_owner
-        )
+        try:
+            await self.store.analytics.end_open_sessions(
+                self.hub.time_ns(), node_id=self.session_owner
+            )
+        except StoreError as e:  # a full disk, say: the next start closes them
+            self.log.warn(
+                "open sessions not closed at shutdown ({reason}); the next start"
+                " closes them",
+                reason=str(e),
+            )
         await self.store.close()
         self.log.info("shutdown complete")

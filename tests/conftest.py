@@ -29,6 +29,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from dkserver.admin import port_db
 from tests.support import postgres as _pg
 from tests.support import redis as _redis
+from tests.support.mounts import MOUNT_SKIP
 from tests.support.server import make_config, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,7 +260,11 @@ def redis_url(redis_server) -> str:
 
 
 def pytest_terminal_summary(terminalreporter):
-    for marker, what in ((_PG_SKIP, "PostgreSQL"), (_REDIS_SKIP, "Redis")):
+    for marker, what in (
+        (_PG_SKIP, "PostgreSQL"),
+        (_REDIS_SKIP, "Redis"),
+        (MOUNT_SKIP, "storage-fault"),
+    ):
         reasons: dict[str, int] = {}
         for report in terminalreporter.stats.get("skipped", []):
             longrepr = report.longrepr

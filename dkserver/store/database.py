@@ -20,7 +20,12 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
 from dkserver.store.engine import Engine
-from dkserver.store.errors import IntegrityError, NulNotStorable, StoreError
+from dkserver.store.errors import (
+    IntegrityError,
+    NulNotStorable,
+    StoreError,
+    StoreUnavailable,
+)
 
 R = TypeVar("R")
 
@@ -69,7 +74,7 @@ class Txn:
         except self.engine.integrity_errors as e:
             raise IntegrityError(str(e).strip()) from e
         except self.engine.driver_errors as e:
-            raise _driver_error(e) from e
+            raise driver_error(self.engine, e) from e
 
 
 class Database:
@@ -95,7 +100,13 @@ def _interaction(
     return func(Txn(cursor, engine), *args, **kwargs)
 
 
-def _driver_error(e: BaseException) -> StoreError:
+def driver_error(engine: Engine, e: BaseException) -> StoreError:
+    """dkserver's error for a driver exception other than a constraint:
+    `StoreUnavailable` (with its cause) when the database cannot be written
+    now but may be later, so callers answer 503 / "resend" and retry."""
     if "NUL (0x00)" in str(e):
         return NulNotStorable()
+    cause = engine.unwritable_cause(e)
+    if cause is not None:
+        return StoreUnavailable(" ".join(str(e).split()), cause=cause)
     return StoreError(f"database error: {str(e).strip()}")

@@ -16,6 +16,8 @@ from typing import Any
 
 import psycopg
 
+from dkserver.store import errors
+
 #: ``pg_advisory_xact_lock`` key held by every transaction that inserts
 #: messages (see `PostgresEngine.next_message_ids`).
 MESSAGE_ID_LOCK = 0x6B64_6D73_6769_6473
@@ -62,6 +64,35 @@ def decode_content(stored: str) -> str:
     return "".join(out)
 
 
+#: SQLite primary result codes (the low byte of ``sqlite_errorcode``) that
+#: mean the database cannot be written now but may be later, and why.
+_SQLITE_UNWRITABLE = {
+    3: errors.PERMISSION_DENIED,  # SQLITE_PERM
+    5: errors.LOCKED,  # SQLITE_BUSY: another process holds the lock
+    6: errors.LOCKED,  # SQLITE_LOCKED
+    8: errors.READ_ONLY,  # SQLITE_READONLY
+    10: errors.IO_ERROR,  # SQLITE_IOERR (EROFS, EPERM, EIO: see pool.py)
+    13: errors.DISK_FULL,  # SQLITE_FULL: ENOSPC
+    14: errors.UNAVAILABLE,  # SQLITE_CANTOPEN
+}
+
+#: PostgreSQL SQLSTATEs (exact, then by class) with the same meaning.
+_PG_UNWRITABLE = {
+    "53100": errors.DISK_FULL,  # disk_full
+    "42501": errors.PERMISSION_DENIED,  # insufficient_privilege (REVOKE)
+    "25006": errors.READ_ONLY,  # read_only_sql_transaction (a standby, or
+    # default_transaction_read_only)
+    "55P03": errors.LOCKED,  # lock_not_available
+    "58030": errors.IO_ERROR,  # io_error
+    "57014": errors.UNAVAILABLE,  # query_canceled: the statement timeout
+}
+_PG_UNWRITABLE_CLASSES = {
+    "08": errors.UNAVAILABLE,  # connection exceptions
+    "53": errors.UNAVAILABLE,  # insufficient resources (memory, connections)
+    "57": errors.UNAVAILABLE,  # operator intervention: shutting down, starting
+}
+
+
 #: At and above this many rows a batch goes in with ``COPY``, below with one
 #: multi-row ``INSERT … VALUES`` (bench/pg_write.py measured the crossover).
 COPY_THRESHOLD = 16
@@ -80,6 +111,13 @@ class Sqlite3Engine:
 
     def sql(self, text: str) -> str:
         return text
+
+    def unwritable_cause(self, e: BaseException) -> str | None:
+        """Why ``e`` says the database cannot be written now (disk full,
+        read-only, locked, …: see dkserver.store.errors), or None when it
+        is another failure (a bug, a corrupt file) that a retry won't fix."""
+        code = getattr(e, "sqlite_errorcode", None)
+        return None if code is None else _SQLITE_UNWRITABLE.get(code & 0xFF)
 
     def store_text(self, text: str) -> str:
         """Free text as this backend stores it (SQLite: as it is)."""
@@ -144,6 +182,13 @@ class PostgresEngine:
 
     def __init__(self) -> None:
         self._converted: dict[str, str] = {}
+
+    def unwritable_cause(self, e: BaseException) -> str | None:
+        """As `Sqlite3Engine.unwritable_cause`, from the SQLSTATE."""
+        state = getattr(e, "sqlstate", None)
+        if not state:
+            return None
+        return _PG_UNWRITABLE.get(state) or _PG_UNWRITABLE_CLASSES.get(state[:2])
 
     def sql(self, text: str) -> str:
         """``?`` placeholders become psycopg's ``%s`` (a literal ``%`` doubles).

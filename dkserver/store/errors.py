@@ -35,14 +35,30 @@ class NulNotStorable(StoreError):
         super().__init__("text with a NUL character cannot be stored on PostgreSQL")
 
 
-class StoreUnavailable(StoreError):
-    """The database cannot be reached: down, restarting, or the connection
-    broke.  Retrying later may work; REST answers 503 and a sender is told
-    to resend.  The failed operation stored nothing, except when the
-    connection broke during ``COMMIT``, whose outcome the client cannot know
-    (:attr:`in_doubt`)."""
+#: Why the database cannot be written, as `StoreUnavailable.cause` names it
+#: (in the writer's warning and docs/operating/storage-faults.md).
+UNAVAILABLE = "database unavailable"
+DISK_FULL = "disk full"
+READ_ONLY = "read-only"
+LOCKED = "locked"
+PERMISSION_DENIED = "permission denied"
+IO_ERROR = "I/O error"
 
-    def __init__(self, reason: str, *, in_doubt: bool = False) -> None:
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or written: down, restarting, the
+    connection broke, the disk is full, the file or database is read-only,
+    another process holds the lock, the role lost its rights.  Retrying
+    later may work; REST answers 503 and a sender is told to resend.  The
+    failed operation stored nothing, except when the connection broke
+    during ``COMMIT``, whose outcome the client cannot know
+    (:attr:`in_doubt`).  :attr:`cause` is one of the names above."""
+
+    def __init__(
+        self, reason: str, *, in_doubt: bool = False, cause: str = UNAVAILABLE
+    ) -> None:
         doubt = " (during COMMIT: outcome unknown)" if in_doubt else ""
-        super().__init__(f"database unavailable: {reason}{doubt}")
+        prefix = cause if cause == UNAVAILABLE else f"database not writable ({cause})"
+        super().__init__(f"{prefix}: {reason}{doubt}")
         self.in_doubt = in_doubt
+        self.cause = cause

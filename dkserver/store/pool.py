@@ -21,7 +21,11 @@ from typing import Any
 from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
-from dkserver.store.errors import StoreUnavailable
+from dkserver.store import errors
+from dkserver.store.database import driver_error
+from dkserver.store.engine import PostgresEngine, Sqlite3Engine
+from dkserver.store.errors import IntegrityError, StoreError, StoreUnavailable
+from dkserver.store.files import diagnose_sqlite_files
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 
@@ -40,7 +44,7 @@ def open_pool(
             f"not {synchronous!r}"
         )
 
-    return adbapi.ConnectionPool(
+    return SqliteConnectionPool(
         "sqlite3",
         path,
         check_same_thread=False,
@@ -58,6 +62,53 @@ def configure_sqlite(conn: sqlite3.Connection, synchronous: str = "NORMAL") -> N
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute(f"PRAGMA synchronous={synchronous}")
+
+
+_SQLITE = Sqlite3Engine()
+
+
+class SqliteConnectionPool(adbapi.ConnectionPool):
+    """adbapi's pool, with every failure a dkserver error that names why.
+
+    Statements already fail as dkserver errors (database.Txn); here the
+    rest do too: opening the connection and ``COMMIT`` (where a full disk
+    or a lock usually shows, WAL frames being written at commit).  SQLite
+    reports EROFS, EPERM (an immutable file) and a failure to grow the
+    ``-shm`` file as a bare "disk I/O error", so that is diagnosed from the
+    files (writable? space left?) on the pool's thread.  A failed COMMIT
+    on SQLite committed nothing: never in doubt.
+    """
+
+    def __init__(self, dbapiName: str, path: str, *args: Any, **kw: Any) -> None:
+        super().__init__(dbapiName, path, *args, **kw)
+        self.path = path
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return super()._runInteraction(interaction, *args, **kw)
+        except sqlite3.IntegrityError as e:
+            raise IntegrityError(str(e).strip()) from e
+        except sqlite3.Error as e:
+            raise self._diagnosed(driver_error(_SQLITE, e)) from e
+        except StoreUnavailable as e:
+            diagnosed = self._diagnosed(e)
+            if diagnosed is e:
+                raise
+            raise diagnosed from e.__cause__
+
+    def _diagnosed(self, e: StoreError) -> StoreError:
+        if not isinstance(e, StoreUnavailable) or e.cause not in (
+            errors.IO_ERROR,
+            errors.UNAVAILABLE,
+            errors.READ_ONLY,
+        ):
+            return e
+        found = diagnose_sqlite_files(self.path)
+        if found is None:
+            return e
+        cause, detail = found
+        reason = str(e).split(": ", 1)[-1]
+        return StoreUnavailable(f"{reason}; {detail}", cause=cause)
 
 
 #: PostgreSQL connections per process, by default: the group writer holds
@@ -113,6 +164,10 @@ class PgConnectionPool(adbapi.ConnectionPool):
             except BaseException as e:
                 if not _broken(conn):
                     self._rollback(conn)
+                    if isinstance(e, self.dbapi.IntegrityError):
+                        raise IntegrityError(str(e).strip()) from e
+                    if isinstance(e, self.dbapi.Error):
+                        raise driver_error(_POSTGRES, e) from e
                     raise
                 self._discard(conn)
                 raise StoreUnavailable(_reason(e), in_doubt=True) from e
@@ -136,6 +191,9 @@ class PgConnectionPool(adbapi.ConnectionPool):
         """Forget (and close) this thread's connection: the next use opens one."""
         if self.connections.get(self.threadID()) is conn._connection:
             self.disconnect(conn._connection)
+
+
+_POSTGRES = PostgresEngine()
 
 
 def _broken(conn: adbapi.Connection) -> bool:

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from dkserver import timestamps
 from dkserver.store.errors import DatabaseUnusable, StoreError
+from dkserver.store.files import diagnose_sqlite_files
 
 log = Logger()
 
@@ -208,6 +209,12 @@ def preflight(path: str) -> None:
         finally:
             conn.close()
     except sqlite3.DatabaseError as e:
+        # Opening a WAL database creates its -shm file: on a full disk or a
+        # read-only mount that fails as a bare "disk I/O error".
+        diagnosis = diagnose_sqlite_files(str(db))
+        if diagnosis is not None:
+            cause, detail = diagnosis
+            raise DatabaseUnusable(f"cannot open {db}: {cause} ({detail})") from e
         raise DatabaseUnusable(f"{db} is not a usable SQLite database: {e}") from e
     check_version(found)
 

@@ -8,17 +8,24 @@ a session row is written before its message events, a message before its
 ``delivered`` mark.  A message counts as accepted when its batch commits; the
 Deferred returned by :meth:`GroupWriter.submit_message` fires then.
 
-When the database is unreachable (`StoreUnavailable`: PostgreSQL down or
-restarting) a batch fails as a whole: its messages are refused (their
-senders are told to resend), while its bookkeeping (delivery marks, session
-rows), which nobody can resend, goes back to the head of the queue; the
-next try waits RETRY_DELAY, so an outage costs a connection attempt every
-half second rather than a busy loop.  The first batch that commits again
-ends the outage; nothing committed before it is touched.
+When the database cannot be reached or written (`StoreUnavailable`:
+PostgreSQL down or restarting, a full disk, a read-only file or database, a
+lock held by another process, rights revoked) a batch fails as a whole: its
+messages are refused (their senders are told to resend), while its
+bookkeeping (delivery marks, session rows), which nobody can resend, goes
+back to the head of the queue; the next try waits RETRY_DELAY, so an outage
+costs an attempt every half second rather than a busy loop.  With nothing
+queued the writer still tries, every RETRY_DELAY, with only the probe
+(`_probe_txn`, which every batch of an outage carries), so it notices the
+end of the outage without traffic.  The first batch that commits again
+ends the outage; nothing committed before it is touched.  An outage is
+logged once when it starts (naming its cause) and once when it ends, and
+:attr:`GroupWriter.writable` is the ``dkserver_store_writable`` gauge.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +77,8 @@ class _Batch:
     broadcast_deliveries: list[tuple[int, str]] = field(default_factory=list)
     sessions_ended: list[tuple[str, int]] = field(default_factory=list)
     flushed: list[Deferred] = field(default_factory=list)
+    #: Nothing else to write during an outage: write the probe row.
+    probe: bool = False
 
     def requeue_bookkeeping(self, failed: _Batch) -> None:
         """Put ``failed``'s rows other than messages before this batch's own
@@ -114,6 +123,9 @@ class GroupWriter:
         self._closed = False
         #: Since a batch failed on an unreachable database, until one commits.
         self.unavailable = False
+        #: The `StoreUnavailable.cause` of the outage (None outside one).
+        self.unavailable_cause: str | None = None
+        self._outage_started: float | None = None
         #: Recipients known to exist; touched only on the pool's thread.
         #: Users are never deleted, so a positive answer stays true.
         self._known_users: set[str] = set()
@@ -193,6 +205,16 @@ class GroupWriter:
         self._kick()
         return d
 
+    @property
+    def writable(self) -> bool:
+        """False from a batch failing on an unwritable database until one
+        commits (the ``dkserver_store_writable`` gauge)."""
+        return not self.unavailable
+
+    def _probing(self) -> bool:
+        """Whether the next batch carries the probe: during an outage."""
+        return self.unavailable and not self._closed
+
     # -- the loop --------------------------------------------------------------
 
     def _kick(self, delay: float | None = None) -> None:
@@ -203,7 +225,8 @@ class GroupWriter:
 
     def _run(self) -> None:
         batch, self._next = self._next, _Batch()
-        if not batch.size() and not batch.flushed:
+        batch.probe = self._probing()
+        if not batch.size() and not batch.flushed and not batch.probe:
             self._running = False
             return
         if len(batch.messages) > MAX_BATCH:
@@ -221,8 +244,19 @@ class GroupWriter:
 
     def _committed(self, ids: list[int | None], batch: _Batch) -> None:
         if self.unavailable:
+            # Every batch of an outage carries the probe: this one could have
+            # stored messages, so the outage is over.
+            started = self._outage_started
+            seconds = 0.0 if started is None else self._clock.seconds() - started
+            self.log.info(
+                "database writable again after {seconds:.1f} s ({cause});"
+                " storing messages",
+                cause=self.unavailable_cause,
+                seconds=seconds,
+            )
             self.unavailable = False
-            self.log.info("database reachable again; storing messages")
+            self.unavailable_cause = None
+            self._outage_started = None
         self.batches += 1
         self.rows += batch.size()
         for done, message_id in zip(batch.waiters, ids, strict=True):
@@ -242,15 +276,28 @@ class GroupWriter:
                     reason=failure.getErrorMessage(),
                     count=len(batch.messages),
                 )
-            elif not self.unavailable:
+            elif not self.unavailable or failure.value.cause != self.unavailable_cause:
+                # Once per outage (and when its cause changes), not per frame.
                 self.log.warn(
                     "{reason}; refusing messages until the database is back",
                     reason=failure.getErrorMessage(),
+                    cause=failure.value.cause,
                 )
+            if not self.unavailable:
+                self._outage_started = self._clock.seconds()
             self.unavailable = True
+            self.unavailable_cause = failure.value.cause
             if not self._closed:
                 self._next.requeue_bookkeeping(batch)
                 retry = RETRY_DELAY
+            elif batch.size() > len(batch.messages):
+                self.log.warn(
+                    "shutting down with {count} delivery marks and session rows"
+                    " not written ({reason}): those messages stay pending and"
+                    " are sent again",
+                    count=batch.size() - len(batch.messages),
+                    reason=failure.getErrorMessage(),
+                )
         else:
             self.log.failure(
                 "group commit of {count} rows failed", failure, count=batch.size()
@@ -268,6 +315,8 @@ class GroupWriter:
         self._running = False
         if self._next.size() or self._next.flushed:
             self._kick(delay)
+        elif self._probing():
+            self._kick(RETRY_DELAY)
 
 
 def _has_nul(m: NewMessage) -> bool:
@@ -293,7 +342,32 @@ def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | No
         )
     for session_id, end_ns in batch.sessions_ended:
         _end_sessions_txn(txn, session_id, end_ns)
+    if batch.probe:
+        _probe_txn(txn)
     return ids
+
+
+def _probe_txn(txn: Txn) -> None:
+    """Fails when storing a message would, without storing one.
+
+    A message row is inserted and taken back (a fault that spares some
+    tables, such as REVOKE INSERT ON messages or a full tablespace holding
+    only ``messages``, while delivery marks, UPDATEs, still commit, fails
+    it too; id -1: no sequence is drawn), and one row is really written
+    (a WAL frame on SQLite: a full disk, a read-only file or a held lock
+    show only when something commits)."""
+    txn.execute("SAVEPOINT probe")
+    txn.execute(
+        "INSERT INTO messages (id, from_user, to_user, content, status)"
+        " SELECT -1, user_id, user_id, '', 'probe' FROM users LIMIT 1"
+    )
+    txn.execute("ROLLBACK TO SAVEPOINT probe")
+    txn.execute("RELEASE SAVEPOINT probe")
+    txn.execute(
+        "INSERT INTO server_settings (name, value) VALUES ('writer_probe', ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (timestamps.storage_from_unix_nanos(time.time_ns()),),
+    )
 
 
 def _insert_messages(

@@ -91,10 +91,18 @@ class DkApp:
 
     @app.handle_errors(StoreUnavailable)
     def store_unavailable(self, request: IRequest, failure: Failure) -> bytes:
-        """The database is down or restarting: worth a retry, not a bug."""
-        self.log.warn(
-            "{path}: {reason}", path=request.path, reason=failure.getErrorMessage()
-        )
+        """The database is down, restarting or cannot be written (disk full,
+        read-only, locked): worth a retry, not a bug.  Logged as a warning
+        only while the writer has not already announced the outage (once),
+        so a full disk is not a warning per request."""
+        if self.hub.writer.writable:
+            self.log.warn(
+                "{path}: {reason}", path=request.path, reason=failure.getErrorMessage()
+            )
+        else:
+            self.log.debug(
+                "{path}: {reason}", path=request.path, reason=failure.getErrorMessage()
+            )
         request.setHeader(b"Retry-After", b"1")
         return error_response(
             request, ApiError(503, "Service temporarily unavailable; please retry")

@@ -30,7 +30,6 @@ be stored and also refused.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 import pytest
@@ -44,7 +43,6 @@ from tests.reliability.streaming import (
     Traffic,
     open_clients,
 )
-from tests.support import postgres as _pg
 from tests.support.client import Identity, get, post_json, register_and_login
 from tests.support.waiting import wait_for
 
@@ -53,30 +51,6 @@ RESEND = "Internal error: message not stored; please resend"
 #: How long dkserver may take to notice an outage, and to recover from one:
 #: generous for a loaded machine, not a performance bound.
 OUTAGE_TIMEOUT = 20.0
-
-
-@pytest.fixture
-def own_postgres():
-    """A private PostgreSQL for this test alone, with durable commits."""
-    bindir = _pg.find_bindir()
-    private = None
-    try:
-        if bindir is None:
-            raise _pg.PostgresUnavailable(
-                "no PostgreSQL binaries to start a server of the test's own"
-            )
-        private = _pg.PrivateServer(
-            bindir, {**_pg.FAST_SETTINGS, "synchronous_commit": "on"}
-        )
-        private.start()
-    except _pg.PostgresUnavailable as e:
-        if os.environ.get(_pg.ENV_REQUIRE):
-            pytest.fail(f"{_pg.ENV_REQUIRE} is set: {e}", pytrace=False)
-        pytest.skip("PostgreSQL unavailable: " + str(e).splitlines()[0])
-    try:
-        yield private
-    finally:
-        private.stop()
 
 
 def refusals(client) -> int:

@@ -15,8 +15,9 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.components import Componentized
 
 from dkserver.auth.handler import AuthHandler
 from dkserver.auth.secret import SecretError, load_or_create_secret
@@ -64,6 +65,9 @@ class DkService(MultiService):
     """Everything one dkserver process runs."""
 
     log = Logger()
+    #: ``--log-format json``: the observer twistd is to log to (set by
+    #: makeService; None: twistd's own text log).
+    log_observer: ILogObserver | None = None
 
     def __init__(self, config: Config, reactor) -> None:
         super().__init__()
@@ -192,6 +196,14 @@ class DkService(MultiService):
         if self.cluster is not None:
             self.cluster.forwards.serve = self.hub.answer_for_node
             self.cluster.setServiceParent(self)
+
+    def setServiceParent(self, parent) -> None:
+        super().setServiceParent(parent)
+        # twistd attaches the service to its Application and only then starts
+        # logging, to the application's ILogObserver if it has one (the way a
+        # .tac chooses its observer): that is how --log-format reaches it.
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
 
     def startService(self) -> None:
         self._started_ns = self.hub.time_ns()

@@ -26,10 +26,12 @@ from dkserver.cluster.analytics import DeadNodeSessions
 from dkserver.cluster.secret import database_secret
 from dkserver.cluster.service import build_cluster
 from dkserver.config import Config, endpoint_description
+from dkserver.gauges import StoreGauges
 from dkserver.limits import build_limits
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
 from dkserver.proxyproto import ProxyProtocolEndpoint
+from dkserver.ratelimit import BucketRegistry
 from dkserver.store import Store
 from dkserver.store.writer import GroupWriter
 from dkserver.tls import load_context_factory
@@ -113,7 +115,27 @@ class DkService(MultiService):
             self.login_user_limits,
             self.metrics,
         )
-        self.writer = GroupWriter(self.store.pool, reactor, node_id=config.node_id)
+        self.writer = GroupWriter(
+            self.store.pool,
+            reactor,
+            node_id=config.node_id,
+            commit_seconds=self.metrics.commit_seconds.observe,
+        )
+        self.gauges = StoreGauges(self.store, self.writer, self.metrics, reactor)
+        # In a cluster the limits are Redis's; their local fallbacks are the
+        # registries that hold buckets (and evict) in this process.
+        self.metrics.track_rate_limits(
+            {
+                name: getattr(part, "fallback", part)
+                for name, part in (
+                    ("login_ip", self.limits.login_ip),
+                    ("login_user", self.limits.login_user),
+                    ("messages", self.limits.messages),
+                    ("writes", self.limits.writes),
+                )
+                if isinstance(getattr(part, "fallback", part), BucketRegistry)
+            }
+        )
         self.bus = LocalBus() if self.cluster is None else self.cluster.bus
         self.message_limits = self.limits.messages
         self.forward = ForwardBroker(reactor, config.forward_timeout)
@@ -190,7 +212,7 @@ class DkService(MultiService):
 
         self.timers = MultiService()
         self.timers.setName("timers")
-        for service in self.limits.services:
+        for service in (*self.limits.services, *self.gauges.services()):
             service.setServiceParent(self.timers)
         self.timers.setServiceParent(self)
         if self.cluster is not None:
@@ -226,6 +248,7 @@ class DkService(MultiService):
         )
         if closed:
             self.log.info("closed {count} sessions left open", count=closed)
+        self.gauges.recount()  # the backlog gauge's starting point
         self.log.info("database {path} ready", path=self.config.database.redacted)
 
     def _fatal(self, failure) -> None:

@@ -120,7 +120,9 @@ def _level(event: Mapping[str, Any]) -> str:
 
 
 def _timestamp(event: Mapping[str, Any]) -> str:
-    when = event.get("log_time") or event.get("time")
+    when = event.get("log_time")
+    if when is None:
+        when = event.get("time")
     try:
         moment = datetime.fromtimestamp(float(when), UTC)
     except (TypeError, ValueError, OverflowError, OSError):

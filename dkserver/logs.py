@@ -140,17 +140,17 @@ def json_line(event: Mapping[str, Any]) -> str:
         safe = REDACTED if _sensitive(name) else _plain(value)
         formatting[name] = safe
         fields[f"{name}_" if name in _RESERVED else name] = safe
-    # The message is formatted from the redacted fields, so a format string
+    # The message is formatted from the redacted fields only (plus the
+    # format, and the text a legacy event carries), so a format string
     # naming a secret field shows "[redacted]" rather than its value.
-    formattable = {k: v for k, v in event.items() if k.startswith("log_")}
-    formattable.update(formatting)
-    for legacy in ("message", "format", "log_text"):
-        if legacy in event:
-            formattable[legacy] = event[legacy]
-    try:
-        message = formatEvent(formattable)
-    except Exception:
-        message = str(event.get("log_format", ""))
+    formattable = {"log_format": event.get("log_format"), **formatting}
+    if "log_text" in event:  # legacy events: log_format is "{log_text}"
+        formattable["log_text"] = str(event["log_text"])
+    message = formatEvent(formattable)
+    if message.startswith("Unable to format event"):
+        # A format our plain values cannot fill ("{request.uri}"): twisted's
+        # fallback is the repr of the event; the bare format is safer.
+        message = str(event.get("log_format") or "")
     if not message and event.get("log_io"):
         message = str(event["log_io"])
     record: dict[str, Any] = {

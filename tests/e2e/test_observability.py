@@ -192,6 +192,31 @@ async def test_json_log_has_every_event_as_an_object_and_no_secrets_or_content(
     assert any(e["message"] == "shutdown complete" for e in events)
 
 
+@pytest.mark.sqlite_only
+@pytest_twisted.ensureDeferred
+async def test_json_log_goes_to_the_logfile_twistd_is_given(tmp_path, db_target):
+    logfile = tmp_path / "dkserver.log"
+    daemon = Daemon(
+        tmp_path,
+        db=db_target,
+        twistd_args=("--logfile", str(logfile)),
+        DK_LOG_FORMAT="json",
+    )
+    try:
+        handle = await daemon.start()
+        await register_and_login(handle, Identity("alice"))
+        await daemon.stop()
+    finally:
+        daemon.kill_now()
+    # stdout (the daemon's own log file here) has nothing but the run marker
+    assert [line for line in daemon.log_text().splitlines() if line.strip()] == [
+        "===== run 1 ====="
+    ]
+    events = [json.loads(line) for line in logfile.read_text().splitlines()]
+    assert any(e["message"].startswith("database ") for e in events)
+    assert events[-1]["message"] == "Server Shut Down."
+
+
 @pytest_twisted.ensureDeferred
 async def test_metrics_of_a_daemon_after_traffic_match_the_documented_table(
     tmp_path, db_target, backend

@@ -95,6 +95,15 @@ def test_objects_are_written_as_their_type_never_their_repr():
     assert TOKEN not in json.dumps(event)
 
 
+def test_a_format_our_plain_values_cannot_fill_gives_the_bare_format():
+    class Request:
+        uri = f"/ws?token={TOKEN}"
+
+    event = emitted(fmt="request {request.uri} failed", request=Request())
+    assert event["message"] == "request {request.uri} failed"
+    assert TOKEN not in json.dumps(event)
+
+
 def test_a_field_named_like_a_key_of_ours_keeps_its_value_under_another_name():
     # (Logger.emit's own parameter is "level": an event dict as it arrives)
     event = json.loads(

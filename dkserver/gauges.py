@@ -46,6 +46,8 @@ class StoreGauges:
         self._stored_then = 0
         self._delivered_then = 0
         self._counting = False
+        #: Pending messages deleted by others than the writer (retention).
+        self._removed = 0
         metrics.track_pending(self.pending)
 
     def pending(self) -> float:
@@ -57,8 +59,15 @@ class StoreGauges:
             0,
             self._counted
             + (w.direct_stored - self._stored_then)
-            - (w.direct_delivered - self._delivered_then),
+            - (w.direct_delivered - self._delivered_then)
+            - self._removed,
         )
+
+    def pending_removed(self, count: int) -> None:
+        """``count`` pending messages were deleted outside the writer (a
+        retention job dropping expired ones): the gauge follows at once
+        instead of at the next count."""
+        self._removed += count
 
     def services(self) -> list[IService]:
         """Timers for DkService's "timers"; their first run is at once."""
@@ -77,6 +86,8 @@ class StoreGauges:
         return found
 
     def sample_size(self) -> Deferred:
+        if self._counted is None:
+            self.recount()  # the count at start failed: try again now
         d = Deferred.fromCoroutine(self._store.database_size())
         d.addCallbacks(
             self._metrics.database_size.set, self._failed, errbackArgs=("size",)
@@ -95,6 +106,7 @@ class StoreGauges:
 
     def _count_arrived(self, count: int) -> None:
         self._counted = count
+        self._removed = 0
         self._stored_then = self._writer.direct_stored
         self._delivered_then = self._writer.direct_delivered
 

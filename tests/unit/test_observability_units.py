@@ -269,6 +269,8 @@ def test_backlog_gauge_is_the_last_count_plus_the_writer_s_counts_since():
     writer.direct_stored += 3
     writer.direct_delivered += 5
     assert gauges.pending() == 2
+    gauges.pending_removed(1)  # a retention job dropped an expired one
+    assert gauges.pending() == 1
     store.messages.count = 10  # another node stored more
     gauges.recount()
     assert gauges.pending() == 10
@@ -294,6 +296,8 @@ def test_a_failed_size_reading_is_logged_and_keeps_the_last_value():
     gauges = StoreGauges(store, _Writer(), metrics, Clock())
     with capturedLogs() as events:
         gauges.sample_size()
+    # no count yet (it failed at start, say): the size timer asks again
+    assert store.messages.calls == 1 and gauges.pending() == 0
     [failed] = [e for e in events if e.get("log_failure") is not None]
     assert failed["what"] == "size"
     assert failed["log_failure"].check(RuntimeError)

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
-    GC_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -230,8 +229,7 @@ class Metrics:
         # server's own registry; both read /proc and gc.get_stats() at scrape
         # time and cost nothing in between.
         ProcessCollector(registry=r)
-        if GC_COLLECTOR is not None:  # CPython only
-            GCCollector(registry=r)
+        GCCollector(registry=r)  # registers itself on CPython only
         self.commit_seconds = LatencyHistogram(
             "dkserver_commit_duration_seconds",
             "Group writer: from handing a batch to the database to its commit",

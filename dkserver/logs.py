@@ -64,8 +64,9 @@ _LEGACY_KEYS = frozenset(
 #: Our own keys; an event field of the same name is written as ``<name>_``.
 _RESERVED = frozenset({"timestamp", "level", "namespace", "message", "failure"})
 
-# A JWT: three base64url parts, the first one a JSON object ("eyJ").
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+# A JWT: base64url parts, the first one a JSON object ("eyJ"); a truncated
+# one (a log call cutting a long field) may have lost its signature.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*)?")
 # A run of base64 at least 40 long: a 32-byte key is 43-44 characters, a
 # signature 86-88, a challenge 44.  Redacted only when it mixes upper case,
 # lower case and digits, as random base64 does and paths and ids do not.

@@ -114,6 +114,18 @@ async def traffic(handle):
         {"user_id": "alice", "signature": bob.sign_b64(challenge.encode())},
     )
     assert code == 401
+    # Secrets pasted into the user id field are logged by the failed login's
+    # audit event (the id is what it names): a public key, a token cut to the
+    # longest id there is.
+    for pasted in (carol.public_key_b64, bob_token[:128]):
+        code, body = await post_json(handle, "/auth/login", {"user_id": pasted})
+        assert code == 200, body
+        code, _ = await post_json(
+            handle,
+            "/auth/login?verify=true",
+            {"user_id": pasted, "signature": bob.sign_b64(b"x")},
+        )
+        assert code == 401
     return {
         "carol": carol,
         "clients": (alice_ws, bob_ws),

@@ -78,6 +78,8 @@ def test_jwts_and_key_like_base64_are_redacted_inside_any_string():
     event = emitted(fmt="bad {what}", what=f"Bearer {TOKEN} for {KEY}")
     assert TOKEN not in json.dumps(event) and KEY not in json.dumps(event)
     assert event["what"] == "Bearer [jwt] for [redacted]"
+    cut = emitted(fmt="user {user_id!r}", user_id=TOKEN[: TOKEN.rindex(".")])
+    assert cut["user_id"] == "[jwt]" and cut["message"] == "user '[jwt]'"
     # Paths, hex ids and host names are left alone.
     kept = "/tmp/pytest-of-root/pytest-12/test_json_log_never_shows_tokens0/dk.db"
     assert redact_text(kept) == kept

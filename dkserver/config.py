@@ -47,6 +47,9 @@ DEFAULT_LOGIN_BURST = 20
 DEFAULT_WRITE_RATE = 1.0
 DEFAULT_WRITE_BURST = 20
 
+#: ``--log-format`` / ``DK_LOG_FORMAT``.
+LOG_FORMATS = ("text", "json")
+
 
 class ConfigError(Exception):
     """A setting is invalid; the message names it."""
@@ -119,6 +122,9 @@ class Config:
     http_timeout: float = 30.0
     #: How long shutdown waits for in-flight requests and writes.
     shutdown_grace: float = 10.0
+    #: ``text`` (twistd's lines) or ``json`` (one object per event,
+    #: dkserver.logs).
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if self.database is None:
@@ -321,6 +327,10 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
                 "DK_ALLOWED_ORIGINS", f"{origin!r} is not an origin like https://host"
             )
 
+    log_format = str(pick("log_format", "DK_LOG_FORMAT", "text")).strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError("DK_LOG_FORMAT", f"must be text or json, got {log_format!r}")
+
     return Config(
         https=https,
         http=http,
@@ -401,4 +411,5 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
             "DK_PROXY_PROTOCOL",
             pick("proxy_protocol", "DK_PROXY_PROTOCOL", False),
         ),
+        log_format=log_format,
     )

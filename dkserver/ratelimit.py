@@ -90,6 +90,9 @@ class BucketRegistry:
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         #: Buckets dropped because the registry was full (for metrics).
         self.evictions = 0
+        #: Buckets deleted by `refill_and_prune` because they were full again
+        #: (for metrics: dkserver_rate_limit_evictions_total).
+        self.pruned = 0
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -135,6 +138,7 @@ class BucketRegistry:
                 full.append(key)
         for key in full:
             del self._buckets[key]
+        self.pruned += len(full)
         return len(full)
 
     def _make_room(self) -> None:

@@ -15,8 +15,9 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.components import Componentized
 
 from dkserver.auth.handler import AuthHandler
 from dkserver.auth.secret import SecretError, load_or_create_secret
@@ -25,10 +26,12 @@ from dkserver.cluster.analytics import DeadNodeSessions
 from dkserver.cluster.secret import database_secret
 from dkserver.cluster.service import build_cluster
 from dkserver.config import Config, endpoint_description
+from dkserver.gauges import StoreGauges
 from dkserver.limits import build_limits
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
 from dkserver.proxyproto import ProxyProtocolEndpoint
+from dkserver.ratelimit import BucketRegistry
 from dkserver.store import Store, StoreError
 from dkserver.store.writer import GroupWriter
 from dkserver.tls import load_context_factory
@@ -64,6 +67,9 @@ class DkService(MultiService):
     """Everything one dkserver process runs."""
 
     log = Logger()
+    #: ``--log-format json``: the observer twistd is to log to (set by
+    #: makeService; None: twistd's own text log).
+    log_observer: ILogObserver | None = None
 
     def __init__(self, config: Config, reactor) -> None:
         super().__init__()
@@ -109,8 +115,28 @@ class DkService(MultiService):
             self.login_user_limits,
             self.metrics,
         )
-        self.writer = GroupWriter(self.store.pool, reactor, node_id=config.node_id)
+        self.writer = GroupWriter(
+            self.store.pool,
+            reactor,
+            node_id=config.node_id,
+            commit_seconds=self.metrics.commit_seconds.observe,
+        )
         self.metrics.track_store(lambda: self.writer.writable)
+        self.gauges = StoreGauges(self.store, self.writer, self.metrics, reactor)
+        # In a cluster the limits are Redis's; their local fallbacks are the
+        # registries that hold buckets (and evict) in this process.
+        self.metrics.track_rate_limits(
+            {
+                name: getattr(part, "fallback", part)
+                for name, part in (
+                    ("login_ip", self.limits.login_ip),
+                    ("login_user", self.limits.login_user),
+                    ("messages", self.limits.messages),
+                    ("writes", self.limits.writes),
+                )
+                if isinstance(getattr(part, "fallback", part), BucketRegistry)
+            }
+        )
         self.bus = LocalBus() if self.cluster is None else self.cluster.bus
         self.message_limits = self.limits.messages
         self.forward = ForwardBroker(reactor, config.forward_timeout)
@@ -187,12 +213,20 @@ class DkService(MultiService):
 
         self.timers = MultiService()
         self.timers.setName("timers")
-        for service in self.limits.services:
+        for service in (*self.limits.services, *self.gauges.services()):
             service.setServiceParent(self.timers)
         self.timers.setServiceParent(self)
         if self.cluster is not None:
             self.cluster.forwards.serve = self.hub.answer_for_node
             self.cluster.setServiceParent(self)
+
+    def setServiceParent(self, parent) -> None:
+        super().setServiceParent(parent)
+        # twistd attaches the service to its Application and only then starts
+        # logging, to the application's ILogObserver if it has one (the way a
+        # .tac chooses its observer): that is how --log-format reaches it.
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
 
     def startService(self) -> None:
         self._started_ns = self.hub.time_ns()
@@ -215,6 +249,7 @@ class DkService(MultiService):
         )
         if closed:
             self.log.info("closed {count} sessions left open", count=closed)
+        self.gauges.recount()  # the backlog gauge's starting point
         self.log.info("database {path} ready", path=self.config.database.redacted)
 
     def _fatal(self, failure) -> None:

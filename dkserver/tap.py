@@ -79,6 +79,14 @@ class Options(usage.Options):
             None,
             "NORMAL or FULL [env DK_SQLITE_SYNCHRONOUS]",
         ],
+        [
+            "log-format",
+            None,
+            None,
+            "text, or json: one JSON object per log event, to where twistd "
+            "logs (stdout with -n, or --logfile) [env DK_LOG_FORMAT, "
+            "default text]",
+        ],
     ]
 
     def opt_version(self) -> None:
@@ -122,11 +130,29 @@ def build_config(options) -> Config:
             "admins": options["admins"],
             "allowed_origins": options["allowed-origins"],
             "sqlite_synchronous": options["sqlite-synchronous"],
+            "log_format": options["log-format"],
             # An unset flag is 0: leave it to the environment then.
             "proxy_protocol": True if options["proxy-protocol"] else None,
         },
         os.environ,
     )
+
+
+def _twistd_options(options: Options):
+    """twistd's own options (``--logfile``, ``-n``, ``--syslog``): the parent
+    of ours under ``twistd dkserver``; from the command line under a ``.tac``
+    (``twistd -ny dkserver.tac``), where nothing hands them to us."""
+    parent = getattr(options, "parent", None)
+    if parent is not None:
+        return parent
+    from twisted.scripts.twistd import ServerOptions
+
+    try:
+        found = ServerOptions()
+        found.parseOptions(sys.argv[1:])
+    except (usage.UsageError, SystemExit):
+        return None
+    return found
 
 
 def makeService(options: Options):
@@ -150,8 +176,21 @@ def makeService(options: Options):
     except (StoreError, ValueError, OSError) as e:
         sys.stderr.write(f"dkserver: DK_DB: {e}\n")
         sys.exit(1)
+    observer = None
+    if config.log_format == "json":
+        twistd_options = _twistd_options(options)
+        if twistd_options is not None and twistd_options.get("syslog"):
+            sys.stderr.write(
+                "dkserver: DK_LOG_FORMAT: json goes to stdout or --logfile, "
+                "not --syslog\n"
+            )
+            sys.exit(1)
+        from dkserver.logs import json_observer, log_target
+
+        observer = json_observer(log_target(twistd_options))
     try:
         service = DkService(config, reactor)
+        service.log_observer = observer
         tune_gc()
         return service
     except (ConfigError, ValueError, OSError) as e:

@@ -185,16 +185,26 @@ class ClusterBus:
 
     # -- delivery --------------------------------------------------------------
 
-    def send_direct(self, to_user: str, frame: Any, message_id: int) -> int:
-        sent = self.local.send_direct(to_user, frame, message_id)
+    def send_direct(
+        self, to_user: str, frame: Any, message_id: int, stored_ns: int | None = None
+    ) -> int:
+        # Other nodes deliver without the store time (the channel carries
+        # none): their delivery-latency histograms leave these out.
+        sent = self.local.send_direct(to_user, frame, message_id, stored_ns)
         self._publish(
             user_channel(to_user),
             b"%s\n%d\n%s" % (self._origin, message_id, frame.payload),
         )
         return sent
 
-    def send_broadcast(self, from_user: str, frame: Any, message_id: int) -> int:
-        sent = self.local.send_broadcast(from_user, frame, message_id)
+    def send_broadcast(
+        self,
+        from_user: str,
+        frame: Any,
+        message_id: int,
+        stored_ns: int | None = None,
+    ) -> int:
+        sent = self.local.send_broadcast(from_user, frame, message_id, stored_ns)
         self._publish(
             BROADCAST_CHANNEL,
             b"%s\n%d\n%s\n%s"

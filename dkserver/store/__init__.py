@@ -138,6 +138,10 @@ def preflight_database(
         conn.close()
 
 
+def _database_size_txn(txn: Txn) -> int:
+    return txn.engine.database_size(txn)
+
+
 def _not_up_yet(e: psycopg.Error) -> bool:
     """No answer from the server (no SQLSTATE: refused, timed out, no such
     host yet) or "the database system is starting up" (57P03)."""
@@ -271,6 +275,11 @@ class Store:
                 latest=latest,
             )
         return found
+
+    async def database_size(self) -> int:
+        """Bytes the database takes (SQLite: file plus WAL; PostgreSQL:
+        ``pg_database_size``), read on the pool's thread."""
+        return await self._db.runInteraction(_database_size_txn)
 
     async def close(self) -> None:
         """Close the pool; call after pending writes have drained.

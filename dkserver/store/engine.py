@@ -10,6 +10,7 @@ bulk-inserting them, and which driver exceptions mean a constraint failed.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -100,6 +101,12 @@ COPY_THRESHOLD = 16
 
 class Sqlite3Engine:
     name = "sqlite"
+    #: Seconds between full counts of the pending messages (the metrics'
+    #: backlog gauge), or None: counted once at start, then kept by the
+    #: writer.  A count scans the messages on the one connection every
+    #: commit waits for, and one process is the only writer, so its own
+    #: counts stay exact.
+    pending_recount_interval: float | None = None
     #: Driver exceptions for a violated constraint.
     integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
     #: Every other error the driver raises.
@@ -142,6 +149,20 @@ class Sqlite3Engine:
         """SQL: the UTC hour (0-23) of the stored time in ``column``, or NULL."""
         return f"CAST(strftime('%H', {column}) AS INTEGER)"
 
+    def database_size(self, txn: Any) -> int:
+        """Bytes the database takes: the main file and its WAL."""
+        txn.execute("PRAGMA database_list")
+        path = next((row[2] for row in txn.fetchall() if row[1] == "main"), "")
+        if not path:
+            return 0  # in memory
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(path + suffix).st_size
+            except OSError:
+                pass  # no WAL yet (or just checkpointed away)
+        return total
+
     def next_message_ids(self, txn: Any, count: int) -> list[int]:
         """Ids for ``count`` new messages, in order.
 
@@ -174,6 +195,9 @@ class Sqlite3Engine:
 
 class PostgresEngine:
     name = "postgresql"
+    #: Several nodes write: each recounts now and then (through the pool,
+    #: beside the writer's connection) rather than trust its own counts.
+    pending_recount_interval: float | None = 60.0
     integrity_errors: tuple[type[BaseException], ...] = (psycopg.IntegrityError,)
     driver_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
     no_limit: int | None = None  # LIMIT NULL is LIMIT ALL
@@ -229,6 +253,10 @@ class PostgresEngine:
             f" THEN CAST(extract(hour FROM CAST({column} AS timestamptz)"
             " AT TIME ZONE 'UTC') AS INTEGER) END"
         )
+
+    def database_size(self, txn: Any) -> int:
+        txn.execute("SELECT pg_database_size(current_database())")
+        return int(txn.fetchone()[0])
 
     def next_message_ids(self, txn: Any, count: int) -> list[int]:
         """Ids for ``count`` new messages, in arrival order.

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -108,6 +108,8 @@ class GroupWriter:
         clock: Any,
         delay: float = GROUP_DELAY,
         node_id: str | None = None,
+        commit_seconds: Callable[[float], None] | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._pool = pool
         self._clock = clock
@@ -131,6 +133,14 @@ class GroupWriter:
         self._known_users: set[str] = set()
         self.batches = 0
         self.rows = 0
+        #: Direct messages this writer stored, and pending ones it marked
+        #: delivered (dkserver.backlog turns them into the pending gauge).
+        self.direct_stored = 0
+        self.direct_delivered = 0
+        #: Told each committed batch's duration in seconds (the metrics'
+        #: commit histogram), measured with ``timer`` around the interaction.
+        self._commit_seconds = commit_seconds
+        self._timer = timer
 
     # -- submissions -----------------------------------------------------------
 
@@ -238,16 +248,24 @@ class GroupWriter:
             del batch.messages[MAX_BATCH:]
             del batch.waiters[MAX_BATCH:]
             rest.flushed, batch.flushed = batch.flushed, []
+        started = self._timer()
         d = self._pool.runInteraction(_commit_txn, batch, self._known_users)
-        d.addCallbacks(self._committed, self._failed, (batch,), None, (batch,), None)
+        d.addCallbacks(
+            self._committed, self._failed, (batch, started), None, (batch,), None
+        )
         d.addErrback(lambda f: self.log.failure("group writer bookkeeping", f))
 
-    def _committed(self, ids: list[int | None], batch: _Batch) -> None:
+    def _committed(self, result: _Committed, batch: _Batch, started: float) -> None:
+        if self._commit_seconds is not None:
+            self._commit_seconds(self._timer() - started)
+        ids = result.ids
+        self.direct_stored += result.direct_stored
+        self.direct_delivered += result.delivered
         if self.unavailable:
             # Every batch of an outage carries the probe: this one could have
             # stored messages, so the outage is over.
-            started = self._outage_started
-            seconds = 0.0 if started is None else self._clock.seconds() - started
+            outage = self._outage_started
+            seconds = 0.0 if outage is None else self._clock.seconds() - outage
             self.log.info(
                 "database writable again after {seconds:.1f} s ({cause});"
                 " storing messages",
@@ -323,7 +341,15 @@ def _has_nul(m: NewMessage) -> bool:
     return "\0" in f"{m.from_user}{m.to_user}{m.timestamp}{m.signature or ''}"
 
 
-def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | None]:
+class _Committed(NamedTuple):
+    #: One per message of the batch (None: unknown recipient).
+    ids: list[int | None]
+    #: Direct messages stored, pending messages marked delivered.
+    direct_stored: int
+    delivered: int
+
+
+def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> _Committed:
     if batch.sessions_started:
         txn.executemany(
             "INSERT INTO sessions (session_id, user_id, start_time, node_id)"
@@ -331,8 +357,14 @@ def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | No
             batch.sessions_started,
         )
     ids = _insert_messages(txn, batch.messages, known_users) if batch.messages else []
-    if batch.delivered:
-        mark_delivered_txn(txn, batch.delivered)
+    direct = 0
+    if ids:
+        direct = sum(
+            1
+            for (m, _), mid in zip(batch.messages, ids, strict=True)
+            if mid is not None and not m.is_broadcast
+        )
+    delivered = mark_delivered_txn(txn, batch.delivered) if batch.delivered else 0
     if batch.broadcast_deliveries:
         txn.executemany(
             "INSERT INTO broadcast_deliveries (message_id, user_id)"
@@ -344,7 +376,7 @@ def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | No
         _end_sessions_txn(txn, session_id, end_ns)
     if batch.probe:
         _probe_txn(txn)
-    return ids
+    return _Committed(ids, direct, delivered)
 
 
 def _probe_txn(txn: Txn) -> None:

@@ -68,6 +68,10 @@ class Hub:
             kind: metrics.messages.labels(kind=kind)
             for kind in ("direct", "broadcast", "forward")
         }
+        self._latency = {
+            "d": metrics.delivery_seconds.labels("direct").observe,
+            "b": metrics.delivery_seconds.labels("broadcast").observe,
+        }
 
     async def reserve(
         self, ip: str, user_id: str, max_ip: int, max_user: int
@@ -84,13 +88,18 @@ class Hub:
         """Frame a payload once for every recipient (Autobahn PreparedMessage)."""
         return self.factory.prepareMessage(payload, isBinary=False)
 
-    def confirm(self, acks: list[tuple[str, int, str]]) -> None:
-        """Frames that reached the kernel: record them as delivered."""
-        for kind, message_id, user_id in acks:
+    def confirm(self, acks: list[tuple[str, int, str, int | None]]) -> None:
+        """Frames the peer proved it read: record them as delivered, and how
+        long after they were stored."""
+        now_ns = self.time_ns()
+        latency = self._latency
+        for kind, message_id, user_id, stored_ns in acks:
             if kind == "d":
                 self.writer.mark_delivered(message_id)
             else:
                 self.writer.record_broadcast_delivery(message_id, user_id)
+            if stored_ns is not None:
+                latency[kind]((now_ns - stored_ns) / 1e9)
 
     def accept(self, conn: Any, message: frames.ClientMessage) -> None:
         """Store, then deliver, a client's message; then tell the sender's
@@ -112,12 +121,18 @@ class Hub:
             if failure is not None:
                 conn.accept_failed(failure)
                 return
-            conn.accepted(self._stored(message_id, conn.user_id, message))
+            conn.accepted(
+                self._stored(message_id, conn.user_id, message, new.received_ns)
+            )
 
         self.writer.submit(new, conn.session_id, done)
 
     def _stored(
-        self, message_id: int | None, sender: str, message: frames.ClientMessage
+        self,
+        message_id: int | None,
+        sender: str,
+        message: frames.ClientMessage,
+        stored_ns: int | None = None,
     ) -> str | None:
         if message_id is None:
             return f"Recipient {message.to!r} does not exist"
@@ -135,10 +150,10 @@ class Hub:
         prepared = self.prepare(payload)
         if message.is_broadcast:
             self._count["broadcast"].inc()
-            self.bus.send_broadcast(sender, prepared, message_id)
+            self.bus.send_broadcast(sender, prepared, message_id, stored_ns)
         else:
             self._count["direct"].inc()
-            self.bus.send_direct(message.to, prepared, message_id)
+            self.bus.send_direct(message.to, prepared, message_id, stored_ns)
         return None
 
     async def ask_forward(self, user_id: str, query: str) -> str:
@@ -191,7 +206,8 @@ class Hub:
 
     async def backlog_pages(self, user_id: str):
         """Pending direct messages, then undelivered broadcasts, oldest first,
-        with the acknowledgement each one needs once the client read it."""
+        with the acknowledgement each one needs once the client read it
+        (its fourth part, the store time, as live deliveries carry it)."""
         # What earlier connections read is marked through the writer; their
         # marks must commit before this query, or a client that reads, closes
         # and reconnects at once gets the message again.  With one SQLite
@@ -207,7 +223,7 @@ class Hub:
             while True:
                 page = await fetch(user_id, BACKLOG_PAGE, after_id=after)
                 for m in page:
-                    yield m, (kind, m.id, user_id)
+                    yield m, (kind, m.id, user_id, m.received_ns)
                 if len(page) < BACKLOG_PAGE:
                     break
                 after = page[-1].id

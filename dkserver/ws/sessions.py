@@ -15,7 +15,12 @@ class Connection(Protocol):
     user_id: str
 
     def deliver(self, frame: Any, ack: Any) -> None:
-        """Queue a prepared frame; ``ack`` is reported once it is flushed."""
+        """Queue a prepared frame; ``ack`` is reported once it is read.
+
+        An ack is ``(kind, message_id, user_id, stored_ns)``: ``"d"`` or
+        ``"b"``, and when the message was stored (Unix ns, None if not known
+        here) for the delivery-latency histogram.  The first three identify
+        the delivery."""
 
     def rescan(self) -> None:
         """Send the stored backlog again (live messages may have been lost)."""
@@ -41,9 +46,17 @@ class LiveBus(Protocol):
 
     def all_connections(self) -> list[Connection]: ...
 
-    def send_direct(self, to_user: str, frame: Any, message_id: int) -> int: ...
+    def send_direct(
+        self, to_user: str, frame: Any, message_id: int, stored_ns: int | None = None
+    ) -> int: ...
 
-    def send_broadcast(self, from_user: str, frame: Any, message_id: int) -> int: ...
+    def send_broadcast(
+        self,
+        from_user: str,
+        frame: Any,
+        message_id: int,
+        stored_ns: int | None = None,
+    ) -> int: ...
 
     def ask_elsewhere(self, user_id: str, content: str) -> Any:
         """None, or a Deferred of the answer content of a forward request
@@ -99,18 +112,26 @@ class LocalBus:
     def all_connections(self) -> list[Connection]:
         return [c for conns in self._by_user.values() for c in conns]
 
-    def send_direct(self, to_user: str, frame: Any, message_id: int) -> int:
+    def send_direct(
+        self, to_user: str, frame: Any, message_id: int, stored_ns: int | None = None
+    ) -> int:
         conns = self.connections(to_user)
         for conn in conns:
-            conn.deliver(frame, ("d", message_id, to_user))
+            conn.deliver(frame, ("d", message_id, to_user, stored_ns))
         return len(conns)
 
-    def send_broadcast(self, from_user: str, frame: Any, message_id: int) -> int:
+    def send_broadcast(
+        self,
+        from_user: str,
+        frame: Any,
+        message_id: int,
+        stored_ns: int | None = None,
+    ) -> int:
         sent = 0
         for user_id, conns in list(self._by_user.items()):
             if user_id == from_user:
                 continue
             for conn in list(conns):
-                conn.deliver(frame, ("b", message_id, user_id))
+                conn.deliver(frame, ("b", message_id, user_id, stored_ns))
                 sent += 1
         return sent

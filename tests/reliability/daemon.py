@@ -70,10 +70,12 @@ class Daemon:
         directory: Path,
         db: str | None = None,
         extra_args: tuple[str, ...] = (),
+        twistd_args: tuple[str, ...] = (),
         **env: str,
     ) -> None:
         """``db``: the ``--db`` value, a PostgreSQL URL or (default) ``dk.db``
-        in ``directory``; ``extra_args`` follow the others on the command line."""
+        in ``directory``; ``extra_args`` follow the others on the command line,
+        ``twistd_args`` go to twistd itself (before ``dkserver``)."""
         self.dir = Path(directory)
         self.port = free_port()
         self.database: SqliteFile | PostgresDatabase = (
@@ -82,6 +84,7 @@ class Daemon:
             else SqliteFile(Path(db) if db is not None else self.dir / "dk.db")
         )
         self.extra_args = tuple(extra_args)
+        self.twistd_args = tuple(twistd_args)
         self.cert = self.dir / "server.pem"
         self.key = self.dir / "server.key"
         self.log_path = self.dir / "daemon.log"
@@ -117,6 +120,7 @@ class Daemon:
                     TWISTD,
                     "-n",
                     "--pidfile=",
+                    *self.twistd_args,
                     "dkserver",
                     "--https",
                     f"127.0.0.1:{self.port}",

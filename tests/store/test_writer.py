@@ -218,3 +218,47 @@ async def test_an_outage_refuses_its_messages_but_keeps_delivery_marks(
     assert con.execute(
         "SELECT duration FROM sessions WHERE session_id = 's1'"
     ).fetchone() == (1,)
+
+
+@pytest_twisted.ensureDeferred
+async def test_writer_counts_what_the_backlog_gauge_needs(store, sql, db_path):
+    """direct_stored / direct_delivered (dkserver.gauges) follow the rows:
+    broadcasts and unknown recipients are not stored direct messages, and a
+    second mark of a delivered message counts once; every commit is timed."""
+    await store.users.create("alice", "A", "k")
+    await store.users.create("bob", "B", "k")
+    durations: list[float] = []
+    writer = GroupWriter(store.pool, reactor, commit_seconds=durations.append)
+    ids = await gatherResults(
+        [writer.submit_message(message("bob", i), None) for i in range(5)]
+        + [writer.submit_message(message("broadcast", 9), None)]
+        + [writer.submit_message(message("nobody", 10), None)]
+    )
+    assert ids[-1] is None
+    assert (writer.direct_stored, writer.direct_delivered) == (5, 0)
+    assert await store.messages.pending_count() == 5
+    writer.mark_delivered(ids[0])
+    writer.mark_delivered(ids[1])
+    await writer.flush()
+    writer.mark_delivered(ids[0])  # again: already delivered
+    await writer.flush()
+    assert (writer.direct_stored, writer.direct_delivered) == (5, 2)
+    assert await store.messages.pending_count() == 3
+    assert len(durations) == writer.batches >= 3
+    assert all(0 < d < 60 for d in durations)
+
+
+@pytest_twisted.ensureDeferred
+async def test_database_size_is_the_backend_s_own_figure(store, sql, db_path):
+    size = await store.database_size()
+    if store.is_postgresql:
+        [(actual,)] = sql(db_path, "SELECT pg_database_size(current_database())", ())
+        assert size == actual
+    else:
+        import os
+
+        wal = f"{db_path}-wal"
+        expected = os.path.getsize(db_path) + (
+            os.path.getsize(wal) if os.path.exists(wal) else 0
+        )
+        assert size == expected > 0

@@ -134,14 +134,14 @@ def test_direct_message_is_delivered_locally_and_published_once():
     bob = FakeConn("bob")
     bus.add(bob)
     assert bus.send_direct("bob", Frame(b"{}"), 7) == 1
-    assert bob.got == [(b"{}", ("d", 7, "bob"))]
+    assert bob.got == [(b"{}", ("d", 7, "bob", None))]
     assert redis.sent == [("PUBLISH", user_channel("bob"), b"n0\n7\n{}")]
     # Our own publication comes back through the subscription: skipped.
     redis.handler(user_channel("bob"), b"n0\n7\n{}")
     assert len(bob.got) == 1
     # Another node's is delivered, with this node's acknowledgement.
     redis.handler(user_channel("bob"), b'n1\n8\n{"x":1}')
-    assert bob.got[-1] == (b'{"x":1}', ("d", 8, "bob"))
+    assert bob.got[-1] == (b'{"x":1}', ("d", 8, "bob", None))
 
 
 def test_remote_broadcast_reaches_local_users_except_the_sender():
@@ -150,7 +150,7 @@ def test_remote_broadcast_reaches_local_users_except_the_sender():
     bus.add(alice)
     bus.add(bob)
     redis.handler(BROADCAST_CHANNEL, b"n1\n9\nalice\n{}")
-    assert alice.got == [] and bob.got == [(b"{}", ("b", 9, "bob"))]
+    assert alice.got == [] and bob.got == [(b"{}", ("b", 9, "bob", None))]
     redis.handler(BROADCAST_CHANNEL, b"n0\n10\ncarol\n{}")  # our own
     assert len(bob.got) == 1
 

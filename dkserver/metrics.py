@@ -57,6 +57,20 @@ class Metrics:
             registry=r,
         )
 
+        self.tls_expiry = Gauge(
+            "dkserver_tls_certificate_expiry_timestamp_seconds",
+            "When the served TLS certificate expires (Unix time)",
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            "dkserver_tls_certificate_reloads",
+            "Certificate reloads (SIGHUP or a file change), by result",
+            ["result"],
+            registry=r,
+        )
+        for result in ("loaded", "refused"):
+            self.tls_reloads.labels(result=result)
+
     def track_live(
         self, connections: Callable[[], int], users: Callable[[], int]
     ) -> None:

@@ -152,6 +152,7 @@ def makeService(options: Options):
         sys.exit(1)
     try:
         service = DkService(config, reactor)
+        service.install_signal_handlers()
         tune_gc()
         return service
     except (ConfigError, ValueError, OSError) as e:

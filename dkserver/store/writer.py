@@ -19,6 +19,7 @@ ends the outage; nothing committed before it is touched.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,9 @@ class _Batch:
     broadcast_deliveries: list[tuple[int, str]] = field(default_factory=list)
     sessions_ended: list[tuple[str, int]] = field(default_factory=list)
     flushed: list[Deferred] = field(default_factory=list)
+    #: Health probes (`GroupWriter.probe`): fire once this batch commits a
+    #: heartbeat row, fail with the batch.
+    probes: list[Deferred] = field(default_factory=list)
 
     def requeue_bookkeeping(self, failed: _Batch) -> None:
         """Put ``failed``'s rows other than messages before this batch's own
@@ -87,6 +91,7 @@ class _Batch:
             + len(self.delivered)
             + len(self.broadcast_deliveries)
             + len(self.sessions_ended)
+            + len(self.probes)
         )
 
 
@@ -119,6 +124,12 @@ class GroupWriter:
         self._known_users: set[str] = set()
         self.batches = 0
         self.rows = 0
+        #: ``clock.seconds()`` of the last commit, and of the last failed one
+        #: with its reason (for /readyz and the systemd watchdog).
+        self.last_commit: float | None = None
+        self.last_failure: tuple[float, str] | None = None
+        #: Since when the running batch has been in the database (None: idle).
+        self.busy_since: float | None = None
 
     # -- submissions -----------------------------------------------------------
 
@@ -178,6 +189,23 @@ class GroupWriter:
         self._next.sessions_ended.append((session_id, end_ns))
         self._kick()
 
+    def probe(self) -> Deferred:
+        """Commit a heartbeat row (``server_settings`` name
+        ``health_probe:<node>``) through the same queue as messages: fires
+        once it is committed, fails as that batch does.  Proves both that
+        this writer runs and that the database takes a commit."""
+        d: Deferred = Deferred()
+        if self._closed:
+            d.errback(Failure(StoreError("the writer is closed (shutting down)")))
+            return d
+        self._next.probes.append(d)
+        self._kick()
+        return d
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> Deferred:
         """Refuse new messages; fires once everything before is committed."""
         self._closed = True
@@ -206,6 +234,7 @@ class GroupWriter:
         if not batch.size() and not batch.flushed:
             self._running = False
             return
+        self.busy_since = self._clock.seconds()
         if len(batch.messages) > MAX_BATCH:
             # The rest of the messages go first in the next batch (which is
             # empty: it was created just above); flush() waiters wait for them.
@@ -215,7 +244,9 @@ class GroupWriter:
             del batch.messages[MAX_BATCH:]
             del batch.waiters[MAX_BATCH:]
             rest.flushed, batch.flushed = batch.flushed, []
-        d = self._pool.runInteraction(_commit_txn, batch, self._known_users)
+        d = self._pool.runInteraction(
+            _commit_txn, batch, self._known_users, self.node_id
+        )
         d.addCallbacks(self._committed, self._failed, (batch,), None, (batch,), None)
         d.addErrback(lambda f: self.log.failure("group writer bookkeeping", f))
 
@@ -225,6 +256,10 @@ class GroupWriter:
             self.log.info("database reachable again; storing messages")
         self.batches += 1
         self.rows += batch.size()
+        self.last_commit = self._clock.seconds()
+        self.busy_since = None
+        for probe in batch.probes:
+            probe.callback(None)
         for done, message_id in zip(batch.waiters, ids, strict=True):
             try:
                 done(message_id, None)
@@ -234,6 +269,10 @@ class GroupWriter:
 
     def _failed(self, failure, batch: _Batch) -> None:
         retry = None
+        self.last_failure = (self._clock.seconds(), failure.getErrorMessage())
+        self.busy_since = None
+        for probe in batch.probes:
+            probe.errback(failure)
         if failure.check(StoreUnavailable):
             if failure.value.in_doubt:
                 self.log.warn(
@@ -274,7 +313,9 @@ def _has_nul(m: NewMessage) -> bool:
     return "\0" in f"{m.from_user}{m.to_user}{m.timestamp}{m.signature or ''}"
 
 
-def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | None]:
+def _commit_txn(
+    txn: Txn, batch: _Batch, known_users: set[str], node_id: str | None = None
+) -> list[int | None]:
     if batch.sessions_started:
         txn.executemany(
             "INSERT INTO sessions (session_id, user_id, start_time, node_id)"
@@ -293,6 +334,15 @@ def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | No
         )
     for session_id, end_ns in batch.sessions_ended:
         _end_sessions_txn(txn, session_id, end_ns)
+    if batch.probes:
+        txn.execute(
+            "INSERT INTO server_settings (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (
+                f"health_probe:{node_id or ''}",
+                timestamps.storage_from_unix_nanos(time.time_ns()),
+            ),
+        )
     return ids
 
 

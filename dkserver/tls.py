@@ -45,6 +45,11 @@ DEV_CERT_DAYS = 397
 #: and are configured apart from this list by OpenSSL (its defaults kept).
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1"
 
+#: Key exchange groups: OpenSSL 3's default list without its finite-field
+#: groups (ffdhe2048, ...), which TLS 1.3 would otherwise accept: elliptic
+#: curve (EC)DHE only, as for TLS 1.2.
+GROUPS = b"X25519:P-256:X448:P-521:P-384"
+
 #: Options on every context beyond Twisted's (which already sets
 #: OP_NO_COMPRESSION and OP_CIPHER_SERVER_PREFERENCE): no renegotiation.
 EXTRA_OPTIONS = SSL.OP_NO_RENEGOTIATION
@@ -144,6 +149,7 @@ def load_certificate(cert_path: str, key_path: str) -> LoadedCertificate:
     except Exception as e:  # OpenSSL.SSL.Error for a key that does not match
         raise ConfigError("key", f"{key_path} does not match {cert_path}: {e}")
     context.set_options(EXTRA_OPTIONS)
+    _set_groups(context)
     leaf = chain[0]
     return LoadedCertificate(
         context=context,
@@ -152,6 +158,17 @@ def load_certificate(cert_path: str, key_path: str) -> LoadedCertificate:
         subject=leaf.subject.rfc4514_string(),
         stamps=stamps,
     )
+
+
+def _set_groups(context: SSL.Context) -> None:
+    """Restrict key exchange to GROUPS.  pyOpenSSL has no public call for
+    it, so through its bindings (checked by
+    tests/unit/test_library_internals.py); a context without it is refused
+    rather than served with finite-field groups."""
+    from OpenSSL._util import lib
+
+    if not lib.SSL_CTX_set1_curves_list(context._context, GROUPS):
+        raise ConfigError("cert", "OpenSSL refused the key exchange groups")
 
 
 def prepare_certificate(cert_path: str, key_path: str) -> LoadedCertificate:

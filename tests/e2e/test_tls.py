@@ -17,12 +17,14 @@ import ssl
 
 import pytest
 import pytest_twisted
+from twisted.internet.threads import deferToThread
 
 from dkserver.tls import fingerprint
 from tests.support.client import Identity, register_and_login
 from tests.support.server import make_config, start_server, stop_server
 from tests.support.tlsclient import (
     handshake_in_thread,
+    pyopenssl_attempt,
     refusal_in_thread,
     replace_file,
     write_pair,
@@ -100,6 +102,25 @@ async def test_modern_clients_get_ecdhe_with_aead(tls_server, cert_kind):
     assert "GCM" in tls12.cipher or "CHACHA20" in tls12.cipher, tls12.cipher
     signer = "RSA" if cert_kind == "operator-rsa" else "ECDSA"
     assert tls12.cipher.startswith(f"ECDHE-{signer}-")
+
+
+@pytest_twisted.ensureDeferred
+async def test_finite_field_dhe_groups_are_refused_in_tls_1_3(tls_server):
+    port = tls_server.https_port
+    assert await deferToThread(pyopenssl_attempt, port, groups=b"X25519") is None
+    error = await deferToThread(pyopenssl_attempt, port, groups=b"ffdhe2048")
+    assert error is not None and "alert" in error.lower(), error
+
+
+@pytest_twisted.ensureDeferred
+async def test_renegotiation_is_refused(tls_server):
+    """OP_NO_RENEGOTIATION; OpenSSL 3 also refuses client-initiated
+    renegotiation by default, so this guards against a context that allows
+    it (OP_ALLOW_CLIENT_RENEGOTIATION) or an older OpenSSL."""
+    error = await deferToThread(
+        pyopenssl_attempt, tls_server.https_port, renegotiate=True
+    )
+    assert error is not None and "no renegotiation" in error, error
 
 
 # -- reloading -------------------------------------------------------------------

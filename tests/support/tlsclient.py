@@ -13,6 +13,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,41 @@ def handshake(
                 cipher=tls.cipher()[0],
                 fingerprint=hashlib.sha256(der).digest().hex(":").upper(),
             )
+
+
+def pyopenssl_attempt(port: int, *, groups: bytes | None = None, renegotiate=False):
+    """What Python's ssl module cannot do: offer only ``groups`` (TLS 1.3),
+    or ask to renegotiate (TLS 1.2).  Returns None when all went through,
+    else the OpenSSL error text."""
+    from OpenSSL import SSL
+    from OpenSSL._util import lib
+
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    if groups is not None:
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        assert lib.SSL_CTX_set1_curves_list(ctx._context, groups) == 1
+    if renegotiate:
+        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    # pyOpenSSL wants a blocking socket; a receive timeout still bounds it.
+    raw.settimeout(None)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 10, 0))
+    conn = SSL.Connection(ctx, raw)
+    conn.set_tlsext_host_name(b"localhost")
+    conn.set_connect_state()
+    try:
+        conn.do_handshake()
+        if renegotiate:
+            assert conn.renegotiate()
+            conn.do_handshake()
+            # The server's answer to the request comes with the next record.
+            conn.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            conn.recv(4096)
+        return None
+    except SSL.Error as e:
+        return str(e)
+    finally:
+        raw.close()
 
 
 async def handshake_in_thread(port: int, **kwargs) -> Handshake:

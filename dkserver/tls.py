@@ -45,6 +45,9 @@ DEV_CERT_DAYS = 397
 #: and are configured apart from this list by OpenSSL (its defaults kept).
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1"
 
+#: A certificate served with less time left than this is logged as a warning.
+EXPIRY_WARNING = datetime.timedelta(days=14)
+
 #: Key exchange groups: OpenSSL 3's default list without its finite-field
 #: groups (ffdhe2048, ...), which TLS 1.3 would otherwise accept: elliptic
 #: curve (EC)DHE only, as for TLS 1.2.
@@ -238,6 +241,19 @@ class ServerTLS:
             fingerprint=loaded.fingerprint,
             not_after=loaded.not_after.isoformat(),
         )
+        left = loaded.not_after - datetime.datetime.now(datetime.UTC)
+        if left <= datetime.timedelta(0):
+            self.log.error(
+                "TLS: certificate {fingerprint} expired on {not_after}",
+                fingerprint=loaded.fingerprint,
+                not_after=loaded.not_after.isoformat(),
+            )
+        elif left < EXPIRY_WARNING:
+            self.log.warn(
+                "TLS: certificate {fingerprint} expires in {days} days",
+                fingerprint=loaded.fingerprint,
+                days=left.days,
+            )
         if self._on_loaded is not None:
             self._on_loaded(loaded, reloaded)
 

@@ -119,7 +119,9 @@ async def refusal_in_thread(port: int, **kwargs) -> ssl.SSLError:
     return await deferToThread(attempt)
 
 
-def write_pair(cert_path: Path, key_path: Path, *, kind: str = "rsa", key=None) -> str:
+def write_pair(
+    cert_path: Path, key_path: Path, *, kind: str = "rsa", key=None, days: float = 30
+) -> str:
     """Write a self-signed certificate for localhost (``kind`` ``rsa`` or
     ``ec``, or for the given ``key``) atomically (rename), key first; its
     SHA-256 fingerprint in dkserver's form."""
@@ -129,7 +131,7 @@ def write_pair(cert_path: Path, key_path: Path, *, kind: str = "rsa", key=None) 
             if kind == "rsa"
             else ec.generate_private_key(ec.SECP256R1())
         )
-    cert = make_certificate(key)
+    cert = make_certificate(key, days)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -140,17 +142,20 @@ def write_pair(cert_path: Path, key_path: Path, *, kind: str = "rsa", key=None) 
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
-def make_certificate(key) -> x509.Certificate:
+def make_certificate(key, days: float = 30) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
+    after = now + datetime.timedelta(days=days)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
+        .not_valid_before(
+            min(now - datetime.timedelta(minutes=5), after - datetime.timedelta(days=1))
+        )
+        .not_valid_after(after)
         .add_extension(
             x509.SubjectAlternativeName(
                 [

@@ -12,9 +12,10 @@
   to PROBE_TIMEOUT for it.  A real commit, rather than a ping or a read,
   because the failures that matter (a full disk, a read-only file, a lock
   held by another process, PostgreSQL in recovery) let reads through.
-* **writer**: the group writer is not closed and its running batch has not
+* **writer**: the group writer is not closed, its running batch has not
   been in the database longer than PROBE_TIMEOUT (a stuck commit stalls every
-  message behind it).
+  message behind it), and a heartbeat it was handed got into a batch (a
+  writer loop that stopped running leaves it queued).
 * **redis** (a cluster node only): the command connection is up and the
   subscriber connected.
 
@@ -126,6 +127,12 @@ class Readiness:
         try:
             await self._probe()
         except TimeoutError:
+            if w.busy_since is None and not w.closed:
+                # Queued, yet no batch is in the database: the loop is dead.
+                return (
+                    "writer",
+                    f"a queued commit was not started within {self.probe_timeout:g} s",
+                )
             return (
                 "database",
                 f"a commit did not finish within {self.probe_timeout:g} s",

@@ -79,7 +79,9 @@ def test_a_probe_that_does_not_commit_in_time_names_the_database():
     writer = FakeWriter(clock)
     r = readiness(clock, writer)
     result = check(r)
+    writer.busy_since = clock.seconds()  # the heartbeat's batch is in the database
     clock.advance(r.probe_timeout + 0.1)
+    writer.busy_since = None  # ... and gets no further
     (verdict,) = result
     assert not verdict.ready
     assert verdict.failing[0][0] == "database"
@@ -144,3 +146,14 @@ def test_redis_disconnected_or_unsubscribed_names_redis():
     assert check(r)[0].failing == (("redis", "subscriber not connected"),)
     redis.connected = False
     assert check(r)[0].failing == (("redis", "not connected"),)
+
+
+def test_a_heartbeat_that_never_got_into_a_batch_names_the_writer():
+    clock = Clock()
+    writer = FakeWriter(clock)
+    r = readiness(clock, writer)
+    result = check(r)
+    clock.advance(r.probe_timeout + 0.1)  # busy_since stayed None: not started
+    (verdict,) = result
+    assert [part for part, _ in verdict.failing] == ["writer"]
+    assert "not started" in verdict.describe()

@@ -125,6 +125,9 @@ class Config:
     #: ``text`` (twistd's lines) or ``json`` (one object per event,
     #: dkserver.logs).
     log_format: str = "text"
+    #: How often the certificate and key files are checked for a change
+    #: (a renewal); SIGHUP reloads at once.
+    tls_reload_interval: float = 5.0
 
     def __post_init__(self) -> None:
         if self.database is None:
@@ -406,6 +409,10 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
         ),
         shutdown_grace=_positive_float(
             "DK_SHUTDOWN_GRACE", pick("shutdown_grace", "DK_SHUTDOWN_GRACE", 10.0)
+        ),
+        tls_reload_interval=_positive_float(
+            "DK_TLS_RELOAD_INTERVAL",
+            pick("tls_reload_interval", "DK_TLS_RELOAD_INTERVAL", 5.0),
         ),
         proxy_protocol=_flag(
             "DK_PROXY_PROTOCOL",

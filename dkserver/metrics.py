@@ -263,6 +263,20 @@ class Metrics:
         )
         self.store_writable.set(1)
 
+        self.tls_expiry = Gauge(
+            "dkserver_tls_certificate_expiry_timestamp_seconds",
+            "When the served TLS certificate expires (Unix time)",
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            "dkserver_tls_certificate_reloads",
+            "Certificate reloads (SIGHUP or a file change), by result",
+            ["result"],
+            registry=r,
+        )
+        for result in ("loaded", "refused"):
+            self.tls_reloads.labels(result=result)
+
     def track_store(self, writable: Callable[[], bool]) -> None:
         """``dkserver_store_writable`` from the group writer's state."""
         self.store_writable.set_function(lambda: 1.0 if writable() else 0.0)

@@ -10,6 +10,8 @@ in-flight requests finish, stop timers, close the database pool.
 from __future__ import annotations
 
 import gc
+import os
+import signal
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -27,14 +29,17 @@ from dkserver.cluster.secret import database_secret
 from dkserver.cluster.service import build_cluster
 from dkserver.config import Config, endpoint_description
 from dkserver.gauges import StoreGauges
+from dkserver.health import Readiness
 from dkserver.limits import build_limits
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
+from dkserver.periodic import periodic_service
 from dkserver.proxyproto import ProxyProtocolEndpoint
 from dkserver.ratelimit import BucketRegistry
 from dkserver.store import Store, StoreError
 from dkserver.store.writer import GroupWriter
-from dkserver.tls import load_context_factory
+from dkserver.systemd import Notifier, SystemdNotify, watchdog_interval
+from dkserver.tls import LoadedCertificate, ServerTLS
 from dkserver.web.app import DkApp
 from dkserver.web.pages import ClientDownload
 from dkserver.web.redirect import RedirectResource
@@ -88,7 +93,12 @@ class DkService(MultiService):
             for warning in warnings:
                 self.log.warn("{warning}", warning=warning)
             self.tokens = TokenIssuer(secret, reactor)
-        context = load_context_factory(config.cert_path, config.key_path)
+        self.tls = ServerTLS(
+            config.cert_path,
+            config.key_path,
+            on_loaded=self._certificate_loaded,
+            on_refused=self.metrics.tls_reloads.labels(result="refused").inc,
+        )
 
         self.store = Store.create(
             config.database,
@@ -161,6 +171,14 @@ class DkService(MultiService):
         if self.cluster is not None:
             self.cluster.nodes.on_node_died(self.dead_node_sessions.node_died)
         self.ws_factory = DkWebSocketFactory(config, self.hub, reactor)
+        self._migrated = False
+        self.readiness = Readiness(
+            self.writer,
+            reactor,
+            migrated=lambda: self._migrated,
+            closing=lambda: self.hub.closing,
+            redis=None if self.cluster is None else self.cluster.redis,
+        )
         self.write_limits = self.limits.writes
         self.client_download = ClientDownload(config, reactor)
         self.client_download.setServiceParent(self)
@@ -173,6 +191,7 @@ class DkService(MultiService):
             self.metrics,
             self.client_download,
             write_limits=self.write_limits,
+            readiness=self.readiness,
         )
         self.site = DkSite(
             self.app.resource(),
@@ -193,7 +212,7 @@ class DkService(MultiService):
                 "(DK_PROXY_PROTOCOL): reachable from the load balancer only"
             )
         self.https = ListeningService(
-            "https", https_endpoint, TLSMemoryBIOFactory(context, False, self.site)
+            "https", https_endpoint, TLSMemoryBIOFactory(self.tls, False, self.site)
         )
         self.https.setServiceParent(self)
         self.http: ListeningService | None = None
@@ -215,10 +234,38 @@ class DkService(MultiService):
         self.timers.setName("timers")
         for service in (*self.limits.services, *self.gauges.services()):
             service.setServiceParent(self.timers)
+        periodic_service(
+            "tls-reload", config.tls_reload_interval, self.tls.poll, reactor
+        ).setServiceParent(self.timers)
         self.timers.setServiceParent(self)
         if self.cluster is not None:
             self.cluster.forwards.serve = self.hub.answer_for_node
             self.cluster.setServiceParent(self)
+        # sd_notify: a no-op unless systemd (Type=notify) set NOTIFY_SOCKET.
+        self.systemd = SystemdNotify(
+            Notifier.from_environ(os.environ),
+            self.readiness,
+            self.ready,
+            reactor,
+            watchdog=watchdog_interval(os.environ, os.getpid()),
+            description=f"HTTPS on {config.https}",
+        )
+        self.systemd.setServiceParent(self)
+
+    def _certificate_loaded(self, loaded: LoadedCertificate, reloaded: bool) -> None:
+        self.metrics.tls_expiry.set(loaded.not_after.timestamp())
+        if reloaded:
+            self.metrics.tls_reloads.labels(result="loaded").inc()
+
+    def install_signal_handlers(self) -> None:
+        """SIGHUP reloads the certificate and key (twistd leaves SIGHUP alone).
+        Called by ``makeService`` only: tests build many services in one
+        process and must not take over its signals."""
+
+        def on_sighup(signum, frame) -> None:
+            self.reactor.callFromThread(self.tls.reload)
+
+        signal.signal(signal.SIGHUP, on_sighup)
 
     def setServiceParent(self, parent) -> None:
         super().setServiceParent(parent)
@@ -250,6 +297,7 @@ class DkService(MultiService):
         if closed:
             self.log.info("closed {count} sessions left open", count=closed)
         self.gauges.recount()  # the backlog gauge's starting point
+        self._migrated = True
         self.log.info("database {path} ready", path=self.config.database.redacted)
 
     def _fatal(self, failure) -> None:
@@ -299,6 +347,7 @@ class DkService(MultiService):
 
     async def _stop(self) -> None:
         self.running = 0
+        self.systemd.stopService()  # STOPPING=1 first: systemd waits for us
         self.hub.closing = True
         self.log.info("shutting down: closing listeners")
         for listener in (self.http, self.https):
@@ -333,4 +382,5 @@ class DkService(MultiService):
                 reason=str(e),
             )
         await self.store.close()
+        self.systemd.stopped()
         self.log.info("shutdown complete")

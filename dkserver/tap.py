@@ -191,6 +191,7 @@ def makeService(options: Options):
     try:
         service = DkService(config, reactor)
         service.log_observer = observer
+        service.install_signal_handlers()
         tune_gc()
         return service
     except (ConfigError, ValueError, OSError) as e:

@@ -47,6 +47,10 @@ SERVER_ENVIRONMENT = (
     # (dkserver.config.state_directory); XDG_CACHE_HOME is set per session
     "CACHE_DIRECTORY",
     "STATE_DIRECTORY",
+    # a test run inside a systemd unit must not notify that unit's manager
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
 )
 
 #: What scripts/serve leaves in the working directory, as decoys.

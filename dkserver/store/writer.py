@@ -79,6 +79,9 @@ class _Batch:
     flushed: list[Deferred] = field(default_factory=list)
     #: Nothing else to write during an outage: write the probe row.
     probe: bool = False
+    #: Health probes (`GroupWriter.probe`): fire once this batch commits a
+    #: heartbeat row, fail with the batch.
+    probes: list[Deferred] = field(default_factory=list)
 
     def requeue_bookkeeping(self, failed: _Batch) -> None:
         """Put ``failed``'s rows other than messages before this batch's own
@@ -96,6 +99,7 @@ class _Batch:
             + len(self.delivered)
             + len(self.broadcast_deliveries)
             + len(self.sessions_ended)
+            + len(self.probes)
         )
 
 
@@ -141,6 +145,12 @@ class GroupWriter:
         #: commit histogram), measured with ``timer`` around the interaction.
         self._commit_seconds = commit_seconds
         self._timer = timer
+        #: ``clock.seconds()`` of the last commit, and of the last failed one
+        #: with its reason (for /readyz and the systemd watchdog).
+        self.last_commit: float | None = None
+        self.last_failure: tuple[float, str] | None = None
+        #: Since when the running batch has been in the database (None: idle).
+        self.busy_since: float | None = None
 
     # -- submissions -----------------------------------------------------------
 
@@ -200,6 +210,23 @@ class GroupWriter:
         self._next.sessions_ended.append((session_id, end_ns))
         self._kick()
 
+    def probe(self) -> Deferred:
+        """Commit a heartbeat row (``server_settings`` name
+        ``health_probe:<node>``) through the same queue as messages: fires
+        once it is committed, fails as that batch does.  Proves both that
+        this writer runs and that the database takes a commit."""
+        d: Deferred = Deferred()
+        if self._closed:
+            d.errback(Failure(StoreError("the writer is closed (shutting down)")))
+            return d
+        self._next.probes.append(d)
+        self._kick()
+        return d
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> Deferred:
         """Refuse new messages; fires once everything before is committed."""
         self._closed = True
@@ -239,6 +266,7 @@ class GroupWriter:
         if not batch.size() and not batch.flushed and not batch.probe:
             self._running = False
             return
+        self.busy_since = self._clock.seconds()
         if len(batch.messages) > MAX_BATCH:
             # The rest of the messages go first in the next batch (which is
             # empty: it was created just above); flush() waiters wait for them.
@@ -249,7 +277,9 @@ class GroupWriter:
             del batch.waiters[MAX_BATCH:]
             rest.flushed, batch.flushed = batch.flushed, []
         started = self._timer()
-        d = self._pool.runInteraction(_commit_txn, batch, self._known_users)
+        d = self._pool.runInteraction(
+            _commit_txn, batch, self._known_users, self.node_id
+        )
         d.addCallbacks(
             self._committed, self._failed, (batch, started), None, (batch,), None
         )
@@ -277,6 +307,10 @@ class GroupWriter:
             self._outage_started = None
         self.batches += 1
         self.rows += batch.size()
+        self.last_commit = self._clock.seconds()
+        self.busy_since = None
+        for probe in batch.probes:
+            probe.callback(None)
         for done, message_id in zip(batch.waiters, ids, strict=True):
             try:
                 done(message_id, None)
@@ -286,6 +320,10 @@ class GroupWriter:
 
     def _failed(self, failure, batch: _Batch) -> None:
         retry = None
+        self.last_failure = (self._clock.seconds(), failure.getErrorMessage())
+        self.busy_since = None
+        for probe in batch.probes:
+            probe.errback(failure)
         if failure.check(StoreUnavailable):
             if failure.value.in_doubt:
                 self.log.warn(
@@ -349,7 +387,9 @@ class _Committed(NamedTuple):
     delivered: int
 
 
-def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> _Committed:
+def _commit_txn(
+    txn: Txn, batch: _Batch, known_users: set[str], node_id: str | None = None
+) -> _Committed:
     if batch.sessions_started:
         txn.executemany(
             "INSERT INTO sessions (session_id, user_id, start_time, node_id)"
@@ -376,6 +416,15 @@ def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> _Committed:
         _end_sessions_txn(txn, session_id, end_ns)
     if batch.probe:
         _probe_txn(txn)
+    if batch.probes:
+        txn.execute(
+            "INSERT INTO server_settings (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (
+                f"health_probe:{node_id or ''}",
+                timestamps.storage_from_unix_nanos(time.time_ns()),
+            ),
+        )
     return _Committed(ids, direct, delivered)
 
 

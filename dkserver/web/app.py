@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from dkserver.auth.handler import AuthHandler
 from dkserver.config import Config
+from dkserver.health import Readiness
 from dkserver.metrics import CONTENT_TYPE_LATEST, Metrics
 from dkserver.peers import peer_host
 from dkserver.ratelimit import BucketRegistry, settled
@@ -69,6 +70,7 @@ class DkApp:
         client: ClientDownload,
         *,
         write_limits: BucketRegistry,
+        readiness: Readiness,
     ) -> None:
         self.config = config
         self.store = store
@@ -78,6 +80,7 @@ class DkApp:
         self.metrics = metrics
         self.pages = Pages(client)
         self.write_limits = write_limits
+        self.readiness = readiness
         self.files = OperatorFiles(config.tracker_dir, config.app_dir)
 
     def resource(self):
@@ -303,6 +306,25 @@ class DkApp:
             "online_users": len(self.hub.bus.online_users()),
         }
         return json_response(request, stats)
+
+    # -- health (unauthenticated, no rate limit: load balancer probes) ---------
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: IRequest) -> bytes:
+        """The process serves HTTP; says nothing about the database."""
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json_response(request, {"status": "ok"})
+
+    @app.route("/readyz", methods=["GET"])
+    async def readyz(self, request: IRequest) -> bytes:
+        """200 when this node can take messages now, else 503 naming the
+        failing parts (dkserver/health.py)."""
+        request.setHeader(b"Cache-Control", b"no-store")
+        verdict = await self.readiness.check()
+        if not verdict.ready:
+            request.setHeader(b"Retry-After", b"1")
+            raise ApiError(503, f"not ready: {verdict.describe()}")
+        return json_response(request, {"status": "ready"})
 
     @app.route("/metrics", methods=["GET"])
     async def metrics_text(self, request: IRequest) -> bytes:

@@ -81,7 +81,7 @@ backend dkserver
     # round robin (not leastconn) so the test knows which node gets what
     balance roundrobin
     option httpchk
-    http-check send meth GET uri /auth/check-userid/healthcheck ver HTTP/1.1 hdr Host localhost
+    http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host localhost
     http-check expect status 200
     default-server {self.send_proxy} check check-ssl verify none check-send-proxy inter 200ms
 {servers}

@@ -256,3 +256,13 @@ def test_proxy_protocol_typo_is_a_one_line_usage_error(monkeypatch):
     monkeypatch.setenv("DK_PROXY_PROTOCOL", "maybe")
     with pytest.raises(usage.UsageError, match=r"^DK_PROXY_PROTOCOL: must be 1/"):
         Options().parseOptions([])
+
+
+def test_tls_reload_interval_defaults_to_five_seconds_and_is_checked():
+    assert from_sources({}, {}).tls_reload_interval == 5.0
+    assert (
+        from_sources({}, {"DK_TLS_RELOAD_INTERVAL": "0.5"}).tls_reload_interval == 0.5
+    )
+    for raw in ("0", "-1", "soon", "inf"):
+        with pytest.raises(ConfigError, match="DK_TLS_RELOAD_INTERVAL"):
+            from_sources({}, {"DK_TLS_RELOAD_INTERVAL": raw})

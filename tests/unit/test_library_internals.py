@@ -303,3 +303,17 @@ def test_twisted_tls_transport_still_aggregates_small_writes_in_a_flushable_buff
     assert inspect.signature(aggregator.flush).parameters == {}, (
         f"{TWISTED}: _aggregator.flush() takes parameters now"
     )
+
+
+def test_pyopenssl_bindings_still_set_the_key_exchange_groups():
+    """dkserver/tls.py restricts the groups through pyOpenSSL's bindings
+    (no public call): ``_util.lib.SSL_CTX_set1_curves_list`` and
+    ``Context._context``."""
+    from OpenSSL import SSL
+    from OpenSSL._util import lib
+
+    from dkserver.tls import GROUPS
+
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    assert hasattr(lib, "SSL_CTX_set1_curves_list"), "pyOpenSSL bindings changed"
+    assert lib.SSL_CTX_set1_curves_list(context._context, GROUPS) == 1

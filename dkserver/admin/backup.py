@@ -183,9 +183,14 @@ def _sigterm_interrupts() -> Iterator[None]:
 @contextmanager
 def _partial(target: Path) -> Iterator[Path]:
     """A temporary file beside ``target``; removed unless renamed into place."""
-    fd, name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".partial", dir=target.parent
-    )
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".partial", dir=target.parent
+        )
+    except OSError as e:
+        raise AdminError(
+            f"PATH {target}: cannot write in {target.parent}: {e.strerror}"
+        ) from e
     os.close(fd)
     partial = Path(name)
     try:
@@ -197,9 +202,12 @@ def _partial(target: Path) -> Iterator[Path]:
 
 def _install(partial: Path, target: Path) -> None:
     """Rename the finished copy to ``target`` and make the rename durable."""
-    _fsync(partial)
-    os.replace(partial, target)
-    _fsync(target.parent)
+    try:
+        _fsync(partial)
+        os.replace(partial, target)
+        _fsync(target.parent)
+    except OSError as e:
+        raise OperationFailed(f"writing {target} failed: {e.strerror or e}") from e
 
 
 def _fsync(path: Path) -> None:

@@ -129,9 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
         "tac-path",
         help="print where the installed dkserver.tac is (twistd -ny FILE)",
     )
-    from dkserver.admin import port_db
+    # Admin commands: each module's add_parser(sub) (dkserver/admin/context.py),
+    # one per line.
+    from dkserver.admin import port_db, users
 
-    port_db.add_parser(sub)
+    for module in (
+        port_db,
+        users,
+    ):
+        module.add_parser(sub)
     return parser
 
 

@@ -40,12 +40,6 @@ def open_pool(
             f"not {synchronous!r}"
         )
 
-    def openfun(conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        conn.execute(f"PRAGMA synchronous={mode}")
-
     return adbapi.ConnectionPool(
         "sqlite3",
         path,
@@ -53,8 +47,17 @@ def open_pool(
         cp_min=1,
         cp_max=1,
         cp_reactor=reactor,
-        cp_openfun=openfun,
+        cp_openfun=lambda conn: configure_sqlite(conn, mode),
     )
+
+
+def configure_sqlite(conn: sqlite3.Connection, synchronous: str = "NORMAL") -> None:
+    """The settings of every connection to a dkserver file: the server's
+    pool and the admin CLI's (which works beside a running server)."""
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
 
 
 #: PostgreSQL connections per process, by default: the group writer holds
@@ -160,14 +163,6 @@ def open_pg_pool(
     timeout set, so a stuck query fails instead of holding a thread forever.
     """
 
-    def openfun(conn: Any) -> None:
-        conn.execute("SET TIME ZONE 'UTC'")
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, false)",
-            (str(max(1, int(statement_timeout * 1000))),),
-        )
-        conn.commit()
-
     return PgConnectionPool(
         "psycopg",
         conninfo=conninfo,
@@ -175,6 +170,17 @@ def open_pg_pool(
         cp_min=1,
         cp_max=pool_size,
         cp_reactor=reactor,
-        cp_openfun=openfun,
+        cp_openfun=lambda conn: configure_postgres(conn, statement_timeout),
         cp_noisy=False,
     )
+
+
+def configure_postgres(conn: Any, statement_timeout: float = 30.0) -> None:
+    """The session settings of every dkserver connection to PostgreSQL (the
+    server's pool and the admin CLI's): UTC, and the statement timeout."""
+    conn.execute("SET TIME ZONE 'UTC'")
+    conn.execute(
+        "SELECT set_config('statement_timeout', %s, false)",
+        (str(max(1, int(statement_timeout * 1000))),),
+    )
+    conn.commit()

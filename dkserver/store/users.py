@@ -89,6 +89,29 @@ class UserStore:
     async def all_ids(self) -> list[str]:
         return await self._pool.runInteraction(_all_ids_txn)
 
+    async def page(self, after: str | None, limit: int) -> list[User]:
+        """Up to ``limit`` users in user id order, after ``after`` (the last
+        id of the previous page; None: from the start): ``dkserver user
+        list``, which must not hold a lock for the whole table."""
+        return await self._pool.runInteraction(_page_txn, after, limit)
+
+    async def activity(self, user_id: str) -> UserActivity:
+        """What ``dkserver user show`` adds to a user's record."""
+        return await self._pool.runInteraction(_activity_txn, user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class UserActivity:
+    #: Direct messages stored for the user and not yet delivered.
+    pending_direct: int
+    #: WebSocket sessions recorded, and how many are open now.
+    sessions: int
+    open_sessions: int
+    #: Start of the user's latest session as stored (None: never connected);
+    #: the latest as text, which is the latest instant for what dkserver
+    #: writes (UTC), not necessarily for the original server's offsets.
+    last_session_start: str | None
+
 
 def _create_txn(
     txn: Txn,
@@ -134,3 +157,32 @@ def _exists_txn(txn: Txn, user_id: str) -> bool:
 def _all_ids_txn(txn: Txn) -> list[str]:
     txn.execute("SELECT user_id FROM users ORDER BY user_id")
     return [user_id for (user_id,) in txn.fetchall()]
+
+
+def _page_txn(txn: Txn, after: str | None, limit: int) -> list[User]:
+    columns = "SELECT user_id, username, public_key, COALESCE(registered_ns, 0)"
+    if after is None:
+        txn.execute(f"{columns} FROM users ORDER BY user_id LIMIT ?", (limit,))
+    else:
+        txn.execute(
+            f"{columns} FROM users WHERE user_id > ? ORDER BY user_id LIMIT ?",
+            (after, limit),
+        )
+    return [User(*row) for row in txn.fetchall()]
+
+
+def _activity_txn(txn: Txn, user_id: str) -> UserActivity:
+    txn.execute(
+        "SELECT COUNT(*) FROM messages WHERE to_user = ? AND status = 'pending'"
+        " AND is_broadcast = 0",
+        (user_id,),
+    )
+    (pending,) = txn.fetchone()
+    txn.execute(
+        "SELECT COUNT(*),"
+        " CAST(COALESCE(SUM(CASE WHEN end_time IS NULL THEN 1 END), 0) AS BIGINT),"
+        " MAX(start_time) FROM sessions WHERE user_id = ?",
+        (user_id,),
+    )
+    sessions, still_open, last_start = txn.fetchone()
+    return UserActivity(pending, sessions, still_open, last_start)

@@ -131,11 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Admin commands: each module's add_parser(sub) (dkserver/admin/context.py),
     # one per line.
-    from dkserver.admin import port_db, users
+    from dkserver.admin import accounts, port_db, users
 
     for module in (
         port_db,
         users,
+        accounts,
     ):
         module.add_parser(sub)
     return parser

@@ -74,7 +74,8 @@ class Revocations:
         if row.status in (BANNED, DELETED):
             return row.status
         cutoff = row.tokens_valid_after_ms
-        if cutoff is not None and (iat is None or round(iat * 1000) < cutoff):
+        # + 0.5: iat is a float of whole milliseconds, maybe a hair below.
+        if cutoff is not None and (iat is None or iat * 1000 + 0.5 < cutoff):
             return REVOKED
         return None
 

@@ -79,6 +79,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 ADMIN_COMMANDS = (
     "dkserver.admin.check_config",
     "dkserver.admin.users",
+    "dkserver.admin.accounts",
     "dkserver.admin.stats",
     "dkserver.admin.backup",
     "dkserver.admin.port_db",

@@ -51,6 +51,14 @@ DEFAULT_WRITE_BURST = 20
 LOG_FORMATS = ("text", "json")
 
 
+# Accounts (dkserver.auth.revocation): who may register, the ``iss`` of the
+# tokens, and how often each server reads the revocation versions (a ban or
+# ``token revoke`` takes effect within this on every node).
+REGISTRATION_MODES = ("open", "closed", "invite")
+DEFAULT_TOKEN_ISSUER = "dkserver"  # noqa: S105 (a name)
+DEFAULT_REVOCATION_POLL = 0.5
+
+
 class ConfigError(Exception):
     """A setting is invalid; the message names it."""
 
@@ -128,6 +136,11 @@ class Config:
     #: How often the certificate and key files are checked for a change
     #: (a renewal); SIGHUP reloads at once.
     tls_reload_interval: float = 5.0
+    #: ``open``, ``closed`` or ``invite`` (codes from ``dkserver invite``).
+    registration: str = "open"
+    #: The tokens' ``iss``; changing it invalidates every token.
+    token_issuer: str = DEFAULT_TOKEN_ISSUER
+    revocation_poll: float = DEFAULT_REVOCATION_POLL
 
     def __post_init__(self) -> None:
         if self.database is None:
@@ -333,6 +346,24 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
     log_format = str(pick("log_format", "DK_LOG_FORMAT", "text")).strip().lower()
     if log_format not in LOG_FORMATS:
         raise ConfigError("DK_LOG_FORMAT", f"must be text or json, got {log_format!r}")
+    registration = str(pick("registration", "DK_REGISTRATION", "open")).lower()
+    if registration not in REGISTRATION_MODES:
+        raise ConfigError(
+            "DK_REGISTRATION", f"must be open, closed or invite, got {registration!r}"
+        )
+    token_issuer = str(pick("token_issuer", "DK_TOKEN_ISSUER", DEFAULT_TOKEN_ISSUER))
+    if len(token_issuer) > 256 or not token_issuer.isprintable():
+        raise ConfigError(
+            "DK_TOKEN_ISSUER", "must be printable and at most 256 characters"
+        )
+    revocation_poll = _positive_float(
+        "DK_REVOCATION_POLL",
+        pick("revocation_poll", "DK_REVOCATION_POLL", DEFAULT_REVOCATION_POLL),
+    )
+    if revocation_poll > 60:
+        raise ConfigError(
+            "DK_REVOCATION_POLL", f"must be at most 60 seconds, got {revocation_poll!r}"
+        )
 
     return Config(
         https=https,
@@ -419,4 +450,7 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
             pick("proxy_protocol", "DK_PROXY_PROTOCOL", False),
         ),
         log_format=log_format,
+        registration=registration,
+        token_issuer=token_issuer,
+        revocation_poll=revocation_poll,
     )

@@ -17,15 +17,17 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
 
 from dkserver.auth.handler import AuthHandler
-from dkserver.auth.secret import SecretError, load_or_create_secret
-from dkserver.auth.tokens import TokenIssuer
+from dkserver.auth.revocation import AccountWatch, Revocations
+from dkserver.auth.secret import SecretError, load_keys
+from dkserver.auth.tokens import KeyRing, TokenIssuer
 from dkserver.cluster.analytics import DeadNodeSessions
-from dkserver.cluster.secret import database_secret
+from dkserver.cluster.secret import database_keys
 from dkserver.cluster.service import build_cluster
 from dkserver.config import Config, endpoint_description
 from dkserver.gauges import StoreGauges
@@ -87,12 +89,14 @@ class DkService(MultiService):
         #: (`_migrate`); the auth handler holds requests until then.
         self.tokens: TokenIssuer | None = None
         if not config.secret_in_database:
-            secret, warnings = load_or_create_secret(
+            secret, previous, warnings = load_keys(
                 config.jwt_secret, config.jwt_secret_path
             )
             for warning in warnings:
                 self.log.warn("{warning}", warning=warning)
-            self.tokens = TokenIssuer(secret, reactor)
+            self.tokens = TokenIssuer(
+                KeyRing(secret, previous), reactor, issuer=config.token_issuer
+            )
         self.tls = ServerTLS(
             config.cert_path,
             config.key_path,
@@ -117,13 +121,18 @@ class DkService(MultiService):
         self.challenges = self.limits.challenges
         self.login_ip_limits = self.limits.login_ip
         self.login_user_limits = self.limits.login_user
+        #: Revoked users, kept fresh by `account_watch`; the auth handler
+        #: gets its token issuer only once they are loaded (`_migrate`).
+        self.revocations = Revocations()
         self.auth = AuthHandler(
             self.store,
             self.challenges,
-            self.tokens,
+            None,
             self.login_ip_limits,
             self.login_user_limits,
             self.metrics,
+            self.revocations,
+            config.registration,
         )
         self.writer = GroupWriter(
             self.store.pool,
@@ -170,7 +179,12 @@ class DkService(MultiService):
         )
         if self.cluster is not None:
             self.cluster.nodes.on_node_died(self.dead_node_sessions.node_died)
-        self.ws_factory = DkWebSocketFactory(config, self.hub, reactor)
+        self.ws_factory = DkWebSocketFactory(
+            config, self.hub, reactor, self.revocations
+        )
+        self.account_watch = AccountWatch(
+            self.store, self.revocations, self.bus, self._reload_keys
+        )
         self._migrated = False
         self.readiness = Readiness(
             self.writer,
@@ -237,6 +251,9 @@ class DkService(MultiService):
         periodic_service(
             "tls-reload", config.tls_reload_interval, self.tls.poll, reactor
         ).setServiceParent(self.timers)
+        self.account_watch.service(config.revocation_poll, reactor).setServiceParent(
+            self.timers
+        )
         self.timers.setServiceParent(self)
         if self.cluster is not None:
             self.cluster.forwards.serve = self.hub.answer_for_node
@@ -284,10 +301,15 @@ class DkService(MultiService):
     async def _migrate(self) -> None:
         await self.store.migrate()
         if self.tokens is None:
+            secret, previous = await database_keys(self.store.settings)
             self.tokens = TokenIssuer(
-                await database_secret(self.store.settings), self.reactor
+                KeyRing(secret, previous),
+                self.reactor,
+                issuer=self.config.token_issuer,
             )
-            self.auth.use_tokens(self.tokens)
+        # No token is checked before the revoked users are known.
+        await self.account_watch.load()
+        self.auth.use_tokens(self.tokens)
         # Sessions a crash left open end now (their duration is an upper bound).
         closed = await self.store.analytics.end_open_sessions(
             self.hub.time_ns(),
@@ -299,6 +321,20 @@ class DkService(MultiService):
         self.gauges.recount()  # the backlog gauge's starting point
         self._migrated = True
         self.log.info("database {path} ready", path=self.config.database.redacted)
+
+    async def _reload_keys(self) -> None:
+        """A secret rotation (``dkserver token rotate-secret``) was committed."""
+        config = self.config
+        if config.secret_in_database:
+            secret, previous = await database_keys(self.store.settings)
+        elif config.jwt_secret:
+            return  # JWT_SECRET: rotated by changing it and restarting
+        else:
+            secret, previous, _ = await deferToThread(
+                load_keys, None, config.jwt_secret_path
+            )
+        if self.tokens is not None:
+            self.tokens.use_keys(KeyRing(secret, previous))
 
     def _fatal(self, failure) -> None:
         if failure.check(SecretError):

@@ -153,3 +153,115 @@ def _fsync_directory(directory: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# -- rotation ------------------------------------------------------------------
+#
+# A rotation makes a new secret current and keeps the old one, with the end
+# of its grace, where the previous secrets live: in the file ``<secret
+# file>.previous`` beside the secret file (one ``<hex> <unix seconds>`` per
+# line), or in the ``jwt_secret_previous`` row (dkserver.cluster.secret).
+# The secret file itself keeps its format, so an older dkserver can still
+# read it.
+
+#: Previous secrets: (secret, Unix seconds until which it still verifies).
+Previous = list[tuple[bytes, float]]
+
+
+def previous_path(secret_path: str) -> str:
+    return secret_path + ".previous"
+
+
+def format_previous(previous: Previous) -> str:
+    return "".join(f"{secret.hex()} {until:.3f}\n" for secret, until in previous)
+
+
+def parse_previous(text: str, where: str) -> Previous:
+    previous: Previous = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split()
+        secret = parse_generated_secret(parts[0]) if len(parts) == 2 else None
+        try:
+            until = float(parts[1]) if secret is not None else None
+        except ValueError:
+            until = None
+        if secret is None or until is None:
+            raise SecretError(
+                f"{where} is damaged (expected lines of <64 hex digits> <unix "
+                "time>); delete it to end the grace of the previous secrets"
+            )
+        previous.append((secret, until))
+    return previous
+
+
+def read_previous_file(secret_path: str) -> Previous:
+    """The previous secrets kept beside ``secret_path``; none if no file."""
+    path = previous_path(secret_path)
+    try:
+        with open(path, encoding="ascii") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o077:
+                raise SecretError(
+                    f"the JWT secret file {path} is accessible by group or others "
+                    f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+                )
+            text = f.read(64 * 1024)
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as e:
+        raise SecretError(f"cannot read the JWT secret file {path}: {e}")
+    return parse_previous(text, f"the JWT secret file {path}")
+
+
+def still_valid(previous: Previous, now: float) -> Previous:
+    return [(secret, until) for secret, until in previous if until > now]
+
+
+def load_keys(
+    env_value: str | None, secret_path: str
+) -> tuple[bytes, Previous, list[str]]:
+    """The current secret, the previous ones still in their grace (none
+    with ``JWT_SECRET``, which the operator rotates by changing it), and
+    warnings."""
+    secret, warnings = load_or_create_secret(env_value, secret_path)
+    previous = [] if env_value else read_previous_file(secret_path)
+    return secret, previous, warnings
+
+
+def rotate_secret_file(secret_path: str, grace: float, now: float) -> bytes:
+    """Make a new secret current in ``secret_path``; the old one verifies
+    for ``grace`` seconds more.  Returns the new secret.
+
+    The previous file is written first: a crash between the two steps
+    leaves the old secret current and also listed as previous, harmless.
+    """
+    current = _read_secret_file(secret_path)
+    previous = still_valid(read_previous_file(secret_path), now)
+    previous = [(s, u) for s, u in previous if s != current]
+    if grace > 0:
+        previous.insert(0, (current, now + grace))
+    new = generate_secret()
+    _replace_file(previous_path(secret_path), format_previous(previous).encode())
+    _replace_file(secret_path, new.hex().encode("ascii") + b"\n")
+    return new
+
+
+def _replace_file(path: str, data: bytes) -> None:
+    tmp = f"{path}.{secrets.token_hex(8)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise SecretError(f"cannot write the JWT secret file {path}: {e.strerror or e}")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))

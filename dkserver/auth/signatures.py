@@ -78,3 +78,28 @@ def verify_message_signature(
     except UnicodeEncodeError:
         return False
     return _verify(public_key_b64, signed, signature_b64)
+
+
+def rotate_key_signing_bytes(
+    user_id: str, challenge: str, new_public_key: str
+) -> bytes:
+    """What the old key signs to replace itself (``POST /auth/rotate-key``):
+    ``dkserver rotate-key`` and the user id, the challenge (as text, as at
+    login) and the new key (base64, as sent), one per line, UTF-8.  The
+    first line keeps a login signature (the challenge alone) from serving
+    here."""
+    return f"dkserver rotate-key\n{user_id}\n{challenge}\n{new_public_key}".encode()
+
+
+def verify_rotate_key(
+    public_key_b64: str,
+    user_id: str,
+    challenge: str,
+    new_public_key: str,
+    signature_b64: str,
+) -> bool:
+    try:
+        signed = rotate_key_signing_bytes(user_id, challenge, new_public_key)
+    except UnicodeEncodeError:
+        return False
+    return _verify(public_key_b64, signed, signature_b64)

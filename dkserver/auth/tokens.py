@@ -6,13 +6,27 @@ against ``clock.seconds()``.  Everything else (signature, algorithm) is
 pyjwt's, with the algorithm pinned to HS256 so that ``alg: none`` and key
 confusion (an RS256/ES256 token "verified" with the HMAC secret) fail.
 
-Whether the user still exists is the caller's check, against the database.
+Tokens carry ``jti`` (a random id), ``iat`` (to the millisecond, so that a
+revocation cuts exactly), ``iss`` (this server, `DK_TOKEN_ISSUER`) and, in
+the header, ``kid``: which secret signed them.  After a secret rotation the
+previous secrets stay in the `KeyRing` until their grace ends (RFC 8725
+section 3.10: name the key, check the issuer).  Tokens from before these
+claims existed (no ``kid``) verify against any secret still in the ring,
+until they expire.
+
+Whether the user still exists, is not banned and has not had their tokens
+revoked is the caller's check (dkserver.auth.revocation), as ``iat`` and
+the user id this returns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import secrets
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
@@ -22,6 +36,7 @@ from dkserver.auth.secret import MIN_SECRET_BYTES
 
 ALGORITHM = "HS256"
 DEFAULT_LIFETIME = 24 * 60 * 60
+DEFAULT_ISSUER = "dkserver"
 
 #: Real tokens are ~200 bytes; refuse to parse megabytes of attacker input.
 MAX_TOKEN_LENGTH = 4096
@@ -48,61 +63,112 @@ def _is_number(value: object) -> bool:
     )
 
 
+def key_id(secret: bytes) -> str:
+    """A secret's ``kid``: a hash prefix, which tells nothing of the secret."""
+    return hashlib.sha256(b"dkserver kid\0" + secret).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The secret that signs, and earlier ones that still verify until
+    their Unix-seconds deadline."""
+
+    current: bytes
+    previous: Sequence[tuple[bytes, float]] = ()
+
+    def __post_init__(self) -> None:
+        for secret in (self.current, *(s for s, _ in self.previous)):
+            if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"the token secret must be at least {MIN_SECRET_BYTES} bytes"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    user_id: str
+    #: Issue instant, Unix seconds (a float for tokens of this version).
+    iat: float | None
+
+
 class TokenIssuer:
-    """Issue and verify the server's JWTs (claims ``user_id``, ``exp``, ``iat``)."""
+    """Issue and verify the server's JWTs (claims ``user_id``, ``exp``,
+    ``iat``, ``jti``, ``iss``; header ``kid``)."""
 
     def __init__(
         self,
-        secret: bytes,
+        secret: bytes | KeyRing,
         clock: IReactorTime,
         lifetime: float = DEFAULT_LIFETIME,
+        issuer: str = DEFAULT_ISSUER,
     ) -> None:
-        if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
-            raise ValueError(
-                f"the token secret must be at least {MIN_SECRET_BYTES} bytes"
-            )
         if not lifetime > 0:
             raise ValueError(f"token lifetime must be positive, not {lifetime!r}")
-        self._secret = secret
         self._clock = clock
-        self._lifetime = lifetime
+        self.lifetime = lifetime
+        self._issuer = issuer
+        self.use_keys(secret if isinstance(secret, KeyRing) else KeyRing(secret))
+
+    def use_keys(self, keys: KeyRing) -> None:
+        """Sign with ``keys.current`` from now on (a rotation)."""
+        self._secret = keys.current
+        self.kid = key_id(keys.current)
+        self._verifiers = {self.kid: (keys.current, math.inf)}
+        for secret, until in keys.previous:
+            self._verifiers.setdefault(key_id(secret), (secret, until))
+
+    def now(self) -> float:
+        """The clock tokens are issued and checked by (Unix seconds)."""
+        return self._clock.seconds()
 
     def issue(self, user_id: str) -> str:
         """A token for ``user_id`` valid for ``lifetime`` seconds from now."""
         now = self._clock.seconds()
         claims = {
             "user_id": user_id,
-            "exp": int(now + self._lifetime),
-            "iat": int(now),
+            "exp": int(now + self.lifetime),
+            "iat": math.floor(now * 1000) / 1000,
+            "jti": secrets.token_urlsafe(16),
+            "iss": self._issuer,
         }
-        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        return jwt.encode(
+            claims, self._secret, algorithm=ALGORITHM, headers={"kid": self.kid}
+        )
 
     def verify(self, token: object) -> str:
         """Return the token's user id, or raise InvalidToken."""
+        return self.verify_claims(token).user_id
+
+    def verify_claims(self, token: object) -> Claims:
+        """The token's user id and issue time, or raise InvalidToken."""
         if not isinstance(token, str) or not token:
             raise InvalidToken("token must be a non-empty string")
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken("token is too long")
         try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=[ALGORITHM],
-                options={
-                    "verify_signature": True,
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                },
-            )
-        except jwt.InvalidAlgorithmError:
-            raise InvalidToken("token algorithm is not allowed")
-        except jwt.InvalidSignatureError:
-            raise InvalidToken("token signature does not verify")
-        except (jwt.PyJWTError, ValueError, TypeError):
+            kid = jwt.get_unverified_header(token).get("kid")
+        except (jwt.PyJWTError, ValueError, TypeError, AttributeError):
             raise InvalidToken("token is malformed")
-
         now = self._clock.seconds()
+        if kid is None:
+            # From before kid existed: any secret still in the ring.
+            candidates = [s for s, until in self._verifiers.values() if now < until]
+        else:
+            found = self._verifiers.get(kid) if isinstance(kid, str) else None
+            if found is None or now >= found[1]:
+                raise InvalidToken("token key is not known")
+            candidates = [found[0]]
+        claims = None
+        for secret in candidates:
+            try:
+                claims = self._decode(token, secret)
+                break
+            except InvalidToken as e:
+                if e.reason != "token signature does not verify":
+                    raise
+        if claims is None:
+            raise InvalidToken("token signature does not verify")
+
         exp = claims.get("exp")
         if exp is None:
             raise InvalidToken("token has no expiry")
@@ -113,7 +179,32 @@ class TokenIssuer:
         nbf = claims.get("nbf")
         if nbf is not None and (not _is_number(nbf) or now < nbf):
             raise InvalidToken("token is not valid yet")
+        if kid is not None and claims.get("iss") != self._issuer:
+            raise InvalidToken("token issuer is not this server")
         user_id = claims.get("user_id")
         if not isinstance(user_id, str) or not user_id:
             raise InvalidToken("token has no user id")
-        return user_id
+        iat = claims.get("iat")
+        return Claims(user_id, iat if _is_number(iat) else None)
+
+    @staticmethod
+    def _decode(token: str, secret: bytes) -> dict:
+        try:
+            return jwt.decode(
+                token,
+                secret,
+                algorithms=[ALGORITHM],
+                options={
+                    "verify_signature": True,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_iss": False,
+                },
+            )
+        except jwt.InvalidAlgorithmError:
+            raise InvalidToken("token algorithm is not allowed")
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("token signature does not verify")
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidToken("token is malformed")

@@ -17,6 +17,7 @@ from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
 from dkserver.store import pg_schema
+from dkserver.store.accounts import AccountStore
 from dkserver.store.analytics import AnalyticsStore
 from dkserver.store.apis import Api, ApiStore, TooManyApis
 from dkserver.store.database import Database, Txn
@@ -189,6 +190,7 @@ class Store:
         self.engine = engine if engine is not None else Sqlite3Engine()
         self._db = db = Database(pool, self.engine)
         self.users = UserStore(db)
+        self.accounts = AccountStore(db)
         self.messages = MessageStore(db)
         self.descriptions = DescriptionStore(db)
         self.analytics = AnalyticsStore(db)

@@ -42,7 +42,7 @@ from dkserver.store.errors import DatabaseUnusable, StoreError
 log = Logger()
 
 #: The schema version this code writes; SQLite's ``LATEST_VERSION`` at merge.
-LATEST_VERSION = 6
+LATEST_VERSION = 7
 
 #: What an empty database is brought to in one step.
 BASELINE_VERSION = 5
@@ -65,7 +65,7 @@ TABLES = (
 
 #: Settings of this database itself (the nodes' shared JWT secret), which
 #: ``port-db`` does not copy: a SQLite deployment keeps its secret in a file.
-LOCAL_TABLES = ("server_settings",)
+LOCAL_TABLES = ("server_settings", "invites")
 
 #: Tables whose ``id`` comes from an identity sequence.
 SEQUENCED_TABLES = ("messages", "message_events", "user_trackers", "user_apis")
@@ -180,8 +180,24 @@ CREATE TABLE server_settings (
 )""",
 )
 
+#: Version 7, as SQLite's ``_to_v7``: accounts that can be revoked.
+_V7 = (
+    f"ALTER TABLE users ADD COLUMN status {_T} NOT NULL DEFAULT 'active'",
+    "ALTER TABLE users ADD COLUMN tokens_valid_after_ms BIGINT",
+    "CREATE INDEX users_revoked_idx ON users(user_id)"
+    " WHERE status <> 'active' OR tokens_valid_after_ms IS NOT NULL",
+    f"""
+CREATE TABLE invites (
+    code_hash {_T} PRIMARY KEY,
+    uses_left INTEGER NOT NULL,
+    expires_ms BIGINT,
+    created_ms BIGINT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1))
+)""",
+)
+
 #: version → the statements that reach it from the version before.
-_STEPS: dict[int, Sequence[str]] = {BASELINE_VERSION: _BASELINE, 6: _V6}
+_STEPS: dict[int, Sequence[str]] = {BASELINE_VERSION: _BASELINE, 6: _V6, 7: _V7}
 
 
 async def migrate(pool: Any) -> int:

@@ -42,7 +42,7 @@ from dkserver.store.files import diagnose_sqlite_files
 
 log = Logger()
 
-LATEST_VERSION = 6
+LATEST_VERSION = 7
 
 _COPY_CHUNK = 1000
 
@@ -507,6 +507,39 @@ def _to_v6(conn: sqlite3.Connection) -> None:
     conn.execute(_SERVER_SETTINGS)
 
 
+#: Accounts that can be revoked (dkserver.store.accounts): a user's status
+#: (``active``, ``banned``, ``deleted``), the instant (Unix ms) before which
+#: every token of theirs is refused, and the invite codes.
+_INVITES = """
+CREATE TABLE IF NOT EXISTS invites (
+    code_hash TEXT PRIMARY KEY,
+    uses_left INTEGER NOT NULL,
+    expires_ms INTEGER,
+    created_ms INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+)"""
+
+#: The few users the token check must know about, loaded into memory.
+_USERS_REVOKED_INDEX = (
+    "CREATE INDEX IF NOT EXISTS users_revoked_idx ON users(user_id)"
+    " WHERE status <> 'active' OR tokens_valid_after_ms IS NOT NULL"
+)
+
+
+def _to_v7(conn: sqlite3.Connection) -> None:
+    """Accounts that can be revoked: ``users.status`` and
+    ``users.tokens_valid_after_ms``, and ``invites``."""
+    columns = _columns(conn, "users")
+    if "status" not in columns:
+        conn.execute(
+            "ALTER TABLE users ADD COLUMN status TEXT NOT NULL DEFAULT 'active'"
+        )
+    if "tokens_valid_after_ms" not in columns:
+        conn.execute("ALTER TABLE users ADD COLUMN tokens_valid_after_ms INTEGER")
+    conn.execute(_USERS_REVOKED_INDEX)
+    conn.execute(_INVITES)
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _to_v1,
     2: _to_v2,
@@ -514,4 +547,5 @@ _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     4: _to_v4,
     5: _to_v5,
     6: _to_v6,
+    7: _to_v7,
 }

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dkserver.store.accounts import consume_invite_txn
 from dkserver.store.database import Database, Txn
 from dkserver.store.errors import IntegrityError, StoreError, UserExists
 
@@ -19,6 +20,8 @@ class User:
     #: Registration instant (Unix ns); broadcasts older than this are not
     #: offered to the user. Legacy rows have second precision.
     registered_ns: int
+    #: ``active``, ``banned`` or ``deleted`` (dkserver.store.accounts).
+    status: str = "active"
 
 
 #: Users kept in memory; a login or token check for them needs no query.
@@ -26,9 +29,10 @@ CACHE_SIZE = 50_000
 
 
 class UserStore:
-    """Users are never changed or deleted once registered, so a cached
-    ``User`` stays correct; the cache only saves the trip to the database
-    thread on every login, token check and key lookup."""
+    """The cache saves the trip to the database thread on every login,
+    token check and key lookup.  A user changes only by an account change
+    (ban, delete, key rotation: dkserver.store.accounts), which every
+    server learns of by its revocation poll and then calls `forget`."""
 
     def __init__(
         self, pool: Database, clock_ns: Callable[[], int] = time.time_ns
@@ -49,13 +53,23 @@ class UserStore:
         username: str,
         public_key: str,
         registered_ns: int | None = None,
+        *,
+        invite: str | None = None,
     ) -> None:
         """Register a user; raises `UserExists` if the id is taken.
 
+        With ``invite``, one use of that code is taken in the same
+        transaction (`InviteRefused` if it is not usable).
         ``registered_ns`` defaults to now; tests pass it to pin the instant.
         """
         ns = self._clock_ns() if registered_ns is None else registered_ns
-        await self._pool.runInteraction(_create_txn, user_id, username, public_key, ns)
+        await self._pool.runInteraction(
+            _create_txn, user_id, username, public_key, ns, invite
+        )
+
+    def forget(self) -> None:
+        """Drop every cached user: an account changed somewhere."""
+        self._cache.clear()
 
     async def get(self, user_id: str) -> User | None:
         user = self._cache.get(user_id)
@@ -100,10 +114,17 @@ class UserActivity:
 
 
 def _create_txn(
-    txn: Txn, user_id: str, username: str, public_key: str, ns: int
+    txn: Txn,
+    user_id: str,
+    username: str,
+    public_key: str,
+    ns: int,
+    invite: str | None = None,
 ) -> None:
     if _exists_txn(txn, user_id):
         raise UserExists(user_id)
+    if invite is not None:
+        consume_invite_txn(txn, invite, ns // 1_000_000)
     # created_at as SQLite's CURRENT_TIMESTAMP writes it, like the original
     created_at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ns // 1_000_000_000))
     try:
@@ -120,8 +141,8 @@ def _get_txn(txn: Txn, user_id: str) -> User | None:
     if not txn.engine.can_hold(user_id):
         return None  # such a user cannot have registered (PostgreSQL: a NUL)
     txn.execute(
-        "SELECT user_id, username, public_key, COALESCE(registered_ns, 0)"
-        " FROM users WHERE user_id = ?",
+        "SELECT user_id, username, public_key, COALESCE(registered_ns, 0),"
+        " status FROM users WHERE user_id = ?",
         (user_id,),
     )
     row = txn.fetchone()

@@ -23,6 +23,7 @@ from dkserver.metrics import CONTENT_TYPE_LATEST, Metrics
 from dkserver.peers import peer_host
 from dkserver.ratelimit import BucketRegistry, settled
 from dkserver.store import Store, StoreUnavailable, TooManyApis
+from dkserver.store.accounts import DELETED
 from dkserver.web import documents, trackers
 from dkserver.web.files import OperatorFiles
 from dkserver.web.pages import ClientDownload, Pages
@@ -139,8 +140,25 @@ class DkApp:
         await self.auth.check_rate(ip)
         body = read_json_object(request, "user_id", "username", "public_key")
         await self.auth.check_rate_user(body["user_id"])
-        await self.auth.register(body["user_id"], body["username"], body["public_key"])
+        await self.auth.register(
+            body["user_id"],
+            body["username"],
+            body["public_key"],
+            body.get("invite"),
+            ip,
+        )
         return text_response(request, "User registered successfully", 201)
+
+    @app.route("/auth/rotate-key", methods=["POST"])
+    async def rotate_key(self, request: IRequest) -> bytes:
+        ip = client_ip(request)
+        await self.auth.check_rate(ip)
+        body = read_json_object(request, "user_id", "public_key", "signature")
+        await self.auth.check_rate_user(body["user_id"])
+        token = await self.auth.rotate_key(
+            body["user_id"], body["public_key"], body["signature"], ip
+        )
+        return json_response(request, {"token": token})
 
     @app.route("/auth/login", methods=["POST"])
     async def login(self, request: IRequest) -> bytes:
@@ -159,7 +177,7 @@ class DkApp:
     @app.route("/auth/users/<string:user_id>", methods=["GET"])
     async def get_user(self, request: IRequest, user_id: str) -> bytes:
         user = await self.store.users.get(user_id)
-        if user is None:
+        if user is None or user.status == DELETED:
             raise NotFound("User not found")
         return json_response(
             request,
@@ -188,7 +206,7 @@ class DkApp:
             raise ApiError(503, "Server is shutting down")
         token = request.args.get(b"token", [b""])[0].decode("latin-1")
         try:
-            user_id = await self.auth.authenticate(token)
+            claims = await self.auth.authenticate_claims(token)
         except ApiError:
             self.metrics.refused_upgrades.labels(reason="token").inc()
             self.log.warn(
@@ -197,6 +215,7 @@ class DkApp:
                 audit=True,
             )
             raise
+        user_id = claims.user_id
         try:
             check_origin(request, self.config.allowed_origins)
         except ApiError:
@@ -225,7 +244,7 @@ class DkApp:
                 audit=True,
             )
             raise ApiError(429, "Too many connections")
-        return UpgradeResource(self.ws_factory, user_id, reservation)
+        return UpgradeResource(self.ws_factory, user_id, reservation, claims.iat)
 
     # -- presence and profiles ----------------------------------------------------
 

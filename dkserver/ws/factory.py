@@ -6,6 +6,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 
+from dkserver.auth.revocation import Revocations
 from dkserver.config import Config
 from dkserver.ws.hub import Hub
 from dkserver.ws.outbox import DEFAULT_LIMIT, PROOF_BURST, PROOF_INTERVAL
@@ -15,9 +16,17 @@ from dkserver.ws.protocol import DkServerProtocol
 class DkWebSocketFactory(WebSocketServerFactory):
     protocol = DkServerProtocol
 
-    def __init__(self, config: Config, hub: Hub, reactor: Any) -> None:
+    def __init__(
+        self,
+        config: Config,
+        hub: Hub,
+        reactor: Any,
+        revocations: Revocations | None = None,
+    ) -> None:
         super().__init__(url=None, server="dkserver", reactor=reactor)
         self.hub = hub
+        #: Checked once more when a connection opens (dkserver.auth.revocation).
+        self.revocations = revocations if revocations is not None else Revocations()
         hub.factory = self
         self.queue_limit = DEFAULT_LIMIT
         self.inbox_limit = 256

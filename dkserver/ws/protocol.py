@@ -20,6 +20,7 @@ from autobahn.websocket.protocol import Disconnected
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from dkserver.auth.revocation import close_code
 from dkserver.peers import peer_host
 from dkserver.store import StoreUnavailable
 from dkserver.ws import frames
@@ -42,6 +43,8 @@ class DkServerProtocol(WebSocketServerProtocol):
 
     #: Set by the upgrade resource before the handshake is processed.
     user_id: str = ""
+    #: The ``iat`` of the token the connection was opened with.
+    token_iat: float | None = None
     hub: Hub
     _gone = False
     #: Frames received but not yet handled; past the limit reading pauses.
@@ -86,6 +89,13 @@ class DkServerProtocol(WebSocketServerProtocol):
             user_id=self.user_id,
             client_ip=peer_host(self.transport.getPeer()),
         )
+        # Revoked between the token check and now: the watch that closes
+        # open connections did not see this one yet.
+        revocations = self.factory.revocations
+        refusal = revocations.refusal(self.user_id, self.token_iat)
+        if refusal is not None:
+            self.revoke(*close_code(refusal))
+            return
         d = Deferred.fromCoroutine(self._send_backlog())
         d.addErrback(self._backlog_failed)
 
@@ -261,6 +271,22 @@ class DkServerProtocol(WebSocketServerProtocol):
     def _abort_if_open(self) -> None:
         if self.transport is not None and not self._gone:
             self.dropConnection(abort=True)
+
+    def revoke(self, code: int, reason: str) -> None:
+        """The account was banned or deleted, or the token revoked: close
+        with ``code``; what is still queued stays pending."""
+        if self._gone or self.state != self.STATE_OPEN:
+            return
+        self.dklog.warn(
+            "security event connection_revoked ({reason}) for user {user_id!r}",
+            reason=reason,
+            user_id=self.user_id,
+            audit=True,
+        )
+        self.outbox.stop()
+        self._held.clear()
+        self.sendClose(code, reason)
+        self.hub.clock.callLater(2.0, self._abort_if_open)
 
     def going_away(self) -> None:
         """Shutdown: close with 1001 "going away"."""

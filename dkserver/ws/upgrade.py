@@ -40,7 +40,11 @@ def check_origin(request: IRequest, allowed: tuple[str, ...]) -> None:
 
 
 def upgrade(
-    request: IRequest, factory, user_id: str, reservation: Any = None
+    request: IRequest,
+    factory,
+    user_id: str,
+    reservation: Any = None,
+    token_iat: float | None = None,
 ) -> int | bytes:
     """Take over the request's transport for a WebSocket session of ``user_id``.
 
@@ -62,6 +66,7 @@ def upgrade(
         raise refusal
     protocol = factory.buildProtocol(transport.getPeer())
     protocol.user_id = user_id
+    protocol.token_iat = token_iat
     protocol.reservation = reservation
     in_flight = getattr(getattr(channel, "site", None), "in_flight", None)
     if in_flight is not None:
@@ -93,11 +98,20 @@ class UpgradeResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, factory, user_id: str, reservation: Any = None) -> None:
+    def __init__(
+        self,
+        factory,
+        user_id: str,
+        reservation: Any = None,
+        token_iat: float | None = None,
+    ) -> None:
         super().__init__()
         self._factory = factory
         self._user_id = user_id
         self._reservation = reservation
+        self._token_iat = token_iat
 
     def render(self, request: IRequest) -> int | bytes:
-        return upgrade(request, self._factory, self._user_id, self._reservation)
+        return upgrade(
+            request, self._factory, self._user_id, self._reservation, self._token_iat
+        )

@@ -74,6 +74,8 @@ async def test_fresh_file_gets_full_schema_at_latest_version(db_path, sql):
         "created_at",
         "registered_ns",
         "broadcast_floor",
+        "status",
+        "tokens_valid_after_ms",
     ]
     fks = sql(db_path, "PRAGMA foreign_key_list(messages)")
     assert [(r[2], r[3], r[4]) for r in fks] == [("users", "from_user", "user_id")]

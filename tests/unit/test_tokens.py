@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 
 import jwt
 import pytest
@@ -15,10 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from dkserver.auth.tokens import InvalidToken, TokenIssuer
+from dkserver.auth.tokens import InvalidToken, KeyRing, TokenIssuer, key_id
 
 SECRET = b"k" * 32
-START = 1_750_000_000.0
+START = 1_750_000_000.25
 
 
 @pytest.fixture
@@ -56,19 +57,26 @@ def test_roundtrip_returns_user_id(issuer: TokenIssuer) -> None:
     assert issuer.verify(token) == "alice"
 
 
-def test_issued_claims_are_user_id_exp_24h_and_iat(
+def test_issued_claims_are_user_id_exp_24h_iat_jti_iss_and_kid(
     issuer: TokenIssuer, clock: Clock
 ) -> None:
     token = issuer.issue("alice")
-    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "HS256"
+    assert header["kid"] == key_id(SECRET)
     claims = jwt.decode(
         token, SECRET, algorithms=["HS256"], options={"verify_exp": False}
     )
+    jti = claims.pop("jti")
+    assert isinstance(jti, str) and len(jti) >= 16
     assert claims == {
         "user_id": "alice",
         "exp": int(START) + 86400,
-        "iat": int(START),
+        "iat": math.floor(START * 1000) / 1000,
+        "iss": "dkserver",
     }
+    again = jwt.decode(issuer.issue("alice"), options={"verify_signature": False})
+    assert again["jti"] != jti
 
 
 def test_token_from_original_go_server_layout_verifies(issuer: TokenIssuer) -> None:
@@ -188,8 +196,50 @@ def test_tampered_payload_is_rejected(issuer: TokenIssuer) -> None:
 
 def test_wrong_secret_is_rejected(issuer: TokenIssuer, clock: Clock) -> None:
     other = TokenIssuer(b"z" * 32, clock)
-    with pytest.raises(InvalidToken, match="signature"):
+    with pytest.raises(InvalidToken, match="key is not known"):
         issuer.verify(other.issue("alice"))
+    # The same, claiming our kid: the signature decides.
+    forged = jwt.encode(
+        {"user_id": "alice", "exp": START + 60, "iss": "dkserver"},
+        b"z" * 32,
+        algorithm="HS256",
+        headers={"kid": key_id(SECRET)},
+    )
+    with pytest.raises(InvalidToken, match="signature"):
+        issuer.verify(forged)
+
+
+def test_rotated_secret_verifies_old_tokens_until_the_grace_ends(
+    issuer: TokenIssuer, clock: Clock
+) -> None:
+    old = issuer.issue("alice")
+    legacy = jwt.encode({"user_id": "bob", "exp": START + 7200}, SECRET, "HS256")
+    new_secret = b"n" * 32
+    issuer.use_keys(KeyRing(new_secret, [(SECRET, START + 3600)]))
+    new = issuer.issue("alice")
+    assert jwt.get_unverified_header(new)["kid"] == key_id(new_secret)
+    assert issuer.verify(old) == "alice"
+    assert issuer.verify(legacy) == "bob"  # no kid: any secret in the ring
+    assert issuer.verify(new) == "alice"
+    clock.advance(3600)
+    with pytest.raises(InvalidToken, match="key is not known"):
+        issuer.verify(old)
+    with pytest.raises(InvalidToken, match="signature"):
+        issuer.verify(legacy)
+    assert issuer.verify(new) == "alice"
+
+
+def test_token_of_another_issuer_is_rejected(clock: Clock) -> None:
+    ours = TokenIssuer(SECRET, clock, issuer="a.example")
+    theirs = TokenIssuer(SECRET, clock, issuer="b.example")
+    with pytest.raises(InvalidToken, match="issuer"):
+        ours.verify(theirs.issue("alice"))
+
+
+def test_verify_claims_gives_the_issue_instant(issuer: TokenIssuer) -> None:
+    claims = issuer.verify_claims(issuer.issue("alice"))
+    assert claims.user_id == "alice"
+    assert claims.iat == math.floor(START * 1000) / 1000
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,8 @@ EXPECTED_COLUMNS = {
         "created_at",
         "registered_ns",
         "broadcast_floor",
+        "status",
+        "tokens_valid_after_ms",
     ],
     "messages": [
         "id",
@@ -74,6 +76,7 @@ EXPECTED_COLUMNS = {
         "updated_at",
     ],
     "server_settings": ["name", "value"],
+    "invites": ["code_hash", "uses_left", "expires_ms", "created_ms", "revoked"],
 }
 
 #: Every version a fresh database records: the baseline, then each step.
@@ -82,6 +85,9 @@ APPLIED_VERSIONS = list(range(pg_schema.BASELINE_VERSION, pg_schema.LATEST_VERSI
 #: What SQLite's versions after 3 add (PostgreSQL has them from the start).
 ADDED_AFTER_SQLITE_V3 = {
     ("messages", "client_timestamp"),
+    ("users", "status"),
+    ("users", "tokens_valid_after_ms"),
+    *(("invites", c) for c in EXPECTED_COLUMNS["invites"]),
     *((t, c) for t in ("user_trackers", "user_apis") for c in EXPECTED_COLUMNS[t]),
 }
 

@@ -15,6 +15,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor, ssl
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from tests.support.client import Identity, get, login, register
@@ -60,18 +61,19 @@ async def test_shutdown_lets_in_flight_requests_finish(backend_config):
     server = await start_server(backend_config())
     store = server.service.store
     original = store.users.exists
-    gate = deferLater(reactor, 0.3, lambda: None)
+    entered: Deferred = Deferred()
 
     async def slow_exists(user_id):
-        await gate
+        entered.callback(None)
+        await deferLater(reactor, 0.3, lambda: None)
         return await original(user_id)
 
     store.users.exists = slow_exists
-    request = get(server, "/auth/check-userid/x")
-    from twisted.internet.defer import Deferred
-
-    request = Deferred.fromCoroutine(request)
-    await deferLater(reactor, 0.05, lambda: None)
+    request = Deferred.fromCoroutine(get(server, "/auth/check-userid/x"))
+    # Stop once the request is in the handler (not after a fixed sleep: on
+    # a loaded machine the request could arrive after the store had closed,
+    # and its database call would then wait forever).
+    await entered
     await server.service.stopService()
     assert (await request) == (200, {"exists": False})
     await server.close()

@@ -93,7 +93,8 @@ class Cluster:
 
     async def wait_connected(self, timeout: float = 15.0) -> None:
         """Until every running node has stamped its heartbeat into Redis in
-        the last two seconds (the nodes see each other by their next one).
+        the last two seconds (the nodes see each other by their next one)
+        and its subscriber connection is back.
 
         A fresh stamp, not just an entry: after a Redis pause or restart a
         node whose connection has not come back still has its old one."""
@@ -107,7 +108,15 @@ class Cluster:
             )
             return names <= set(found)
 
-        await wait_for(beating, f"heartbeats of {sorted(names)} in dk:nodes", timeout)
+        def subscribed() -> bool:
+            # Each node's subscriber holds its own forward channel.
+            reply = redis_command(
+                self.redis_url, "PUBSUB", "NUMSUB", *(f"dk:node:{n}" for n in names)
+            )
+            return all(int(count) >= 1 for count in reply[1::2])
+
+        what = f"heartbeats and subscribers of {sorted(names)}"
+        await wait_for(lambda: beating() and subscribed(), what, timeout)
 
     async def active_users(self, index: int) -> tuple[set[str], set[str]]:
         code, body = await get(self[index], "/active-users")

@@ -109,6 +109,7 @@ FIELDS = [
     "errors",
     "loadgen_cpu_pct",
     "loadavg_1m",
+    "cpu_pressure_pct",
 ]
 
 #: The row before the load starts.
@@ -172,13 +173,15 @@ class DbView:
             self._open()
         out = {}
         for name, query in COUNTS:
-            out[name] = self.conn.execute(query).fetchone()[0]
+            out[name] = int(self.conn.execute(query).fetchone()[0])
         if isinstance(self.backend, PostgresBackend):
-            out["db_bytes"] = self.conn.execute(
-                "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)"
-                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
-            ).fetchone()[0]
+            out["db_bytes"] = int(
+                self.conn.execute(
+                    "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)"
+                    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+                ).fetchone()[0]
+            )
         else:
             out["db_bytes"] = sum(
                 os.path.getsize(self.db + s)
@@ -236,6 +239,18 @@ async def ws_connections(port: int, ctx) -> int | None:
         if line.startswith("dkserver_websocket_connections "):
             return int(float(line.split()[1]))
     return None
+
+
+def cpu_pressure() -> float | None:
+    """Share of the last 10 s in which some runnable task waited for a CPU
+    (Linux PSI, ``/proc/pressure/cpu``): how contended the shared box was."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    fields = dict(x.split("=", 1) for x in first[1:])
+    return float(fields["avg10"]) if "avg10" in fields else None
 
 
 def _ms(values: list[int], q: float) -> float | None:
@@ -319,6 +334,7 @@ class Sampler:
             rest_p99_ms=_ms(rest, 0.99),
             loadgen_cpu_pct=loadgen_cpu_pct,
             loadavg_1m=os.getloadavg()[0],
+            cpu_pressure_pct=cpu_pressure(),
         )
         self.rows.append(row)
         self.writer.writerow(row)
@@ -434,6 +450,7 @@ async def run(args) -> dict:
             *(g.expect("result", timeout=args.drain_s + 60) for g in gens)
         )
         await asyncio.gather(*(g.expect("closed", timeout=30) for g in gens))
+        await asyncio.sleep(2.0)  # the server sees the closes
         after = {
             "rss_kib": dk.rss(),
             "fds": open_fds(dk.pid),
@@ -539,6 +556,7 @@ def summarize(sampler: Sampler, finals: list[dict], after: dict, args) -> dict:
         "loadgen_cpu_pct": _spread([r["loadgen_cpu_pct"] for r in load]),
         # The box is shared: how busy it was besides this run.
         "loadavg_1m": _spread([r["loadavg_1m"] for r in load]),
+        "cpu_pressure_pct": _spread([r["cpu_pressure_pct"] for r in load]),
         "rss_kib": {
             "start": first["rss_kib"],
             "end": last["rss_kib"],
@@ -603,7 +621,8 @@ def render(results: dict) -> str:
         f"max {s['server_cpu_pct']['max']}; load generators: median "
         f"{s['loadgen_cpu_pct']['median']}; machine load average (1 min, "
         f"2 cores, shared): median {s['loadavg_1m']['median']}, max "
-        f"{s['loadavg_1m']['max']}",
+        f"{s['loadavg_1m']['max']}; CPU pressure (PSI some avg10) median "
+        f"{s['cpu_pressure_pct']['median']} %",
         f"delivery: {s['totals']['dm_received']}/{s['totals']['dm_sent']} direct "
         f"messages received, {s['undelivered']} undelivered, "
         f"{s['duplicates']} duplicates; {s['totals']['errors']} client errors, "

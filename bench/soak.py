@@ -77,6 +77,8 @@ DEFAULTS = {
 FIELDS = [
     "t_s",
     "rss_kib",
+    "rss_anon_kib",
+    "rss_file_kib",
     "fds",
     "threads",
     "server_cpu_pct",
@@ -214,12 +216,18 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def threads(pid: int) -> int:
+def status(pid: int) -> dict[str, int]:
+    """Threads and the parts of RSS (anonymous: the heap; file: mapped
+    libraries and files) from ``/proc/PID/status``."""
+    keys = {"Threads:": "threads", "RssAnon:": "rss_anon_kib"}
+    keys["RssFile:"] = "rss_file_kib"
+    out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("Threads:"):
-                return int(line.split()[1])
-    return 0
+            parts = line.split()
+            if parts and parts[0] in keys:
+                out[keys[parts[0]]] = int(parts[1])
+    return out
 
 
 async def ws_connections(port: int, ctx) -> int | None:
@@ -313,7 +321,7 @@ class Sampler:
             "t_s": round(now - self.t0, 1),
             "rss_kib": rss_kib(pid),
             "fds": open_fds(pid),
-            "threads": threads(pid),
+            **status(pid),
             "server_cpu_pct": round((cpu - cpu_last) * 100 / span, 1),
             "db_cpu_pct": None
             if db_cpu is None or db_last is None
@@ -525,6 +533,7 @@ def summarize(sampler: Sampler, finals: list[dict], after: dict, args) -> dict:
             r["fds_minus_conns"] = r["fds"] - r["ws_connections"]
     trends = {
         "rss_kib": trend.trend(*_series(half, "rss_kib"), args.rss_bound),
+        "rss_anon_kib": trend.trend(*_series(half, "rss_anon_kib"), args.rss_bound),
         "fds": trend.trend(*_series(half, "fds"), args.fd_bound),
         "fds_minus_conns": trend.trend(
             *_series(half, "fds_minus_conns"), args.fd_bound

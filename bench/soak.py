@@ -611,7 +611,42 @@ def summarize(sampler: Sampler, finals: list[dict], after: dict, args) -> dict:
         "rest_p99_ms": _spread([r["rest_p99_ms"] for r in load]),
         "trends": trends,
         "second_half_from_s": half[0]["t_s"] if half else None,
+        "windows": windows(load, args.windows),
     }
+
+
+def windows(rows: list[dict], n: int) -> list[dict]:
+    """The series in ``n`` equal spans of time: how it went, at a glance."""
+    if not rows:
+        return []
+    end = rows[-1]["t_s"]
+    out = []
+    for i in range(n):
+        lo, hi = end * i / n, end * (i + 1) / n
+        part = [r for r in rows if lo < r["t_s"] <= hi or (i == 0 and r["t_s"] == lo)]
+        if not part:
+            continue
+        p99 = _spread([r["dm_p99_ms"] for r in part])
+        out.append(
+            {
+                "from_s": round(lo),
+                "to_s": round(hi),
+                "rss_kib_end": part[-1]["rss_kib"],
+                "fds_min": min(r["fds"] for r in part),
+                "fds_max": max(r["fds"] for r in part),
+                "pending_max": _spread([r["pending_direct"] for r in part])["max"],
+                "dm_p50_ms_median": _spread([r["dm_p50_ms"] for r in part])["median"],
+                "dm_p99_ms_median": p99["median"],
+                "dm_p99_ms_max": p99["max"],
+                "server_cpu_pct_median": _spread([r["server_cpu_pct"] for r in part])[
+                    "median"
+                ],
+                "cpu_pressure_pct_median": _spread(
+                    [r["cpu_pressure_pct"] for r in part]
+                )["median"],
+            }
+        )
+    return out
 
 
 SPREAD = ("start", "end", "min", "max", "after_drain")
@@ -700,6 +735,36 @@ def render(results: dict) -> str:
                 s["rest_p99_ms"]["median"],
                 s["rest_p99_ms"]["max"],
             ],
+        ],
+    )
+    lines += _table(
+        "over time (direct-message p50/p99: medians of the intervals' figures)",
+        [
+            "from s",
+            "to s",
+            "RSS KiB",
+            "fds",
+            "pending max",
+            "p50 ms",
+            "p99 ms",
+            "p99 max",
+            "srv CPU %",
+            "CPU pressure %",
+        ],
+        [
+            [
+                w["from_s"],
+                w["to_s"],
+                w["rss_kib_end"],
+                f"{w['fds_min']}-{w['fds_max']}",
+                w["pending_max"],
+                w["dm_p50_ms_median"],
+                w["dm_p99_ms_median"],
+                w["dm_p99_ms_max"],
+                w["server_cpu_pct_median"],
+                w["cpu_pressure_pct_median"],
+            ]
+            for w in s["windows"]
         ],
     )
     if s["error_sample"]:
@@ -796,11 +861,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="series path without extension (.csv, .json); default "
         "dk-soak-<time> in the temp dir",
     )
+    p.add_argument(
+        "--windows", type=int, default=6, help="spans of the summary's time table"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = p.parse_args(argv)
     if not args.minutes > 0 or not args.interval > 0:
         p.error("--minutes and --interval take a positive number")
-    for key in ("users", "procs"):
+    for key in ("users", "procs", "windows"):
         if getattr(args, key) < 1:
             p.error(f"--{key} takes a positive integer")
     if args.users < 4 * args.procs:

@@ -64,6 +64,7 @@ DEFAULTS = {
     "dm_rate": 250.0,
     "bc_rate": 0.5,
     "rest_rate": 10.0,
+    "stats_every": 30.0,
     "steady_share": 0.5,
     "offline_share": 0.2,
     "churner_share": 0.2,
@@ -286,6 +287,7 @@ def load_job(b: Bench, args, chunk, others, i, admin_token) -> dict:
         dm_per_s=args.dm_rate / procs,
         bc_per_s=args.bc_rate / procs,
         rest_per_s=args.rest_rate / procs,
+        stats_every_s=args.stats_every,
         pad="x" * args.pad_bytes,
         admin_token=admin_token if i == 0 else None,
         drain_s=args.drain_s,
@@ -372,6 +374,7 @@ async def run(args) -> dict:
                     "dm_rate",
                     "bc_rate",
                     "rest_rate",
+                    "stats_every",
                     "steady_share",
                     "offline_share",
                     "churner_share",
@@ -820,6 +823,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dm-rate", type=float, default=d["dm_rate"], help="DMs/s")
     p.add_argument("--bc-rate", type=float, default=d["bc_rate"], help="broadcasts/s")
     p.add_argument("--rest-rate", type=float, default=d["rest_rate"], help="reads/s")
+    p.add_argument(
+        "--stats-every",
+        type=float,
+        default=d["stats_every"],
+        help="seconds between the admin's /stats reads (0: none)",
+    )
     p.add_argument("--steady-share", type=float, default=d["steady_share"])
     p.add_argument(
         "--offline-share",
@@ -873,7 +882,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error(f"--{key} takes a positive integer")
     if args.users < 4 * args.procs:
         p.error("--users: at least 4 per load generator")
-    for key in ("dm_rate", "bc_rate", "rest_rate", "pad_bytes"):
+    for key in ("dm_rate", "bc_rate", "rest_rate", "stats_every", "pad_bytes"):
         if getattr(args, key) < 0:
             p.error(f"--{key.replace('_', '-')} cannot be negative")
     for key in ("steady_share", "offline_share", "churner_share", "abort_share"):

@@ -15,7 +15,8 @@ At fixed rates: direct messages from an online user to a steady user (the
 latency sample), to an online churner, or to an offline churner (stored,
 delivered on its next connect); broadcasts from an online user; REST reads
 (``/active-users``, ``/auth/users/{id}``, ``/auth/check-userid/{id}``,
-``/user/descriptions/{id}`` and, with the admin's token, ``/stats``).
+``/user/descriptions/{id}``) and, with the admin's token, ``/stats`` every
+``stats_every_s``.
 Messages are signed when sent (a few hundred a second: no pre-signed pool
 needed).
 
@@ -92,6 +93,7 @@ class Soak:
         self.error_sample: list[str] = []
         self.http_pool: asyncio.Queue[wire.HttpClient] = asyncio.Queue()
         self.tasks: list[asyncio.Task] = []
+        self.rest_conns: dict[str, wire.HttpClient] = {}
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -292,18 +294,25 @@ class Soak:
             (f"/auth/check-userid/{uid}", None),
             (f"/user/descriptions/{uid}", None),
         ]
-        if self.job.get("admin_token"):
-            choices.append(
-                ("/stats", {"Authorization": f"Bearer {self.job['admin_token']}"})
-            )
-        path, headers = self.rng.choice(choices)
+        await self.get(*self.rng.choice(choices))
+
+    async def read_stats(self) -> None:
+        """``/stats`` as an admin's dashboard polls it (it counts over whole
+        tables: not a read for every second)."""
+        auth = {"Authorization": f"Bearer {self.job['admin_token']}"}
+        await self.get("/stats", auth, conn="stats")
+
+    async def get(self, path: str, headers=None, conn: str = "rest") -> None:
+        """One GET on the keep-alive connection ``conn`` (one request at a
+        time each: the REST loop and the /stats poll have their own)."""
+        http = self.rest_conns[conn]
         t0 = time.perf_counter_ns()
         try:
-            status, _ = await self.rest.request("GET", path, headers=headers)
+            status, _ = await http.request("GET", path, headers=headers)
         except (ConnectionError, OSError, TimeoutError) as e:
             self.error(f"GET {path.split('/')[1]}", e)
-            self.rest.close()
-            self.rest = await self.http()
+            http.close()
+            self.rest_conns[conn] = await self.http()
             return
         self.rest_lat.append((time.perf_counter_ns() - t0) // 1000)
         self.count("rest_reads")
@@ -326,7 +335,7 @@ class Soak:
     async def run(self, ctl) -> None:
         for _ in range(self.job.get("http_conns", 4)):
             self.http_pool.put_nowait(await self.http())
-        self.rest = await self.http()
+        self.rest_conns = {"rest": await self.http(), "stats": await self.http()}
         sem = asyncio.Semaphore(16)
 
         async def first(m: Member) -> None:
@@ -347,6 +356,8 @@ class Soak:
         self.spawn(self.paced(self.job["dm_per_s"], self.send_dm))
         self.spawn(self.paced(self.job["bc_per_s"], self.send_broadcast))
         self.spawn(self.paced(self.job["rest_per_s"], self.rest_read))
+        if self.job.get("admin_token") and self.job.get("stats_every_s"):
+            self.spawn(self.paced(1.0 / self.job["stats_every_s"], self.read_stats))
         while True:
             msg = await ctl.next()
             if msg.get("cmd") == "sample":
@@ -383,6 +394,7 @@ class Soak:
                 ws.close()
         while not self.http_pool.empty():
             self.http_pool.get_nowait().close()
-        self.rest.close()
+        for http in self.rest_conns.values():
+            http.close()
         await asyncio.sleep(0.2)
         self.emit("closed")

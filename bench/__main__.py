@@ -4,5 +4,7 @@ from bench.runner import main
 
 if sys.argv[1:2] == ["cluster"]:  # nodes on PostgreSQL + Redis: bench/cluster.py
     from bench.cluster import main
+elif sys.argv[1:2] == ["soak"]:  # steady mixed load for N minutes: bench/soak.py
+    from bench.soak import main
 
 sys.exit(main())

@@ -649,6 +649,16 @@ async def job_backlog(job, ctl, ctx) -> None:
     receiver.close()
 
 
+# --- soak --------------------------------------------------------------------
+
+
+async def job_soak(job, ctl, ctx) -> None:
+    """Steady mixed load for ``python -m bench soak`` (bench/soakload.py)."""
+    from bench.soakload import Soak
+
+    await Soak(job, ctx, emit).run(ctl)
+
+
 JOBS = {
     "users": job_users,
     "logins": job_logins,
@@ -657,6 +667,7 @@ JOBS = {
     "idle": job_idle,
     "backlog": job_backlog,
     "connects": job_connects,
+    "soak": job_soak,
 }
 
 

@@ -339,11 +339,18 @@ class HttpClient(asyncio.Protocol):
             self._waiter.set_result((status, body))
 
     async def request(
-        self, method: str, path: str, body: bytes | None = None, timeout=30.0
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        timeout=30.0,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
         if self._lost is not None:
             raise ConnectionError(str(self._lost))
         head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
+        for name, value in (headers or {}).items():
+            head += f"{name}: {value}\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         self._waiter = asyncio.get_running_loop().create_future()

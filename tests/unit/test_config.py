@@ -266,3 +266,40 @@ def test_tls_reload_interval_defaults_to_five_seconds_and_is_checked():
     for raw in ("0", "-1", "soon", "inf"):
         with pytest.raises(ConfigError, match="DK_TLS_RELOAD_INTERVAL"):
             from_sources({}, {"DK_TLS_RELOAD_INTERVAL": raw})
+
+
+def test_account_settings_defaults_and_environment():
+    config = from_sources({}, {})
+    assert (config.registration, config.token_issuer, config.revocation_poll) == (
+        "open",
+        "dkserver",
+        0.5,
+    )
+    config = from_sources(
+        {},
+        {
+            "DK_REGISTRATION": "Invite",
+            "DK_TOKEN_ISSUER": "dk.example.org",
+            "DK_REVOCATION_POLL": "0.25",
+        },
+    )
+    assert (config.registration, config.token_issuer, config.revocation_poll) == (
+        "invite",
+        "dk.example.org",
+        0.25,
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("DK_REGISTRATION", "sometimes", "must be open, closed or invite"),
+        ("DK_REVOCATION_POLL", "0", "must be a positive number"),
+        ("DK_REVOCATION_POLL", "120", "at most 60 seconds"),
+        ("DK_TOKEN_ISSUER", "a\tb", "printable"),
+    ],
+)
+def test_bad_account_settings_name_the_setting(key, value, why):
+    with pytest.raises(ConfigError, match=why) as info:
+        from_sources({}, {key: value})
+    assert info.value.key == key

@@ -106,6 +106,8 @@ def server_env(extra: dict[str, str] | None = None, root: Path = ROOT) -> dict:
         MESSAGE_BURST_LIMIT="1000000000",
         LOGIN_RATE_LIMIT="1e9",
         LOGIN_BURST_LIMIT="1000000000",
+        DK_PUBLIC_READ_RATE_LIMIT="1e9",
+        DK_PUBLIC_READ_BURST_LIMIT="1000000000",
         # 10,000 connections come from one loopback address.
         DK_MAX_CONNECTIONS_PER_IP="1000000",
     )

@@ -7,6 +7,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
+
 from dkserver.store.database import Database, Txn
 from dkserver.store.errors import IntegrityError, StoreError, UserExists
 
@@ -31,11 +33,23 @@ class UserStore:
     thread on every login, token check and key lookup."""
 
     def __init__(
-        self, pool: Database, clock_ns: Callable[[], int] = time.time_ns
+        self,
+        pool: Database,
+        clock_ns: Callable[[], int] = time.time_ns,
+        *,
+        reads: Database | None = None,
     ) -> None:
         self._pool = pool
+        #: Lookups and the user list: the read pool (see dkserver.store.pool).
+        self._reads = pool if reads is None else reads
         self._clock_ns = clock_ns
         self._cache: OrderedDict[str, User] = OrderedDict()
+        self._registered: list[Callable[[str], None]] = []
+
+    def on_registered(self, callback: Callable[[str], None]) -> None:
+        """``callback(user_id)`` after each registration through this store
+        commits (the user list of /active-users keeps itself current)."""
+        self._registered.append(callback)
 
     def _remember(self, user: User) -> None:
         self._cache[user.user_id] = user
@@ -56,13 +70,15 @@ class UserStore:
         """
         ns = self._clock_ns() if registered_ns is None else registered_ns
         await self._pool.runInteraction(_create_txn, user_id, username, public_key, ns)
+        for callback in self._registered:
+            callback(user_id)
 
     async def get(self, user_id: str) -> User | None:
         user = self._cache.get(user_id)
         if user is not None:
             self._cache.move_to_end(user_id)
             return user
-        user = await self._pool.runInteraction(_get_txn, user_id)
+        user = await self._reads.runInteraction(_get_txn, user_id)
         if user is not None:
             self._remember(user)
         return user
@@ -73,7 +89,12 @@ class UserStore:
         return await self.get(user_id) is not None
 
     async def all_ids(self) -> list[str]:
-        return await self._pool.runInteraction(_all_ids_txn)
+        return await self._reads.runInteraction(_all_ids_txn)
+
+    async def all_ids_encoded(self) -> tuple[list[str], list[bytes]]:
+        """Every user id in order, and each as its JSON string (encoded on
+        the read pool's thread, not the reactor's)."""
+        return await self._reads.runInteraction(_all_ids_encoded_txn)
 
 
 def _create_txn(
@@ -113,3 +134,11 @@ def _exists_txn(txn: Txn, user_id: str) -> bool:
 def _all_ids_txn(txn: Txn) -> list[str]:
     txn.execute("SELECT user_id FROM users ORDER BY user_id")
     return [user_id for (user_id,) in txn.fetchall()]
+
+
+def _all_ids_encoded_txn(txn: Txn) -> tuple[list[str], list[bytes]]:
+    ids = _all_ids_txn(txn)
+    # Python's order: PostgreSQL's collation may sort differently, and the
+    # user list bisects.
+    ids.sort()
+    return ids, [orjson.dumps(user_id) for user_id in ids]

@@ -48,6 +48,18 @@ _FIGURES = (
         (("relay p99 ms at half rate", "p99_ms", False),),
     ),
     (
+        ("reads", None),
+        "readers",
+        "{} readers",
+        (
+            ("relay p99 ms, no readers", "quiet_p99_ms", False),
+            ("relay p99 ms, readers looping", "busy_p99_ms", False),
+            ("relay max ms, readers looping", "busy_max_ms", False),
+            ("public reads/s (any status)", "reads_per_s", True),
+            ("/active-users 200s/s", "active_users_ok_per_s", True),
+        ),
+    ),
+    (
         ("backlog", None),
         "messages",
         "{} messages",

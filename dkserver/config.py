@@ -53,10 +53,11 @@ DEFAULT_WRITE_BURST = 20
 # Per client IP, for the REST reads anyone may make without a token
 # (/active-users, /auth/users/*, /auth/check-userid/*, /user/descriptions/*,
 # /trackers, /apis, /stats before its token check): a client looks up a few
-# keys and lists users now and then, a NAT of many clients stays far below
-# 20 a second; a loop fetching the user list is capped at that.
-DEFAULT_PUBLIC_READ_RATE = 20.0
-DEFAULT_PUBLIC_READ_BURST = 200
+# keys and lists users now and then, a NAT of several clients stays below
+# 10 a second; a loop fetching the user list (2 MB with 100,000 users) is
+# capped at that, after a burst of 50.
+DEFAULT_PUBLIC_READ_RATE = 10.0
+DEFAULT_PUBLIC_READ_BURST = 50
 
 
 class ConfigError(Exception):

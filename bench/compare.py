@@ -57,6 +57,12 @@ _FIGURES = (
             ("relay max ms, readers looping", "busy_max_ms", False),
             ("public reads/s (any status)", "reads_per_s", True),
             ("/active-users 200s/s", "active_users_ok_per_s", True),
+            (
+                "/active-users server CPU ms/request",
+                "active_users_server_cpu_ms",
+                False,
+            ),
+            ("readers' own CPU, cores", "readers_cpu_cores", False),
         ),
     ),
     (

@@ -498,6 +498,21 @@ def render(r: dict) -> str:
             for path, p in x["reads"].items()
         ],
     )
+    lines += _table(
+        "each public read alone (sequential, one connection)",
+        ["path", "requests", "status", "srv CPU ms/req", "wall ms/req"],
+        [
+            [
+                path,
+                p["requests"],
+                " ".join(f"{k}:{v}" for k, v in sorted(p["status"].items())),
+                p["server_cpu_ms_per_req"],
+                p["wall_ms_per_req"],
+            ]
+            for x in r.get("reads") or []
+            for path, p in x["probe"].items()
+        ],
+    )
     targets = r.get("targets") or {}
     lines += _table(
         "targets",

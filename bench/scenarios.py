@@ -538,6 +538,40 @@ def seed_users(db: str, count: int, prefix: str = "seed") -> float:
     return time.perf_counter() - t0
 
 
+async def probe_reads(b: Bench, token: str, n: int) -> dict:
+    """Server CPU per request of each public read, ``n`` requests one after
+    the other on one connection (from a loopback address per path, so the
+    readers' per-IP buckets are not touched): CPU time, which the machine's
+    other load does not inflate the way it inflates latency."""
+    out = {}
+    for k, path in enumerate(READ_PATHS):
+        http = await wire.http_connect(
+            b.dk.port, wire.client_context(b.cafile), source_ip=f"127.0.1.{k + 1}"
+        )
+        headers = {"Authorization": f"Bearer {token}"} if path == "/stats" else None
+        try:
+            url = path.replace("{random}", "x" + os.urandom(8).hex())
+            await http.request("GET", url, headers=headers)  # warm (first load)
+            statuses: dict[str, int] = {}
+            cpu0 = b.dk.cpu()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                url = path.replace("{random}", "x" + os.urandom(8).hex())
+                status, _ = await http.request("GET", url, headers=headers)
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+            wall = time.perf_counter() - t0
+            cpu = b.dk.cpu() - cpu0
+        finally:
+            http.close()
+        out[path] = {
+            "requests": n,
+            "status": statuses,
+            "server_cpu_ms_per_req": round(cpu * 1000 / n, 2),
+            "wall_ms_per_req": round(wall * 1000 / n, 2),
+        }
+    return out
+
+
 async def reads(
     b: Bench,
     users: int,
@@ -553,9 +587,16 @@ async def reads(
     as separate clients would: per-IP limits apply to each.  The readers
     start together with the second relay run and stop after it.
     """
+    # A database answer means the schema is migrated (listening comes first).
+    http = await wire.http_connect(b.dk.port, wire.client_context(b.cafile))
+    status, _ = await http.request("GET", "/auth/check-userid/nobody")
+    http.close()
+    if status != 200:
+        raise RuntimeError(f"GET /auth/check-userid: {status}")
     seeded_s = seed_users(b.db, users)
     log(f"reads: {users} users seeded in {seeded_s:.1f} s")
     ((_, token),) = await b.users("rdadmin", 1)
+    probe = await probe_reads(b, token, 50)
     per_pair = max(2, int(rate / pairs * seconds))
     log(f"reads: relay paced at {rate:.0f}/s, no readers")
     quiet = await relay(b, "dk", pairs, per_pair, rate=rate)
@@ -616,6 +657,11 @@ async def reads(
         "reads_per_s": round(sum(p["requests"] for p in by_path.values()) / wall, 1)
         if wall
         else None,
+        "active_users_server_cpu_ms": probe["/active-users"]["server_cpu_ms_per_req"],
+        "readers_cpu_cores": round(sum(r["cpu_s"] for r in results) / wall, 2)
+        if wall
+        else None,
+        "probe": probe,
         "seed_s": round(seeded_s, 2),
         "quiet": quiet,
         "busy": busy,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import orjson
 
 from dkserver.store.database import Database, Txn
 from dkserver.store.errors import IntegrityError, StoreError, UserExists
@@ -141,4 +140,13 @@ def _all_ids_encoded_txn(txn: Txn) -> tuple[list[str], list[bytes]]:
     # Python's order: PostgreSQL's collation may sort differently, and the
     # user list bisects.
     ids.sort()
-    return ids, [orjson.dumps(user_id) for user_id in ids]
+    return ids, [encode_user_id(user_id) for user_id in ids]
+
+
+def encode_user_id(user_id: str) -> bytes:
+    """``user_id`` as a JSON string, in a bytes object of its own size.
+
+    Not orjson: each ``orjson.dumps`` result keeps a buffer of about 4 KiB
+    behind it, which for 100,000 kept ids measured 400 MB of RSS.
+    """
+    return json.dumps(user_id, ensure_ascii=False).encode()

@@ -26,9 +26,10 @@ from bisect import bisect_left
 from itertools import chain
 from typing import Any
 
-import orjson
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
+
+from dkserver.store.users import encode_user_id
 
 #: Seconds before the in-memory user list is read again from the database
 #: (in the background, on the next request).
@@ -76,7 +77,7 @@ class ActiveUsers:
         if i < len(ids) and ids[i] == user_id:
             return
         ids.insert(i, user_id)
-        self._encoded.insert(i, orjson.dumps(user_id))
+        self._encoded.insert(i, encode_user_id(user_id))
         self._version += 1
 
     async def body(self) -> bytes:
@@ -160,7 +161,7 @@ class ActiveUsers:
         return b"".join(
             (
                 b'{"online":[',
-                b",".join(orjson.dumps(user_id) for user_id in online),
+                b",".join(encode_user_id(user_id) for user_id in online),
                 b'],"offline":[',
                 b",".join(chain.from_iterable(parts)),
                 b"]}",

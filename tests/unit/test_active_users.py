@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from dkserver.store import StoreUnavailable
+from dkserver.store.users import encode_user_id
 from dkserver.web.presence import USER_LIST_MAX_AGE, ActiveUsers
 from dkserver.ws.sessions import LocalBus
 
@@ -37,7 +38,7 @@ class FakeUsers:
 
     def finish(self, snapshot=None) -> None:
         ids = sorted(self.ids if snapshot is None else snapshot)
-        self.loads.pop(0).callback((ids, [orjson.dumps(u) for u in ids]))
+        self.loads.pop(0).callback((ids, [encode_user_id(u) for u in ids]))
 
     def fail(self) -> None:
         self.loads.pop(0).errback(StoreUnavailable("database down"))
@@ -179,3 +180,18 @@ def test_a_failed_reload_keeps_serving_the_copy_loaded_before(w):
     clock.advance(USER_LIST_MAX_AGE)
     body_of(request(active))
     assert len(users.loads) == 1
+
+
+def test_ids_that_need_escaping_come_back_as_they_are():
+    odd = ['quo"te', "back\\slash", "caf\u00e9", "tab\there", "\U0001f600"]
+    users = FakeUsers(odd)
+    bus = LocalBus()
+    active = ActiveUsers(users, bus, Clock())
+    d = request(active)
+    users.finish()
+    assert body_of(d) == {"online": [], "offline": sorted(odd)}
+    bus.add(Conn('quo"te'))
+    users.register("new\u2028line")
+    body = body_of(request(active))
+    assert body["online"] == ['quo"te']
+    assert set(body["offline"]) == set(odd) - {'quo"te'} | {"new\u2028line"}

@@ -8,6 +8,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from twisted.logger import Logger
+
 from dkserver.store.database import Database, Txn
 from dkserver.store.errors import IntegrityError, StoreError, UserExists
 
@@ -30,6 +32,8 @@ class UserStore:
     """Users are never changed or deleted once registered, so a cached
     ``User`` stays correct; the cache only saves the trip to the database
     thread on every login, token check and key lookup."""
+
+    log = Logger()
 
     def __init__(
         self,
@@ -70,7 +74,10 @@ class UserStore:
         ns = self._clock_ns() if registered_ns is None else registered_ns
         await self._pool.runInteraction(_create_txn, user_id, username, public_key, ns)
         for callback in self._registered:
-            callback(user_id)
+            try:
+                callback(user_id)
+            except Exception:  # the user is registered: never fail that
+                self.log.failure("after registering {user_id}", user_id=user_id)
 
     async def get(self, user_id: str) -> User | None:
         user = self._cache.get(user_id)

@@ -256,3 +256,33 @@ def test_proxy_protocol_typo_is_a_one_line_usage_error(monkeypatch):
     monkeypatch.setenv("DK_PROXY_PROTOCOL", "maybe")
     with pytest.raises(usage.UsageError, match=r"^DK_PROXY_PROTOCOL: must be 1/"):
         Options().parseOptions([])
+
+
+def test_public_read_limits_and_read_pool_size():
+    config = from_sources({}, {})
+    assert (config.public_read_rate, config.public_read_burst) == (10.0, 50)
+    assert config.db_read_pool_size == 4
+    config = from_sources(
+        {},
+        {
+            "DK_PUBLIC_READ_RATE_LIMIT": "2.5",
+            "DK_PUBLIC_READ_BURST_LIMIT": "7",
+            "DK_DB_READ_POOL_SIZE": "2",
+        },
+    )
+    assert (config.public_read_rate, config.public_read_burst) == (2.5, 7)
+    assert config.db_read_pool_size == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "raw"),
+    [
+        ("DK_PUBLIC_READ_RATE_LIMIT", "0"),
+        ("DK_PUBLIC_READ_RATE_LIMIT", "nan"),
+        ("DK_PUBLIC_READ_BURST_LIMIT", "x"),
+        ("DK_DB_READ_POOL_SIZE", "0"),
+    ],
+)
+def test_bad_public_read_settings_are_config_errors(key, raw):
+    with pytest.raises(ConfigError, match=f"^{key}: "):
+        from_sources({}, {key: raw})

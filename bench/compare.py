@@ -48,6 +48,24 @@ _FIGURES = (
         (("relay p99 ms at half rate", "p99_ms", False),),
     ),
     (
+        ("reads", None),
+        "readers",
+        "{} readers",
+        (
+            ("relay p99 ms, no readers", "quiet_p99_ms", False),
+            ("relay p99 ms, readers looping", "busy_p99_ms", False),
+            ("relay max ms, readers looping", "busy_max_ms", False),
+            ("public reads/s (any status)", "reads_per_s", True),
+            ("/active-users 200s/s", "active_users_ok_per_s", True),
+            (
+                "/active-users server CPU ms/request",
+                "active_users_server_cpu_ms",
+                False,
+            ),
+            ("readers' own CPU, cores", "readers_cpu_cores", False),
+        ),
+    ),
+    (
         ("backlog", None),
         "messages",
         "{} messages",

@@ -659,7 +659,66 @@ async def job_soak(job, ctl, ctx) -> None:
     await Soak(job, ctx, emit).run(ctl)
 
 
+# --- public reads ------------------------------------------------------------
+
+
+async def job_reads(job, ctl, ctx) -> None:
+    """Clients that loop on the public reads, each over one keep-alive HTTPS
+    connection from a loopback address of its own (``ip``), cycling through
+    ``/active-users``, ``/auth/users/<random id>`` and (with the admin token)
+    ``/stats`` until ``stop``.  Reports per-path counts by status, bytes, and
+    request latency (µs)."""
+    clients = job["clients"]
+    https = [
+        await wire.http_connect(job["port"], ctx, source_ip=c["ip"]) for c in clients
+    ]
+    admin = {"Authorization": f"Bearer {job['token']}"}
+    paths = job["paths"]
+    stats: dict[str, dict] = {
+        p: {"status": {}, "bytes": 0, "lat_us": []} for p in paths
+    }
+    emit("ready")
+    await ctl.expect("go")
+    stopping = asyncio.Event()
+    cpu0 = cpu_seconds()
+    start_ns = time.time_ns()
+
+    async def loop(i):
+        k = i
+        while not stopping.is_set():
+            path = paths[k % len(paths)]
+            k += 1
+            url = path
+            if path == "/auth/users/{random}":
+                url = "/auth/users/x" + os.urandom(8).hex()
+            t0 = time.perf_counter_ns()
+            status, body = await https[i].request(
+                "GET", url, headers=admin if path == "/stats" else None, timeout=120
+            )
+            s = stats[path]
+            s["lat_us"].append((time.perf_counter_ns() - t0) // 1000)
+            s["status"][str(status)] = s["status"].get(str(status), 0) + 1
+            s["bytes"] += len(body)  # a 429 is asked again at once, as a loop would
+
+    async def stop():
+        await ctl.expect("stop")
+        stopping.set()
+
+    await asyncio.gather(stop(), *(loop(i) for i in range(len(clients))))
+    end_ns = time.time_ns()
+    emit(
+        "result",
+        stats=stats,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        cpu_s=cpu_seconds() - cpu0,
+    )
+    for h in https:
+        h.close()
+
+
 JOBS = {
+    "reads": job_reads,
     "users": job_users,
     "logins": job_logins,
     "relay": job_relay,

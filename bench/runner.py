@@ -51,6 +51,13 @@ DEFAULTS = {
     "broadcast": {"clients": [100, 1000, 5000], "rounds": 3},
     "connections": {"conns": [1000, 5000, 10000], "big": 100},
     "backlog": {"messages": [1000, 5000, 10000]},
+    "reads": {
+        "users": 100_000,
+        "readers": 8,
+        "pairs": 10,
+        "rate": 1000.0,
+        "seconds": 5.0,
+    },
 }
 SMOKE = {
     "logins": {"clients": [1], "duration": 0.3},
@@ -58,6 +65,7 @@ SMOKE = {
     "broadcast": {"clients": [3], "rounds": 1},
     "connections": {"conns": [4, 8], "big": 1},
     "backlog": {"messages": [20]},
+    "reads": {"users": 200, "readers": 2, "pairs": 2, "rate": 100.0, "seconds": 0.5},
 }
 ORDER = ["logins", "relay", "backlog", "broadcast", "connections"]
 #: ``compare``: the scenarios whose cost the database shapes.
@@ -106,6 +114,8 @@ def server_env(extra: dict[str, str] | None = None, root: Path = ROOT) -> dict:
         MESSAGE_BURST_LIMIT="1000000000",
         LOGIN_RATE_LIMIT="1e9",
         LOGIN_BURST_LIMIT="1000000000",
+        # The reads scenario's administrator (GET /stats).
+        DK_ADMIN_USERS="rdadmin0",
         # 10,000 connections come from one loopback address.
         DK_MAX_CONNECTIONS_PER_IP="1000000",
     )
@@ -265,6 +275,18 @@ async def run_backlog(b: Bench, cfg: dict) -> list:
         log(f"backlog: {m} pending messages")
         out.append(await scenarios.backlog(b, m))
     return out
+
+
+async def run_reads(b: Bench, cfg: dict) -> list:
+    log(
+        f"reads: {cfg['users']} users, {cfg['readers']} readers, relay "
+        f"{cfg['pairs']} pairs at {cfg['rate']:.0f}/s"
+    )
+    return [
+        await scenarios.reads(
+            b, cfg["users"], cfg["readers"], cfg["pairs"], cfg["rate"], cfg["seconds"]
+        )
+    ]
 
 
 # --- targets and output ------------------------------------------------------
@@ -439,6 +461,58 @@ def render(r: dict) -> str:
             for x in r.get("backlog") or []
         ],
     )
+    rows = []
+    for x in r.get("reads") or []:
+        for label, run in (("no readers", x["quiet"]), ("readers", x["busy"])):
+            rows.append(
+                [
+                    label,
+                    x["users"],
+                    f"{run['delivered']}/{run['expected']}",
+                    run["msgs_per_s"],
+                    run["p50_ms"],
+                    run["p99_ms"],
+                    run["max_ms"],
+                    run["server_cpu_cores"],
+                ]
+            )
+    lines += _table(
+        "relay while readers loop on the public reads",
+        ["relay", "users", "delivered", "msgs/s", "p50", "p99", "max (ms)", "cores"],
+        rows,
+    )
+    lines += _table(
+        "the readers' requests (during the relay run with readers)",
+        ["path", "requests", "per s", "status", "MiB", "p50 ms", "p99 ms"],
+        [
+            [
+                path,
+                p["requests"],
+                p["per_s"],
+                " ".join(f"{k}:{v}" for k, v in sorted(p["status"].items())),
+                p["mib"],
+                p["p50_ms"],
+                p["p99_ms"],
+            ]
+            for x in r.get("reads") or []
+            for path, p in x["reads"].items()
+        ],
+    )
+    lines += _table(
+        "each public read alone (sequential, one connection)",
+        ["path", "requests", "status", "srv CPU ms/req", "wall ms/req"],
+        [
+            [
+                path,
+                p["requests"],
+                " ".join(f"{k}:{v}" for k, v in sorted(p["status"].items())),
+                p["server_cpu_ms_per_req"],
+                p["wall_ms_per_req"],
+            ]
+            for x in r.get("reads") or []
+            for path, p in x["probe"].items()
+        ],
+    )
     targets = r.get("targets") or {}
     lines += _table(
         "targets",
@@ -561,6 +635,7 @@ async def run_server(
         dk=dk,
         procs=args.procs,
         db_cpu=be.db_cpu,
+        db=db,
     )
     out: dict = {}
     ok = False
@@ -582,6 +657,8 @@ async def run_server(
                 out["connections"] = await run_connections(b, cfg["connections"])
             elif name == "backlog":
                 out["backlog"] = await run_backlog(b, cfg["backlog"])
+            elif name == "reads":
+                out["reads"] = await run_reads(b, cfg["reads"])
             if not dk.alive():
                 raise RuntimeError(f"dkserver died: {dk.tail()}")
         rss_end = dk.rss()
@@ -636,6 +713,14 @@ def _apply_overrides(cfg: dict, args) -> None:
         cfg["broadcast"]["rounds"] = args.rounds
     if getattr(args, "duration", None):
         cfg["logins"]["duration"] = args.duration
+    if args.cmd == "reads":
+        for key in ("users", "readers", "rate"):
+            if getattr(args, key, None):
+                cfg["reads"][key] = getattr(args, key)
+        if args.pairs:
+            cfg["reads"]["pairs"] = args.pairs[0]
+        if args.seconds:
+            cfg["reads"]["seconds"] = args.seconds
 
 
 def parse_args(argv):
@@ -695,6 +780,16 @@ def parse_args(argv):
     s.add_argument("--big", type=int)
     s = sub.add_parser("backlog")
     s.add_argument("--messages", type=int, action="append")
+    s = sub.add_parser(
+        "reads",
+        help="relay p99 without and with readers looping on the public reads",
+    )
+    s.add_argument("--users", type=int, help="registered users (default 100,000)")
+    s.add_argument("--readers", type=int, help="reader clients, one IP each")
+    s.add_argument("--pairs", type=int, action="append", help="relay pairs")
+    s.add_argument("--rate", type=float, help="relay messages/s (paced)")
+    s.add_argument("--seconds", type=float, help="relay run length")
+    s.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     s = sub.add_parser(
         "compare",
         help="logins, relay and backlog on every --db, side by side",

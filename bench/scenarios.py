@@ -53,6 +53,8 @@ class Bench:
     #: CPU seconds of the database server, when it is a process of its own
     #: on this machine (PostgreSQL started by the bench); else ``None``.
     db_cpu: Callable[[], float | None] = lambda: None
+    #: The server's ``--db`` (a SQLite path or a PostgreSQL URL).
+    db: str = ""
     _seq: int = 0
 
     def tag(self, kind: str) -> str:
@@ -486,4 +488,183 @@ async def backlog(b: Bench, count: int, size: int = 128) -> dict:
         "server_cpu_us_per_msg": per(m.server_cpu, max(1, res["received"])),
         "db_cpu_us_per_msg": per(m.db_cpu, max(1, res["received"])),
         "fill_msgs_per_s": round(count / ready["fill_s"], 1),
+    }
+
+
+# --- public reads while relaying ---------------------------------------------
+
+#: What each reader cycles through (``{random}``: a fresh unknown id each time).
+READ_PATHS = ["/active-users", "/auth/users/{random}", "/stats"]
+
+
+def _ok_per_s(path: dict, wall: float) -> float | None:
+    return round(path["status"].get("200", 0) / wall, 1) if wall else None
+
+
+def seed_users(db: str, count: int, prefix: str = "seed") -> float:
+    """Insert ``count`` users straight into the server's database (its
+    schema is migrated: the server is up); seconds taken.  Registering them
+    through the API would take minutes per server run."""
+    import base64
+
+    key = base64.b64encode(bytes(32)).decode()
+    now_ns = time.time_ns()
+    rows = [(f"{prefix}{i:06d}", f"{prefix} {i}", key, now_ns) for i in range(count)]
+    t0 = time.perf_counter()
+    if "://" in db and db.startswith("postgresql"):
+        import psycopg
+
+        from dkserver.store.url import parse_database_url
+
+        with psycopg.connect(parse_database_url(db).conninfo) as conn:
+            with conn.cursor().copy(
+                "COPY users (user_id, username, public_key, registered_ns) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    copy.write_row(row)
+    else:
+        import sqlite3
+
+        conn = sqlite3.connect(db, timeout=30)
+        try:
+            with conn:
+                conn.executemany(
+                    "INSERT INTO users (user_id, username, public_key,"
+                    " registered_ns) VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+        finally:
+            conn.close()
+    return time.perf_counter() - t0
+
+
+async def probe_reads(b: Bench, token: str, n: int) -> dict:
+    """Server CPU per request of each public read, ``n`` requests one after
+    the other on one connection (from a loopback address per path, so the
+    readers' per-IP buckets are not touched): CPU time, which the machine's
+    other load does not inflate the way it inflates latency."""
+    out = {}
+    for k, path in enumerate(READ_PATHS):
+        http = await wire.http_connect(
+            b.dk.port, wire.client_context(b.cafile), source_ip=f"127.0.1.{k + 1}"
+        )
+        headers = {"Authorization": f"Bearer {token}"} if path == "/stats" else None
+        try:
+            url = path.replace("{random}", "x" + os.urandom(8).hex())
+            await http.request("GET", url, headers=headers)  # warm (first load)
+            statuses: dict[str, int] = {}
+            cpu0 = b.dk.cpu()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                url = path.replace("{random}", "x" + os.urandom(8).hex())
+                status, _ = await http.request("GET", url, headers=headers)
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+            wall = time.perf_counter() - t0
+            cpu = b.dk.cpu() - cpu0
+        finally:
+            http.close()
+        out[path] = {
+            "requests": n,
+            "status": statuses,
+            "server_cpu_ms_per_req": round(cpu * 1000 / n, 2),
+            "wall_ms_per_req": round(wall * 1000 / n, 2),
+        }
+    return out
+
+
+async def reads(
+    b: Bench,
+    users: int,
+    readers: int,
+    pairs: int,
+    rate: float,
+    seconds: float,
+) -> dict:
+    """Relay p99 (paced at ``rate``) without and with ``readers`` clients
+    looping on the public reads, with ``users`` registered users.
+
+    Each reader connects from a loopback address of its own (127.0.0.2...),
+    as separate clients would: per-IP limits apply to each.  The readers
+    start together with the second relay run and stop after it.
+    """
+    # A database answer means the schema is migrated (listening comes first).
+    http = await wire.http_connect(b.dk.port, wire.client_context(b.cafile))
+    status, _ = await http.request("GET", "/auth/check-userid/nobody")
+    http.close()
+    if status != 200:
+        raise RuntimeError(f"GET /auth/check-userid: {status}")
+    seeded_s = seed_users(b.db, users)
+    log(f"reads: {users} users seeded in {seeded_s:.1f} s")
+    ((_, token),) = await b.users("rdadmin", 1)
+    probe = await probe_reads(b, token, 50)
+    per_pair = max(2, int(rate / pairs * seconds))
+    log(f"reads: relay paced at {rate:.0f}/s, no readers")
+    quiet = await relay(b, "dk", pairs, per_pair, rate=rate)
+    clients = [{"ip": f"127.0.0.{2 + i}"} for i in range(readers)]
+    jobs = [
+        b.job("reads", b.dk, clients=c, token=token, paths=READ_PATHS)
+        for c in split(clients, b.procs)
+    ]
+    gens = await start_all(jobs, b.tmp, f"reads{readers}")
+    try:
+        await asyncio.gather(*(g.expect("ready", timeout=60) for g in gens))
+        log(f"reads: relay paced at {rate:.0f}/s, {readers} readers looping")
+        cpu0 = b.dk.cpu()
+        t0 = time.perf_counter()
+        for g in gens:
+            g.command("go")
+        busy = await relay(b, "dk", pairs, per_pair, rate=rate)
+        for g in gens:
+            g.command("stop")
+        results = await asyncio.gather(*(g.expect("result", timeout=180) for g in gens))
+        wall = time.perf_counter() - t0
+        cpu = b.dk.cpu() - cpu0
+    finally:
+        await stop_all(gens)
+    by_path = {}
+    for path in READ_PATHS:
+        status: dict[str, int] = {}
+        lat: list[int] = []
+        nbytes = 0
+        for r in results:
+            s = r["stats"][path]
+            for code, n in s["status"].items():
+                status[code] = status.get(code, 0) + n
+            lat += s["lat_us"]
+            nbytes += s["bytes"]
+        lat.sort()
+        n = sum(status.values())
+        by_path[path] = {
+            "requests": n,
+            "per_s": round(n / wall, 1) if wall else None,
+            "status": status,
+            "mib": round(nbytes / 2**20, 1),
+            "p50_ms": round(pct(lat, 0.5) / 1000, 2) if lat else None,
+            "p99_ms": round(pct(lat, 0.99) / 1000, 2) if lat else None,
+        }
+    return {
+        "users": users,
+        "readers": readers,
+        "pairs": pairs,
+        "rate": rate,
+        # The figures side by side (bench.compare):
+        "quiet_p99_ms": quiet["p99_ms"],
+        "busy_p50_ms": busy["p50_ms"],
+        "busy_p99_ms": busy["p99_ms"],
+        "busy_max_ms": busy["max_ms"],
+        "busy_msgs_per_s": busy["msgs_per_s"],
+        "active_users_ok_per_s": _ok_per_s(by_path["/active-users"], wall),
+        "reads_per_s": round(sum(p["requests"] for p in by_path.values()) / wall, 1)
+        if wall
+        else None,
+        "active_users_server_cpu_ms": probe["/active-users"]["server_cpu_ms_per_req"],
+        "readers_cpu_cores": round(sum(r["cpu_s"] for r in results) / wall, 2)
+        if wall
+        else None,
+        "probe": probe,
+        "seed_s": round(seeded_s, 2),
+        "quiet": quiet,
+        "busy": busy,
+        "reads": by_path,
+        "busy_server_cpu_cores": round(cpu / wall, 2) if wall else None,
     }

@@ -402,11 +402,20 @@ def _parse_response(buf: bytearray) -> tuple[int, bytes, int] | None:
     return status, b"", pos
 
 
-async def http_connect(port: int, ctx: ssl.SSLContext, timeout=30.0) -> HttpClient:
+async def http_connect(
+    port: int, ctx: ssl.SSLContext, timeout=30.0, source_ip: str | None = None
+) -> HttpClient:
+    """``source_ip``: another loopback address (127.0.0.2...) to connect
+    from, so the server sees a client IP of its own (per-IP limits)."""
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
         loop.create_connection(
-            HttpClient, "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+            HttpClient,
+            "127.0.0.1",
+            port,
+            ssl=ctx,
+            server_hostname="localhost",
+            local_addr=None if source_ip is None else (source_ip, 0),
         ),
         timeout,
     )

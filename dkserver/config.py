@@ -34,6 +34,9 @@ DEFAULT_KEY = os.path.join("certs", "server.key")
 DEFAULT_DB_POOL_SIZE = 8
 DEFAULT_DB_STATEMENT_TIMEOUT = 30.0
 DEFAULT_DB_CONNECT_TIMEOUT = 10.0
+# Both backends: read connections beside the writer's, for the public reads
+# (PostgreSQL: in addition to DK_DB_POOL_SIZE).
+DEFAULT_DB_READ_POOL_SIZE = 4
 
 # Per client IP and per user id, for /auth/register and /auth/login: enough
 # for a person retrying by hand and a client reconnecting, far too little for
@@ -58,6 +61,15 @@ REGISTRATION_MODES = ("open", "closed", "invite")
 DEFAULT_TOKEN_ISSUER = "dkserver"  # noqa: S105 (a name)
 DEFAULT_REVOCATION_POLL = 0.5
 
+# Per client IP, for the REST reads anyone may make without a token
+# (/active-users, /auth/users/*, /auth/check-userid/*, /user/descriptions/*,
+# /trackers, /apis, /stats before its token check): a client looks up a few
+# keys and lists users now and then, a NAT of several clients stays below
+# 10 a second; a loop fetching the user list (2 MB with 100,000 users) is
+# capped at that, after a burst of 50.
+DEFAULT_PUBLIC_READ_RATE = 10.0
+DEFAULT_PUBLIC_READ_BURST = 50
+
 
 class ConfigError(Exception):
     """A setting is invalid; the message names it."""
@@ -79,6 +91,7 @@ class Config:
     db_pool_size: int = DEFAULT_DB_POOL_SIZE
     db_statement_timeout: float = DEFAULT_DB_STATEMENT_TIMEOUT
     db_connect_timeout: float = DEFAULT_DB_CONNECT_TIMEOUT
+    db_read_pool_size: int = DEFAULT_DB_READ_POOL_SIZE
     #: ``--redis`` / ``DK_REDIS_URL``: set, this process is one node of a
     #: cluster sharing the PostgreSQL database; None, a single process.
     redis: RedisUrl | None = None
@@ -92,6 +105,8 @@ class Config:
     login_burst: int = DEFAULT_LOGIN_BURST
     write_rate: float = DEFAULT_WRITE_RATE
     write_burst: int = DEFAULT_WRITE_BURST
+    public_read_rate: float = DEFAULT_PUBLIC_READ_RATE
+    public_read_burst: int = DEFAULT_PUBLIC_READ_BURST
     jwt_secret: str | None = field(default=None, repr=False)
     #: Where a generated JWT secret is kept when JWT_SECRET is unset; empty
     #: on PostgreSQL without DK_JWT_SECRET_FILE: the secret is then kept in
@@ -390,6 +405,12 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
                 DEFAULT_DB_CONNECT_TIMEOUT,
             ),
         ),
+        db_read_pool_size=_positive_int(
+            "DK_DB_READ_POOL_SIZE",
+            pick(
+                "db_read_pool_size", "DK_DB_READ_POOL_SIZE", DEFAULT_DB_READ_POOL_SIZE
+            ),
+        ),
         redis=redis,
         node_id=node_id,
         cert_path=str(pick("cert", "DK_CERT", DEFAULT_CERT)),
@@ -415,6 +436,22 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
         write_burst=_positive_int(
             "DK_WRITE_BURST_LIMIT",
             pick("write_burst", "DK_WRITE_BURST_LIMIT", DEFAULT_WRITE_BURST),
+        ),
+        public_read_rate=_positive_float(
+            "DK_PUBLIC_READ_RATE_LIMIT",
+            pick(
+                "public_read_rate",
+                "DK_PUBLIC_READ_RATE_LIMIT",
+                DEFAULT_PUBLIC_READ_RATE,
+            ),
+        ),
+        public_read_burst=_positive_int(
+            "DK_PUBLIC_READ_BURST_LIMIT",
+            pick(
+                "public_read_burst",
+                "DK_PUBLIC_READ_BURST_LIMIT",
+                DEFAULT_PUBLIC_READ_BURST,
+            ),
         ),
         jwt_secret=jwt_secret,
         jwt_secret_path=jwt_secret_path,

@@ -30,6 +30,8 @@ class LimitParts:
     messages: Any
     #: REST writes (trackers, documents...) per user.
     writes: Any
+    #: Unauthenticated REST reads (the user list, profiles...) per client IP.
+    public_reads: Any
     caps: Any
     #: Timers and the like, for DkService's "timers" (stopped after the
     #: WebSockets are closed).
@@ -48,6 +50,7 @@ def local_limits(config: Config, clock) -> LimitParts:
             ("login_user", config.login_rate, config.login_burst),
             ("messages", config.message_rate, config.message_burst),
             ("writes", config.write_rate, config.write_burst),
+            ("public_reads", config.public_read_rate, config.public_read_burst),
         )
     }
     services = [make_refill_service(b, 5.0, clock) for b in buckets.values()]

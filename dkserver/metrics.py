@@ -205,6 +205,12 @@ class Metrics:
             "WebSocket frames dropped by the per-user rate limit",
             registry=r,
         )
+        self.rate_limited_requests = Counter(
+            "dkserver_rate_limited_requests",
+            "REST requests refused with 429 by a per-IP request limit, by limit",
+            ["limit"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             "dkserver_auth_failures",
             "Failed logins and token checks",

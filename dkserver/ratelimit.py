@@ -108,6 +108,10 @@ class BucketRegistry:
         elapsed = max(0.0, self._clock.seconds() - bucket.updated)
         return min(self.burst, bucket.tokens + elapsed * self.rate)
 
+    def retry_after(self, key: str, cost: float = 1.0) -> float:
+        """Seconds until ``key``'s bucket holds ``cost`` tokens (0: now)."""
+        return max(0.0, (cost - self.tokens(key)) / self.rate)
+
     def try_take(self, key: str, cost: float = 1.0) -> bool:
         """Spend ``cost`` tokens from ``key``'s bucket if it has them."""
         if not (math.isfinite(cost) and cost >= 0):

@@ -111,6 +111,7 @@ class DkService(MultiService):
             pool_size=config.db_pool_size,
             statement_timeout=config.db_statement_timeout,
             connect_timeout=config.db_connect_timeout,
+            read_pool_size=config.db_read_pool_size,
         )
         # The one place a cluster is chosen: with --redis the bus is Redis's,
         # and so are the limits (built on its command connection).
@@ -206,6 +207,8 @@ class DkService(MultiService):
             self.client_download,
             write_limits=self.write_limits,
             readiness=self.readiness,
+            public_read_limits=self.limits.public_reads,
+            clock=reactor,
         )
         self.site = DkSite(
             self.app.resource(),

@@ -172,6 +172,12 @@ class ClusterBus:
     def is_online(self, user_id: str) -> bool:
         return self.local.is_online(user_id) or self.nodes.online_elsewhere(user_id)
 
+    @property
+    def presence_version(self) -> int:
+        """Changes whenever the cluster-wide online set may have (a sum of two
+        counters that only grow)."""
+        return self.local.presence_version + self.nodes.presence_version
+
     def online_users(self) -> list[str]:
         here = self.local.online_users()
         seen = set(here)

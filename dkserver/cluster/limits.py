@@ -83,6 +83,17 @@ class SharedBuckets:
             del self._empty_until[key]
         return Deferred.fromCoroutine(self._take(key))
 
+    def retry_after(self, key: str) -> float:
+        """Seconds until the shared bucket of ``key`` has a token, as far as
+        this node knows: from the last refusal's answer, else one token's
+        time (Redis unavailable: the fallback's own)."""
+        until = self._empty_until.get(key)
+        if until is not None:
+            return max(0.0, until - self._clock.seconds())
+        if key in self.fallback:
+            return self.fallback.retry_after(key)
+        return 1.0 / self.rate
+
     async def _take(self, key: str) -> bool:
         sent = self._clock.seconds()
         try:
@@ -329,6 +340,7 @@ def shared_limits(
         login_user=SharedBuckets(shared, "login-user", local.login_user, clock),
         messages=messages,
         writes=SharedBuckets(shared, "write", local.writes, clock),
+        public_reads=SharedBuckets(shared, "public-read", local.public_reads, clock),
         caps=caps,
         services=[*local.services, OwnEntries(caps, clock, connection=own)],
         node_died=caps.node_died,
@@ -338,6 +350,7 @@ def shared_limits(
         ("login-user", parts.login_user),
         ("msg", messages),
         ("write", parts.writes),
+        ("public-read", parts.public_reads),
     ):
         parts.services.append(
             periodic_service(f"shared-{name}-prune", 5.0, buckets.prune, clock)

@@ -142,6 +142,9 @@ class NodeRegistry(Service):
         self._mirrors: dict[str, _Mirror] = {}
         #: Remote users -> on how many other nodes they are online.
         self._remote: dict[str, int] = {}
+        #: Grows whenever a user comes online or goes offline elsewhere
+        #: (ClusterBus.presence_version).
+        self.presence_version = 0
         self._snapshots: set[str] = set()
         self._died: list[Callable[[str], Any]] = []
         self._appeared: list[Callable[[str], Any]] = []
@@ -335,14 +338,17 @@ class NodeRegistry(Service):
                 self._uncount(user)
 
     def _count(self, user: str) -> None:
-        self._remote[user] = self._remote.get(user, 0) + 1
+        count = self._remote.get(user, 0)
+        if not count:
+            self.presence_version += 1
+        self._remote[user] = count + 1
 
     def _uncount(self, user: str) -> None:
         left = self._remote.get(user, 0) - 1
         if left > 0:
             self._remote[user] = left
-        else:
-            self._remote.pop(user, None)
+        elif self._remote.pop(user, None) is not None:
+            self.presence_version += 1
 
     def presence_message(self, data: bytes) -> None:
         """A delta from ``dk:presence``: ``node version op user``."""

@@ -20,7 +20,7 @@ from dkserver.store import pg_schema
 from dkserver.store.accounts import AccountStore
 from dkserver.store.analytics import AnalyticsStore
 from dkserver.store.apis import Api, ApiStore, TooManyApis
-from dkserver.store.database import Database, Txn
+from dkserver.store.database import Database, ReadDatabase, Txn
 from dkserver.store.descriptions import DescriptionStore
 from dkserver.store.engine import PostgresEngine, Sqlite3Engine
 from dkserver.store.errors import (
@@ -31,7 +31,13 @@ from dkserver.store.errors import (
     UserExists,
 )
 from dkserver.store.messages import MessageStore, NewMessage, StoredMessage
-from dkserver.store.pool import DEFAULT_PG_POOL_SIZE, open_pg_pool, open_pool
+from dkserver.store.pool import (
+    DEFAULT_PG_POOL_SIZE,
+    DEFAULT_READ_POOL_SIZE,
+    open_pg_pool,
+    open_pool,
+    open_read_pool,
+)
 from dkserver.store.schema import LATEST_VERSION, migrate, preflight
 from dkserver.store.settings import SettingsStore
 from dkserver.store.trackers import Tracker, TrackerInfo, TrackerStore
@@ -182,20 +188,29 @@ class Store:
         pool: adbapi.ConnectionPool,
         path: str = "",
         engine: Sqlite3Engine | PostgresEngine | None = None,
+        read_pool: adbapi.ConnectionPool | None = None,
     ) -> None:
         #: The raw adbapi pool (migrations and tests that inspect the file).
         self._pool = pool
+        self._read_pool = read_pool
         self._path = path
         self._closed = False
         self.engine = engine if engine is not None else Sqlite3Engine()
         self._db = db = Database(pool, self.engine)
-        self.users = UserStore(db)
+        #: Public reads (profiles, the user list, trackers, statistics); the
+        #: writer's pool itself when there is no read pool.  The messaging
+        #: path (backlogs, delivery marks) stays on the writer's pool.
+        self.reads: Database = (
+            db if read_pool is None else ReadDatabase(read_pool, self.engine, db)
+        )
+        reads = self.reads
+        self.users = UserStore(db, reads=reads)
         self.accounts = AccountStore(db)
         self.messages = MessageStore(db)
-        self.descriptions = DescriptionStore(db)
-        self.analytics = AnalyticsStore(db)
-        self.trackers = TrackerStore(db)
-        self.apis = ApiStore(db)
+        self.descriptions = DescriptionStore(db, reads=reads)
+        self.analytics = AnalyticsStore(db, reads=reads)
+        self.trackers = TrackerStore(db, reads=reads)
+        self.apis = ApiStore(db, reads=reads)
         self.settings = SettingsStore(db)
 
     @property
@@ -213,13 +228,16 @@ class Store:
         pool_size: int = DEFAULT_PG_POOL_SIZE,
         statement_timeout: float = 30.0,
         connect_timeout: float = 10.0,
+        read_pool_size: int = DEFAULT_READ_POOL_SIZE,
     ) -> Store:
         """Build the store without connecting; call `migrate` before use.
 
         ``database`` is the ``Database`` setting (a SQLite path or a
         postgresql:// URL, parsed or not).  ``synchronous`` applies to SQLite,
-        the pool size and timeouts to PostgreSQL.  For services constructed
-        before the reactor runs; `open` does both.
+        the pool size and timeouts to PostgreSQL; ``read_pool_size`` read
+        connections are opened beside the writer's on either (none for an
+        in-memory SQLite database, which another connection cannot see).
+        For services constructed before the reactor runs; `open` does both.
         """
         url = (
             database
@@ -230,8 +248,22 @@ class Store:
             pool = open_pg_pool(
                 url.conninfo, reactor, pool_size, statement_timeout, connect_timeout
             )
-            return cls(pool, url.redacted, PostgresEngine())
-        return cls(open_pool(str(url.path), reactor, synchronous), str(url.path))
+            reads = open_pg_pool(
+                url.conninfo,
+                reactor,
+                read_pool_size,
+                statement_timeout,
+                connect_timeout,
+                read_only=True,
+            )
+            return cls(pool, url.redacted, PostgresEngine(), reads)
+        path = str(url.path)
+        shared = path == ":memory:" or path.startswith("file:")
+        return cls(
+            open_pool(path, reactor, synchronous),
+            path,
+            read_pool=None if shared else open_read_pool(path, reactor, read_pool_size),
+        )
 
     @classmethod
     async def open(
@@ -269,6 +301,8 @@ class Store:
         else:
             found = await migrate(self._pool)
             latest = LATEST_VERSION
+        if isinstance(self.reads, ReadDatabase):
+            self.reads.open()
         if found != latest:
             self.log.info(
                 "database {path} upgraded from schema {found} to {latest}",
@@ -291,4 +325,6 @@ class Store:
         """
         if not self._closed:
             self._closed = True
+            if self._read_pool is not None:
+                self._read_pool.close()
             self._pool.close()

@@ -22,8 +22,10 @@ _NS = 1_000_000_000
 
 
 class AnalyticsStore:
-    def __init__(self, pool: Database) -> None:
+    def __init__(self, pool: Database, *, reads: Database | None = None) -> None:
         self._pool = pool
+        #: `stats` scans whole tables: on the read pool, beside the writer.
+        self._reads = pool if reads is None else reads
 
     async def start_session(
         self, session_id: str, user_id: str, start_ns: int, node_id: str | None = None
@@ -90,7 +92,7 @@ class AnalyticsStore:
         counts come from ``messages`` (by server receive time); the peak hour
         is the UTC hour with the most message events ever, ``None`` if none.
         """
-        return await self._pool.runInteraction(_stats_txn, now_ns // _NS)
+        return await self._reads.runInteraction(_stats_txn, now_ns // _NS)
 
 
 def _start_session_txn(

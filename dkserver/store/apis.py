@@ -60,9 +60,14 @@ def decode_documents(text: object) -> list[str]:
 
 class ApiStore:
     def __init__(
-        self, pool: Database, clock_ns: Callable[[], int] = time.time_ns
+        self,
+        pool: Database,
+        clock_ns: Callable[[], int] = time.time_ns,
+        *,
+        reads: Database | None = None,
     ) -> None:
         self._pool = pool
+        self._reads = pool if reads is None else reads
         self._clock_ns = clock_ns
 
     async def upsert(
@@ -92,11 +97,11 @@ class ApiStore:
 
     async def for_user(self, user_id: str) -> list[Api]:
         """The user's APIs, oldest first."""
-        return await self._pool.runInteraction(_for_user_txn, user_id)
+        return await self._reads.runInteraction(_for_user_txn, user_id)
 
     async def everyone(self) -> list[Api]:
         """Every user's APIs with their usernames, newest ``updated_at`` first."""
-        return await self._pool.runInteraction(_everyone_txn)
+        return await self._reads.runInteraction(_everyone_txn)
 
 
 UPSERT = (

@@ -94,6 +94,32 @@ class Database:
         self.pool.close()
 
 
+class ReadDatabase(Database):
+    """The read pool, used once the schema is migrated.
+
+    Until `open` is called (by `Store.migrate`), reads run on the writer's
+    pool instead: the read connections must not see a database whose tables
+    are still being created, and the writer's pool serializes them after
+    the migration.
+    """
+
+    def __init__(
+        self, pool: adbapi.ConnectionPool, engine: Engine, until_open: Database
+    ) -> None:
+        super().__init__(pool, engine)
+        self._until_open: Database | None = until_open
+
+    def open(self) -> None:
+        self._until_open = None
+
+    def runInteraction(
+        self, func: Callable[..., R], *args: Any, **kwargs: Any
+    ) -> Deferred:
+        if self._until_open is not None:
+            return self._until_open.runInteraction(func, *args, **kwargs)
+        return super().runInteraction(func, *args, **kwargs)
+
+
 def _interaction(
     cursor: Any, engine: Engine, func: Callable[..., R], args: tuple, kwargs: dict
 ) -> R:

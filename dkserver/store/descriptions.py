@@ -9,8 +9,9 @@ from dkserver.store.errors import IntegrityError, StoreError
 
 
 class DescriptionStore:
-    def __init__(self, pool: Database) -> None:
+    def __init__(self, pool: Database, *, reads: Database | None = None) -> None:
         self._pool = pool
+        self._reads = pool if reads is None else reads
 
     async def set(self, user_id: str, descriptions: list[str]) -> None:
         """Replace the user's list; raises `StoreError` for an unknown user."""
@@ -20,7 +21,7 @@ class DescriptionStore:
 
     async def get(self, user_id: str) -> list[str]:
         """The user's list, ``[]`` when none or when a legacy value is unreadable."""
-        text = await self._pool.runInteraction(_get_txn, user_id)
+        text = await self._reads.runInteraction(_get_txn, user_id)
         return _decode(text)
 
 

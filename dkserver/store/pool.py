@@ -1,8 +1,19 @@
-"""The connection pools: one SQLite connection, or a PostgreSQL pool.
+"""The connection pools: one SQLite connection, or a PostgreSQL pool; and
+beside either, a pool for reads.
 
 SQLite allows a single writer, so the pool holds exactly one connection on one
 thread (``cp_min = cp_max = 1``): every transaction is serialized there and
 never blocks the reactor.
+
+Reads that the public REST endpoints make (users, profiles, trackers,
+statistics) go to a read pool of their own (`open_read_pool`,
+`open_pg_read_pool`): a burst of them cannot queue in front of the group
+writer's commit, and a commit (or a lock held by another process) cannot hold
+them up.  In WAL mode a SQLite reader sees the last commit and never waits
+for a writer; on PostgreSQL the read connections are extra connections,
+read-only, so the writer's pool keeps all of its own.  A read that starts
+after a commit's Deferred fired sees that commit (read-your-writes across
+the two pools).
 
 Durability: the database runs in WAL mode. With ``synchronous=NORMAL`` a
 committed transaction survives a crash of the dkserver process (the WAL is in
@@ -111,6 +122,37 @@ class SqliteConnectionPool(adbapi.ConnectionPool):
         return StoreUnavailable(f"{reason}; {detail}", cause=cause)
 
 
+#: Read connections (threads) per process, by default: what a few requests
+#: at once need; every one is a thread and, on PostgreSQL, a server process.
+DEFAULT_READ_POOL_SIZE = 4
+
+
+def open_read_pool(
+    path: str, reactor: Any, size: int = DEFAULT_READ_POOL_SIZE
+) -> adbapi.ConnectionPool:
+    """``size`` read-only SQLite connections, each on a thread of its own.
+
+    ``query_only`` makes a stray write fail instead of taking the write lock;
+    the busy timeout covers only the moments a WAL reader can wait (a
+    checkpoint resetting the log, a database not in WAL mode yet).
+    """
+
+    def openfun(conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA query_only=ON")
+
+    return adbapi.ConnectionPool(
+        "sqlite3",
+        path,
+        check_same_thread=False,
+        cp_min=1,
+        cp_max=size,
+        cp_reactor=reactor,
+        cp_openfun=openfun,
+        cp_noisy=False,
+    )
+
+
 #: PostgreSQL connections per process, by default: the group writer holds
 #: one for its batch, reads (logins, backlogs, REST) share the rest.
 DEFAULT_PG_POOL_SIZE = 8
@@ -210,6 +252,8 @@ def open_pg_pool(
     pool_size: int = DEFAULT_PG_POOL_SIZE,
     statement_timeout: float = 30.0,
     connect_timeout: float = 10.0,
+    *,
+    read_only: bool = False,
 ) -> adbapi.ConnectionPool:
     """A psycopg 3 pool on adbapi's threads; connections open lazily there.
 
@@ -219,8 +263,8 @@ def open_pg_pool(
     adds what a server restart needs.  Every connection runs in UTC
     (zone-less stored times read as UTC, as on SQLite) with the statement
     timeout set, so a stuck query fails instead of holding a thread forever.
+    ``read_only``: the read pool's connections refuse writes.
     """
-
     return PgConnectionPool(
         "psycopg",
         conninfo=conninfo,
@@ -228,17 +272,24 @@ def open_pg_pool(
         cp_min=1,
         cp_max=pool_size,
         cp_reactor=reactor,
-        cp_openfun=lambda conn: configure_postgres(conn, statement_timeout),
+        cp_openfun=lambda conn: configure_postgres(
+            conn, statement_timeout, read_only=read_only
+        ),
         cp_noisy=False,
     )
 
 
-def configure_postgres(conn: Any, statement_timeout: float = 30.0) -> None:
+def configure_postgres(
+    conn: Any, statement_timeout: float = 30.0, *, read_only: bool = False
+) -> None:
     """The session settings of every dkserver connection to PostgreSQL (the
-    server's pool and the admin CLI's): UTC, and the statement timeout."""
+    server's pool, its read pool and the admin CLI's): UTC, the statement
+    timeout, and for the read pool no writes."""
     conn.execute("SET TIME ZONE 'UTC'")
     conn.execute(
         "SELECT set_config('statement_timeout', %s, false)",
         (str(max(1, int(statement_timeout * 1000))),),
     )
+    if read_only:
+        conn.execute("SET default_transaction_read_only = on")
     conn.commit()

@@ -109,9 +109,14 @@ def _same(stored: TrackerInfo, wanted: TrackerInfo) -> bool:
 
 class TrackerStore:
     def __init__(
-        self, pool: Database, clock_ns: Callable[[], int] = time.time_ns
+        self,
+        pool: Database,
+        clock_ns: Callable[[], int] = time.time_ns,
+        *,
+        reads: Database | None = None,
     ) -> None:
         self._pool = pool
+        self._reads = pool if reads is None else reads
         self._clock_ns = clock_ns
 
     async def replace(self, user_id: str, trackers: Mapping[str, TrackerInfo]) -> bool:
@@ -127,11 +132,11 @@ class TrackerStore:
 
     async def for_user(self, user_id: str) -> list[Tracker]:
         """The user's trackers, oldest first."""
-        return await self._pool.runInteraction(_for_user_txn, user_id)
+        return await self._reads.runInteraction(_for_user_txn, user_id)
 
     async def everyone(self) -> list[Tracker]:
         """Every user's trackers with their usernames, newest ``updated_at`` first."""
-        return await self._pool.runInteraction(_everyone_txn)
+        return await self._reads.runInteraction(_everyone_txn)
 
 
 _UPSERT = (

@@ -27,6 +27,7 @@ from dkserver.store.accounts import DELETED
 from dkserver.web import documents, trackers
 from dkserver.web.files import OperatorFiles
 from dkserver.web.pages import ClientDownload, Pages
+from dkserver.web.presence import ActiveUsers
 from dkserver.web.responses import (
     ApiError,
     BadRequest,
@@ -72,6 +73,8 @@ class DkApp:
         *,
         write_limits: BucketRegistry,
         readiness: Readiness,
+        public_read_limits: BucketRegistry | Any,
+        clock: Any,
     ) -> None:
         self.config = config
         self.store = store
@@ -82,6 +85,10 @@ class DkApp:
         self.pages = Pages(client)
         self.write_limits = write_limits
         self.readiness = readiness
+        #: Per client IP, for the routes anyone may call without a token
+        #: (`public_read`).
+        self.public_read_limits = public_read_limits
+        self.active = ActiveUsers(store.users, hub.bus, clock)
         self.files = OperatorFiles(config.tracker_dir, config.app_dir)
 
     def resource(self):
@@ -174,8 +181,19 @@ class DkApp:
         challenge = await self.auth.challenge(body["user_id"])
         return json_response(request, {"challenge": challenge})
 
+    async def public_read(self, request: IRequest) -> None:
+        """Take a token from the client IP's public-read bucket (429 with
+        ``Retry-After`` if it has none).  Refusals are counted, not logged:
+        a loop being refused would log thousands of lines a second."""
+        limits = self.public_read_limits
+        ip = client_ip(request)
+        if not await settled(limits.try_take(ip)):
+            self.metrics.rate_limited_requests.labels(limit="public_read").inc()
+            raise TooManyRequests(retry_after=limits.retry_after(ip))
+
     @app.route("/auth/users/<string:user_id>", methods=["GET"])
     async def get_user(self, request: IRequest, user_id: str) -> bytes:
+        await self.public_read(request)
         user = await self.store.users.get(user_id)
         if user is None or user.status == DELETED:
             raise NotFound("User not found")
@@ -190,6 +208,7 @@ class DkApp:
 
     @app.route("/auth/check-userid/<string:user_id>", methods=["GET"])
     async def check_user_id(self, request: IRequest, user_id: str) -> bytes:
+        await self.public_read(request)
         return json_response(
             request, {"exists": await self.store.users.exists(user_id)}
         )
@@ -250,11 +269,10 @@ class DkApp:
 
     @app.route("/active-users", methods=["GET"])
     async def active_users(self, request: IRequest) -> bytes:
-        everyone = await self.store.users.all_ids()
-        bus = self.hub.bus
-        online = [u for u in everyone if bus.is_online(u)]
-        offline = [u for u in everyone if not bus.is_online(u)]
-        return json_response(request, {"online": online, "offline": offline})
+        await self.public_read(request)
+        body = await self.active.body()
+        request.setHeader(b"Content-Type", b"application/json")
+        return body
 
     @app.route("/user/descriptions", methods=["POST"])
     async def set_descriptions(self, request: IRequest) -> bytes:
@@ -271,6 +289,7 @@ class DkApp:
 
     @app.route("/user/descriptions/<string:user_id>", methods=["GET"])
     async def get_descriptions(self, request: IRequest, user_id: str) -> bytes:
+        await self.public_read(request)
         return json_response(request, await self.store.descriptions.get(user_id))
 
     # -- forward API ----------------------------------------------------------------
@@ -312,6 +331,7 @@ class DkApp:
 
     @app.route("/stats", methods=["GET"])
     async def stats(self, request: IRequest) -> bytes:
+        await self.public_read(request)
         user_id = await self.authenticated_user(request)
         if user_id not in self.config.admin_users:
             raise ApiError(403, "Administrators only")
@@ -423,6 +443,7 @@ class DkApp:
 
     @app.route("/trackers", methods=["GET"])
     async def public_trackers(self, request: IRequest) -> bytes:
+        await self.public_read(request)
         rows = await self.store.trackers.everyone()
         return json_response(request, [trackers.tracker_json(t) for t in rows])
 
@@ -446,6 +467,7 @@ class DkApp:
 
     @app.route("/apis", methods=["GET"])
     async def public_apis(self, request: IRequest) -> bytes:
+        await self.public_read(request)
         rows = await self.store.apis.everyone()
         return json_response(request, [trackers.api_json(a) for a in rows])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -38,8 +39,14 @@ class Conflict(ApiError):
 
 
 class TooManyRequests(ApiError):
-    def __init__(self, message: str = "Too many requests. Please slow down.") -> None:
+    def __init__(
+        self,
+        message: str = "Too many requests. Please slow down.",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(429, message)
+        #: Seconds until a retry can succeed: sent as ``Retry-After``.
+        self.retry_after = retry_after
 
 
 def error_body(message: str) -> bytes:
@@ -65,6 +72,10 @@ def error_response(request: IRequest, error: ApiError) -> bytes:
     request.setHeader(b"Content-Type", b"application/json")
     if error.status == 405:
         request.setHeader(b"Allow", b", ".join(getattr(error, "allowed", ())))
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        # Whole seconds (RFC 9110), rounded up, at least 1.
+        request.setHeader(b"Retry-After", b"%d" % max(1, math.ceil(retry_after)))
     return error_body(error.message)
 
 

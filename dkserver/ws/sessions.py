@@ -40,6 +40,10 @@ class LiveBus(Protocol):
 
     def is_online(self, user_id: str) -> bool: ...
 
+    #: A number that changes whenever a user comes online or goes offline,
+    #: so an answer built from `online_users` can be reused until it does.
+    presence_version: int
+
     def online_users(self) -> list[str]: ...
 
     def connection_count(self) -> int: ...
@@ -69,6 +73,7 @@ class LocalBus:
     def __init__(self) -> None:
         self._by_user: dict[str, dict[Connection, None]] = {}
         self._count = 0
+        self.presence_version = 0
 
     def add(self, conn: Connection) -> bool:
         """Register; True when this makes the user online."""
@@ -77,6 +82,8 @@ class LocalBus:
         if conn not in conns:
             conns[conn] = None
             self._count += 1
+            if first:
+                self.presence_version += 1
         return first
 
     def remove(self, conn: Connection) -> bool:
@@ -88,6 +95,7 @@ class LocalBus:
         self._count -= 1
         if not conns:
             del self._by_user[conn.user_id]
+            self.presence_version += 1
             return True
         return False
 

@@ -175,6 +175,8 @@ def start(directory: Path):
         "LOGIN_BURST_LIMIT": "10000",
         "DK_WRITE_RATE_LIMIT": "10000",
         "DK_WRITE_BURST_LIMIT": "10000",
+        "DK_PUBLIC_READ_RATE_LIMIT": "10000",
+        "DK_PUBLIC_READ_BURST_LIMIT": "10000",
         # The agent's forward answers are WebSocket messages and take from
         # the message bucket; schemathesis asks faster than 5 a second.
         "MESSAGE_RATE_LIMIT": "10000",

@@ -89,3 +89,16 @@ def test_bench_refuses_a_db_it_cannot_use():
     proc = _bench("--db", "mysql://db/dk", "compare", "--smoke", timeout=60)
     assert proc.returncode == 2
     assert "--db" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_reads_runs_relay_beside_the_public_readers():
+    proc = _bench("reads", "--smoke")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("BENCH_JSON ")]
+    (run,) = json.loads(lines[0].removeprefix("BENCH_JSON "))["reads"]
+    for relay in (run["quiet"], run["busy"]):
+        assert relay["delivered"] == relay["expected"] > 0, relay
+    answered = sum(sum(p["status"].values()) for p in run["reads"].values())
+    assert answered > 0, run["reads"]
+    assert run["reads"]["/active-users"]["status"].get("200"), run["reads"]
+    assert run["probe"]["/active-users"]["server_cpu_ms_per_req"] is not None

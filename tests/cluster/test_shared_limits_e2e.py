@@ -15,7 +15,7 @@ import contextlib
 import pytest_twisted
 
 from tests.reliability.daemon import Daemon
-from tests.support.client import Identity, login, post_json, register
+from tests.support.client import Identity, get, login, post_json, register
 from tests.support.waiting import wait_for
 from tests.support.ws import HandshakeRefused, connect, signed_frame
 
@@ -154,3 +154,21 @@ async def test_connection_cap_and_message_rate_hold_across_nodes(
         assert len(got) == 5
         for ws in (on_a, again, carol_ws):
             ws.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_public_read_burst_is_shared_by_the_nodes(tmp_path, pg_url, redis_url):
+    # 8: each node's start-up probe (GET /auth/check-userid/probe) takes one.
+    limits = {"DK_PUBLIC_READ_RATE_LIMIT": "0.001", "DK_PUBLIC_READ_BURST_LIMIT": "8"}
+    async with two_nodes(tmp_path, pg_url, redis_url, **limits) as (a, b):
+        assert await register(a, Identity("dora")) == 201  # not a public read
+        codes = []
+        for node in (a, b, a, b, a, b):  # 6 reads for the IP, on either node
+            codes.append((await get(node, "/active-users"))[0])
+            codes.append((await get(node, "/auth/users/nobody"))[0])
+        # 6 served (alone, each node would have served 6 of its own) ...
+        assert codes[:6] == [200, 404, 200, 404, 200, 404], codes
+        # ... then both refuse, with the JSON error.
+        assert codes[6:] == [429] * 6, codes
+        code, body = await get(b, "/trackers")
+        assert code == 429 and body["error"] is True, body

@@ -97,6 +97,8 @@ class Daemon:
             "MESSAGE_BURST_LIMIT": "1000000",
             "LOGIN_RATE_LIMIT": "10000",
             "LOGIN_BURST_LIMIT": "10000",
+            "DK_PUBLIC_READ_RATE_LIMIT": "10000",
+            "DK_PUBLIC_READ_BURST_LIMIT": "10000",
             **env,
         }
         self.env.pop("JWT_SECRET", None)  # generated once, kept beside the db

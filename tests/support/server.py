@@ -30,6 +30,9 @@ def make_config(tmp_path, db: str | None = None, **overrides) -> Config:
         key_path=str(tmp_path / "certs" / "server.key"),
         login_rate=10_000.0,
         login_burst=10_000,
+        # Tests poll /active-users and friends; tests of the limit lower it.
+        public_read_rate=10_000.0,
+        public_read_burst=10_000,
         shutdown_grace=2.0,
     )
     # re-derive the parsed ``database`` should an override name another db_path

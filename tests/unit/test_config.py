@@ -303,3 +303,33 @@ def test_bad_account_settings_name_the_setting(key, value, why):
     with pytest.raises(ConfigError, match=why) as info:
         from_sources({}, {key: value})
     assert info.value.key == key
+
+
+def test_public_read_limits_and_read_pool_size():
+    config = from_sources({}, {})
+    assert (config.public_read_rate, config.public_read_burst) == (10.0, 50)
+    assert config.db_read_pool_size == 4
+    config = from_sources(
+        {},
+        {
+            "DK_PUBLIC_READ_RATE_LIMIT": "2.5",
+            "DK_PUBLIC_READ_BURST_LIMIT": "7",
+            "DK_DB_READ_POOL_SIZE": "2",
+        },
+    )
+    assert (config.public_read_rate, config.public_read_burst) == (2.5, 7)
+    assert config.db_read_pool_size == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "raw"),
+    [
+        ("DK_PUBLIC_READ_RATE_LIMIT", "0"),
+        ("DK_PUBLIC_READ_RATE_LIMIT", "nan"),
+        ("DK_PUBLIC_READ_BURST_LIMIT", "x"),
+        ("DK_DB_READ_POOL_SIZE", "0"),
+    ],
+)
+def test_bad_public_read_settings_are_config_errors(key, raw):
+    with pytest.raises(ConfigError, match=f"^{key}: "):
+        from_sources({}, {key: raw})

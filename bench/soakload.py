@@ -305,15 +305,20 @@ class Soak:
     async def get(self, path: str, headers=None, conn: str = "rest") -> None:
         """One GET on the keep-alive connection ``conn`` (one request at a
         time each: the REST loop and the /stats poll have their own)."""
-        http = self.rest_conns[conn]
         t0 = time.perf_counter_ns()
-        try:
-            status, _ = await http.request("GET", path, headers=headers)
-        except (ConnectionError, OSError, TimeoutError) as e:
-            self.error(f"GET {path.split('/')[1]}", e)
-            http.close()
-            self.rest_conns[conn] = await self.http()
-            return
+        for attempt in (1, 2):
+            http = self.rest_conns[conn]
+            try:
+                status, _ = await http.request("GET", path, headers=headers)
+                break
+            except (ConnectionError, OSError, TimeoutError) as e:
+                # The server may close an idle keep-alive connection (the
+                # /stats one waits 30 s): a new connection, one more try.
+                http.close()
+                self.rest_conns[conn] = await self.http()
+                if attempt == 2:
+                    self.error(f"GET {path.split('/')[1]}", e)
+                    return
         self.rest_lat.append((time.perf_counter_ns() - t0) // 1000)
         self.count("rest_reads")
         if status >= 500 or status in (401, 403):

@@ -29,7 +29,9 @@ from dkserver.limits import build_limits
 from dkserver.listening import ListeningService
 from dkserver.metrics import Metrics
 from dkserver.proxyproto import ProxyProtocolEndpoint
+from dkserver.retention import Policy, Pruner, PruneService
 from dkserver.store import Store
+from dkserver.store.quota import PendingQuota
 from dkserver.store.writer import GroupWriter
 from dkserver.tls import load_context_factory
 from dkserver.web.app import DkApp
@@ -109,7 +111,12 @@ class DkService(MultiService):
             self.login_user_limits,
             self.metrics,
         )
-        self.writer = GroupWriter(self.store.pool, reactor, node_id=config.node_id)
+        self.quota = PendingQuota(
+            config.pending_quota_messages, config.pending_quota_bytes
+        )
+        self.writer = GroupWriter(
+            self.store.pool, reactor, node_id=config.node_id, quota=self.quota
+        )
         self.bus = LocalBus() if self.cluster is None else self.cluster.bus
         self.message_limits = self.limits.messages
         self.forward = ForwardBroker(reactor, config.forward_timeout)
@@ -188,6 +195,21 @@ class DkService(MultiService):
         self.timers.setName("timers")
         for service in self.limits.services:
             service.setServiceParent(self.timers)
+        self.pruner = Pruner(
+            self.store,
+            Policy.from_config(config),
+            self.metrics,
+            time_ns=lambda: self.hub.time_ns(),
+            quota=self.quota,
+            clock=reactor,
+        )
+        if config.prune_interval is not None:
+            PruneService(
+                self.pruner,
+                config.prune_interval,
+                reactor,
+                ready=lambda: self._ready.called and not self._ready_failed,
+            ).setServiceParent(self.timers)
         self.timers.setServiceParent(self)
         if self.cluster is not None:
             self.cluster.forwards.serve = self.hub.answer_for_node
@@ -195,6 +217,7 @@ class DkService(MultiService):
 
     def startService(self) -> None:
         self._started_ns = self.hub.time_ns()
+        self._ready_failed = False
         self._ready = Deferred.fromCoroutine(self._migrate())
         self._ready.addErrback(self._fatal)
         super().startService()
@@ -217,6 +240,7 @@ class DkService(MultiService):
         self.log.info("database {path} ready", path=self.config.database.redacted)
 
     def _fatal(self, failure) -> None:
+        self._ready_failed = True
         if failure.check(SecretError):
             self.log.error("{error}; stopping", error=str(failure.value))
         else:

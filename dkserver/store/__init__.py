@@ -31,6 +31,7 @@ from dkserver.store.errors import (
 )
 from dkserver.store.messages import MessageStore, NewMessage, StoredMessage
 from dkserver.store.pool import DEFAULT_PG_POOL_SIZE, open_pg_pool, open_pool
+from dkserver.store.retention import RetentionStore
 from dkserver.store.schema import LATEST_VERSION, migrate, preflight
 from dkserver.store.settings import SettingsStore
 from dkserver.store.trackers import Tracker, TrackerInfo, TrackerStore
@@ -191,6 +192,7 @@ class Store:
         self.trackers = TrackerStore(db)
         self.apis = ApiStore(db)
         self.settings = SettingsStore(db)
+        self.retention = RetentionStore(db)
 
     @property
     def pool(self) -> Database:

@@ -21,6 +21,10 @@ newest of any duplicates the original wrote.
 Version 6 (see ``_to_v6``) is for a cluster of nodes on one database:
 ``sessions.node_id`` and the ``server_settings`` table.
 
+Version 7 (see ``_to_v7``) is for retention (dkserver.store.retention):
+``messages.delivered_ns``, the ``stats_daily`` roll-up table and the indexes
+pruning walks.
+
 Migrations run on the pool's thread, with foreign keys off (a table rebuild
 needs that, and the pragma is a no-op inside a transaction) and all steps in
 one transaction, checked by ``PRAGMA foreign_key_check`` before commit.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,7 +46,7 @@ from dkserver.store.errors import DatabaseUnusable, StoreError
 
 log = Logger()
 
-LATEST_VERSION = 6
+LATEST_VERSION = 7
 
 _COPY_CHUNK = 1000
 
@@ -500,6 +505,51 @@ def _to_v6(conn: sqlite3.Connection) -> None:
     conn.execute(_SERVER_SETTINGS)
 
 
+# Version 7: retention.  ``delivered_ns`` (Unix ns) is when a direct message
+# was marked delivered: retention counts from it.  ``stats_daily`` holds what
+# pruned rows contributed to /stats, per UTC day: ``metric`` is
+# 'direct_messages' / 'broadcast_messages' / 'pending_dropped' (bucket 0),
+# 'sessions' (bucket: duration in seconds, -1 none) or 'message_events'
+# (bucket: UTC hour, -1 none).
+STATS_DAILY = """
+CREATE TABLE IF NOT EXISTS stats_daily (
+    day TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (day, metric, bucket)
+)"""
+
+_V7_INDEXES = (
+    # delivered direct messages by delivery time (only those have one)
+    "CREATE INDEX IF NOT EXISTS messages_delivered_v7"
+    " ON messages(delivered_ns) WHERE delivered_ns IS NOT NULL",
+    # ended sessions by end time; written once per connection, not per message
+    "CREATE INDEX IF NOT EXISTS sessions_end_v7"
+    " ON sessions(end_time) WHERE end_time IS NOT NULL",
+    # the foreign key's own index: without it every deleted session makes
+    # the database scan all of message_events for referencing rows
+    "CREATE INDEX IF NOT EXISTS message_events_session_v7"
+    " ON message_events(session_id)",
+)
+
+
+def _to_v7(conn: sqlite3.Connection) -> None:
+    """Rows delivered before version 7 have no delivery time: they count as
+    delivered at the upgrade, so none is deleted earlier than the retention
+    after it."""
+    if "delivered_ns" not in _columns(conn, "messages"):
+        conn.execute("ALTER TABLE messages ADD COLUMN delivered_ns INTEGER")
+    conn.execute(
+        "UPDATE messages SET delivered_ns = ?"
+        " WHERE status = 'delivered' AND is_broadcast = 0 AND delivered_ns IS NULL",
+        (time.time_ns(),),
+    )
+    conn.execute(STATS_DAILY)
+    for ddl in _V7_INDEXES:
+        conn.execute(ddl)
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _to_v1,
     2: _to_v2,
@@ -507,4 +557,5 @@ _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     4: _to_v4,
     5: _to_v5,
     6: _to_v6,
+    7: _to_v7,
 }

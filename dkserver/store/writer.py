@@ -19,6 +19,7 @@ ends the outage; nothing committed before it is touched.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from dkserver.store.errors import (
     StoreUnavailable,
 )
 from dkserver.store.messages import NewMessage, insert_messages_txn, mark_delivered_txn
+from dkserver.store.quota import PendingQuota, PendingQuotaExceeded, content_size
 
 #: Bound on the recipient cache (user ids), cleared when exceeded.
 MAX_KNOWN_USERS = 200_000
@@ -99,9 +101,15 @@ class GroupWriter:
         clock: Any,
         delay: float = GROUP_DELAY,
         node_id: str | None = None,
+        quota: PendingQuota | None = None,
+        time_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._pool = pool
         self._clock = clock
+        #: Per-recipient pending limits (dkserver.store.quota); None: none.
+        self.quota = quota if quota is not None and quota.enabled else None
+        #: Delivery times written with the delivered marks (retention).
+        self._time_ns = time_ns
         #: Written into each session row: which node holds the connection.
         self.node_id = node_id
         #: PostgreSQL: a NUL outside the content (which is escaped) would
@@ -215,19 +223,27 @@ class GroupWriter:
             del batch.messages[MAX_BATCH:]
             del batch.waiters[MAX_BATCH:]
             rest.flushed, batch.flushed = batch.flushed, []
-        d = self._pool.runInteraction(_commit_txn, batch, self._known_users)
+        d = self._pool.runInteraction(
+            _commit_txn, batch, self._known_users, self.quota, self._time_ns()
+        )
         d.addCallbacks(self._committed, self._failed, (batch,), None, (batch,), None)
         d.addErrback(lambda f: self.log.failure("group writer bookkeeping", f))
 
-    def _committed(self, ids: list[int | None], batch: _Batch) -> None:
+    def _committed(self, result: tuple[list, dict], batch: _Batch) -> None:
+        ids, staged = result
         if self.unavailable:
             self.unavailable = False
             self.log.info("database reachable again; storing messages")
+        if staged:
+            self.quota.apply(staged)
         self.batches += 1
         self.rows += batch.size()
         for done, message_id in zip(batch.waiters, ids, strict=True):
             try:
-                done(message_id, None)
+                if isinstance(message_id, PendingQuotaExceeded):
+                    done(None, Failure(message_id))
+                else:
+                    done(message_id, None)
             except Exception:
                 self.log.failure("delivering message {id} failed", id=message_id)
         self._continue(batch)
@@ -274,16 +290,25 @@ def _has_nul(m: NewMessage) -> bool:
     return "\0" in f"{m.from_user}{m.to_user}{m.timestamp}{m.signature or ''}"
 
 
-def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | None]:
+def _commit_txn(
+    txn: Txn,
+    batch: _Batch,
+    known_users: set[str],
+    quota: PendingQuota | None,
+    now_ns: int,
+) -> tuple[list[int | PendingQuotaExceeded | None], dict]:
     if batch.sessions_started:
         txn.executemany(
             "INSERT INTO sessions (session_id, user_id, start_time, node_id)"
             " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             batch.sessions_started,
         )
-    ids = _insert_messages(txn, batch.messages, known_users) if batch.messages else []
+    staged: dict = {}
+    ids: list = []
+    if batch.messages:
+        ids, staged = _insert_messages(txn, batch.messages, known_users, quota)
     if batch.delivered:
-        mark_delivered_txn(txn, batch.delivered)
+        mark_delivered_txn(txn, batch.delivered, now_ns)
     if batch.broadcast_deliveries:
         txn.executemany(
             "INSERT INTO broadcast_deliveries (message_id, user_id)"
@@ -293,16 +318,19 @@ def _commit_txn(txn: Txn, batch: _Batch, known_users: set[str]) -> list[int | No
         )
     for session_id, end_ns in batch.sessions_ended:
         _end_sessions_txn(txn, session_id, end_ns)
-    return ids
+    return ids, staged
 
 
 def _insert_messages(
     txn: Txn,
     messages: list[tuple[NewMessage, str | None]],
     known_users: set[str],
-) -> list[int | None]:
+    quota: PendingQuota | None = None,
+) -> tuple[list[int | PendingQuotaExceeded | None], dict]:
     """Insert the batch's messages to existing recipients, with their
-    analytics rows; ``None`` in place of an id for an unknown recipient."""
+    analytics rows; ``None`` in place of an id for an unknown recipient, a
+    `PendingQuotaExceeded` for one past its quota (nothing stored).  Also
+    the quota counters to apply after the commit."""
     unknown = {
         m.to_user
         for m, _ in messages
@@ -313,12 +341,32 @@ def _insert_messages(
             known_users.clear()
         known_users.update(_existing_users(txn, unknown))
     existing = known_users
-    ids: list[int | None] = []
+    refused: dict[int, str] = {}
+    staged: dict = {}
+    if quota is not None:
+        direct = [
+            (i, m)
+            for i, (m, _) in enumerate(messages)
+            if not m.is_broadcast and m.to_user in existing
+        ]
+        if direct:
+            verdicts, staged = quota.check_txn(
+                txn, [(m.to_user, content_size(m.content)) for _, m in direct]
+            )
+            refused = {
+                i: over
+                for (i, _), over in zip(direct, verdicts, strict=True)
+                if over is not None
+            }
+    ids: list = []
     accepted: list[NewMessage] = []
     events = []
-    for m, session_id in messages:
+    for n, (m, session_id) in enumerate(messages):
         if not m.is_broadcast and m.to_user not in existing:
             ids.append(None)
+            continue
+        if n in refused:
+            ids.append(PendingQuotaExceeded(m.to_user, refused[n]))
             continue
         ids.append(len(accepted))  # position; replaced by the id below
         accepted.append(m)
@@ -333,10 +381,10 @@ def _insert_messages(
             )
     if accepted:
         stored = insert_messages_txn(txn, accepted)
-        ids = [None if i is None else stored[i] for i in ids]
+        ids = [stored[i] if isinstance(i, int) else i for i in ids]
     if events:
         _insert_events(txn, events)
-    return ids
+    return ids, staged
 
 
 _EVENT_COLUMNS = ("session_id", "user_id", "is_broadcast", "timestamp")

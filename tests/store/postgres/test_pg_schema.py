@@ -42,6 +42,7 @@ EXPECTED_COLUMNS = {
         "is_forward_message",
         "received_ns",
         "client_timestamp",
+        "delivered_ns",
     ],
     "broadcast_deliveries": ["message_id", "user_id", "delivered_at"],
     "sessions": [
@@ -74,6 +75,7 @@ EXPECTED_COLUMNS = {
         "updated_at",
     ],
     "server_settings": ["name", "value"],
+    "stats_daily": ["day", "metric", "bucket", "count"],
 }
 
 #: Every version a fresh database records: the baseline, then each step.

@@ -129,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         "tac-path",
         help="print where the installed dkserver.tac is (twistd -ny FILE)",
     )
-    from dkserver.admin import port_db
+    from dkserver.admin import port_db, prune
 
     port_db.add_parser(sub)
+    prune.add_parser(sub)
     return parser
 
 

@@ -32,7 +32,7 @@ from dkserver.store.errors import (
 from dkserver.store.messages import MessageStore, NewMessage, StoredMessage
 from dkserver.store.pool import DEFAULT_PG_POOL_SIZE, open_pg_pool, open_pool
 from dkserver.store.retention import RetentionStore
-from dkserver.store.schema import LATEST_VERSION, migrate, preflight
+from dkserver.store.schema import LATEST_VERSION, migrate, preflight, version_of
 from dkserver.store.settings import SettingsStore
 from dkserver.store.trackers import Tracker, TrackerInfo, TrackerStore
 from dkserver.store.url import DatabaseUrl, parse_database_url
@@ -273,6 +273,17 @@ class Store:
                 latest=latest,
             )
         return found
+
+    async def schema_version(self) -> int:
+        """The database's schema version, changing nothing (0: empty)."""
+        if self.is_postgresql:
+            return await self._pool.runWithConnection(pg_schema.current_version)
+        return await self._pool.runWithConnection(version_of)
+
+    @property
+    def latest_version(self) -> int:
+        """The schema version this code writes on this backend."""
+        return pg_schema.LATEST_VERSION if self.is_postgresql else LATEST_VERSION
 
     async def close(self) -> None:
         """Close the pool; call after pending writes have drained.

@@ -82,7 +82,7 @@ async def test_pending_messages_dropped_after_their_bound_and_counted(
     store, sql, db_path
 ):
     await users(store, "alice", "bob", "carol")
-    a, b = await store.messages.add_many([msg("bob", T0), msg("carol", T0)])
+    await store.messages.add_many([msg("bob", T0), msg("carol", T0)])
     (c,) = await store.messages.add_many([msg("bob", T0 + 5 * DAY)])
     metrics = Metrics()
 

@@ -4,5 +4,7 @@ from bench.runner import main
 
 if sys.argv[1:2] == ["cluster"]:  # nodes on PostgreSQL + Redis: bench/cluster.py
     from bench.cluster import main
+elif sys.argv[1:2] == ["retention"]:  # relay p99 while pruning: bench/retention.py
+    from bench.retention import main
 
 sys.exit(main())

@@ -24,6 +24,12 @@ from twisted.logger import Logger
 
 from dkserver.store.retention import KINDS, Cutoffs
 
+#: After each batch a pass waits this many times as long as the batch took:
+#: pruning takes at most half of the database's time (SQLite: of its one
+#: connection), and less when the machine is busy, since a batch then takes
+#: longer and so does the wait.
+YIELD_RATIO = 1.0
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -79,7 +85,7 @@ class Pruner:
         time_ns: Callable[[], int] = time.time_ns,
         quota: Any = None,
         clock: Any = None,
-        pause: float = 0.0,
+        yield_ratio: float = YIELD_RATIO,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -87,10 +93,11 @@ class Pruner:
         self.time_ns = time_ns
         #: The writer's PendingQuota, told when pending messages are dropped.
         self.quota = quota
-        #: Between batches, wait ``pause`` seconds on ``clock`` (0: go on at
-        #: once; the writer's commits still run between two batches).
+        #: After each batch, wait ``yield_ratio`` times as long as it took,
+        #: on ``clock`` (None: no wait; the writer's commits still run
+        #: between two batches).
         self.clock = clock
-        self.pause = pause
+        self.yield_ratio = yield_ratio
         #: Where the pending scan resumes (see store.retention._pending_txn).
         self._pending_cursor = 0
         self.stopping = False
@@ -110,9 +117,11 @@ class Pruner:
                 if self.stopping:
                     report.interrupted = True
                     return report
+                began = time.monotonic()
                 step = await self.store.retention.step(
                     kind, cutoff, self.policy.batch, cursor
                 )
+                took = time.monotonic() - began
                 report.batches += 1
                 cursor = step.cursor
                 if kind == "pending":
@@ -123,8 +132,8 @@ class Pruner:
                     return report
                 if step.done:
                     break
-                if self.pause and self.clock is not None:
-                    await deferLater(self.clock, self.pause)
+                if self.clock is not None and self.yield_ratio > 0:
+                    await deferLater(self.clock, took * self.yield_ratio)
         if report.dropped_pending and self.quota is not None:
             self.quota.forget()
         return report

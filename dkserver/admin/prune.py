@@ -168,7 +168,7 @@ async def _prune(args: argparse.Namespace, reactor: Any) -> dict[str, Any]:
                 f"dkserver writes {store.latest_version}; start the server once "
                 "to migrate it"
             )
-        pruner = Pruner(store, policy)
+        pruner = Pruner(store, policy, clock=reactor)
         now_ns = pruner.time_ns()
         cutoffs = policy.cutoffs(now_ns)
         result: dict[str, Any] = {

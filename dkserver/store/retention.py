@@ -27,6 +27,7 @@ when another node (or the CLI) holds it, the step does nothing and says
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -97,7 +98,12 @@ class Step:
 def day_of_ns(ns: int | None) -> str:
     if ns is None:
         return UNKNOWN_DAY
-    return time.strftime("%Y-%m-%d", time.gmtime(ns // _NS))
+    return _day_text(ns // _DAY_NS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_text(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
 
 
 def day_of_s(seconds: int | None) -> str:

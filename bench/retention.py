@@ -3,10 +3,12 @@
     .venv/bin/python -m bench retention                  # 1,000,000 rows, ~2 min
     .venv/bin/python -m bench retention --rows 200000 --rate 1000 --seconds 5
     .venv/bin/python -m bench retention --smoke          # tiny sizes (CI)
+    .venv/bin/python -m bench retention --db postgresql  # a private PostgreSQL
 
-One dkserver on a fresh SQLite file that already holds ``rows`` direct
-messages delivered 40 days ago (written straight into the file before the
-server starts, with schema v7's ``delivered_ns``), so its retention timer
+One dkserver on a fresh SQLite file (or PostgreSQL schema) that already
+holds ``rows`` direct messages delivered 40 days ago (written straight into
+the database before the server starts, with schema v7's ``delivered_ns``),
+so its retention timer
 (``DK_PRUNE_INTERVAL=--prune-after``; default retention of 30 days,
 ``DK_PRUNE_BATCH`` 500) has all of them to delete in its first pass.  In the
 same run, on the same server:
@@ -85,6 +87,44 @@ def fill(path: str, rows: int) -> None:
     conn.close()
 
 
+def fill_pg(url: str, rows: int) -> None:
+    """The same rows in a PostgreSQL schema (COPY)."""
+    import psycopg
+
+    from dkserver.store import pg_schema
+    from dkserver.store.url import parse_database_url
+
+    old = time.time_ns() - 40 * DAY_NS
+    with psycopg.connect(parse_database_url(url).conninfo, autocommit=True) as conn:
+        pg_schema.migrate_connection(conn)
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO users (user_id, username, public_key, registered_ns)"
+                " VALUES (%s, %s, %s, %s)",
+                [(f"old{i}", f"old{i}", f"key{i:040d}", old) for i in range(10)],
+            )
+            with cur.copy(
+                "COPY messages (from_user, to_user, timestamp, content, status,"
+                " is_broadcast, signature, received_ns, delivered_ns) FROM STDIN"
+            ) as copy:
+                for i in range(rows):
+                    copy.write_row(
+                        (
+                            f"old{i % 10}",
+                            f"old{(i + 1) % 10}",
+                            "2026-10-23 12:00:00.000000000+00:00",
+                            "c" * 128,
+                            "delivered",
+                            0,
+                            f"sig{i}",
+                            old + i,
+                            old + i + 1000,
+                        )
+                    )
+            pg_schema.reset_sequences(conn)
+            cur.execute("ANALYZE")
+
+
 def pruned(port: int, cafile: str) -> float:
     """``dkserver_pruned_rows_total{table="messages"}`` of the server."""
     ctx = ssl.create_default_context(cafile=cafile)
@@ -104,15 +144,26 @@ def pruned(port: int, cafile: str) -> float:
 async def run(args) -> dict:
     raise_nofile()
     tmp = tempfile.mkdtemp(prefix="dkbench-retention-")
-    db = os.path.join(tmp, "dk.db")
-    log(f"filling {db} with {args.rows} delivered messages 40 days old")
-    t = time.monotonic()
-    fill(db, args.rows)
-    fill_s = time.monotonic() - t
     env = {
         "DK_PRUNE_INTERVAL": str(args.prune_after),
         "DK_PRUNE_BATCH": str(args.batch),
     }
+    pg = None
+    t = time.monotonic()
+    if args.db == "postgresql":
+        from bench.backends import PostgresBackend
+
+        pg = PostgresBackend()
+        pg.start()
+        db, pg_env = pg.open(tmp)
+        env.update(pg_env)
+        log(f"filling a PostgreSQL schema with {args.rows} delivered messages")
+        fill_pg(db, args.rows)
+    else:
+        db = os.path.join(tmp, "dk.db")
+        log(f"filling {db} with {args.rows} delivered messages 40 days old")
+        fill(db, args.rows)
+    fill_s = time.monotonic() - t
     dk = dkserver_proc(tmp, db, env)
     b = Bench(tmp=tmp, cafile=os.path.join(tmp, "c.pem"), dk=dk, procs=args.procs)
     per_pair = max(2, int(args.rate * args.seconds / args.pairs))
@@ -120,6 +171,7 @@ async def run(args) -> dict:
         "meta": {
             "command": " ".join(["python -m bench retention", *sys.argv[2:]]),
             "dkserver_commit": dkserver_version(),
+            "db": args.db,
             "cpus": os.cpu_count(),
             "rows": args.rows,
             "batch": args.batch,
@@ -187,6 +239,9 @@ async def run(args) -> dict:
     finally:
         await dk.stop()
         kill_all()
+        if pg is not None:
+            pg.close()
+            pg.stop()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -209,7 +264,8 @@ def render(r: dict) -> str:
         )
     ]
     lines = _table(
-        f"relay, {r['meta']['pairs']} pairs paced at {r['meta']['rate']}/s",
+        f"relay on {r['meta']['db']}, {r['meta']['pairs']} pairs paced at "
+        f"{r['meta']['rate']}/s",
         ["run", "delivered", "msg/s", "p50 ms", "p99 ms", "max ms", "srv µs/msg"],
         rows,
     )
@@ -228,6 +284,12 @@ def render(r: dict) -> str:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench retention")
     p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument(
+        "--db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="postgresql: a private server (durable settings), as bench --db",
+    )
     p.add_argument("--batch", type=int, default=500, help="DK_PRUNE_BATCH")
     p.add_argument("--pairs", type=int, default=20)
     p.add_argument("--rate", type=float, default=2000.0, help="messages/s in all")

@@ -10,10 +10,13 @@ path a dictionary lookup.  The counters are upper bounds of the truth:
   them; deliveries and pruning, here or on another node, only lower the
   truth, so the counter never says less than this node has stored;
 - only a message that would take the counter past a limit is checked
-  against the database again (at most once per `RECHECK` per recipient, so
-  a sender hammering a full mailbox costs one query a second): the database
-  is the truth, and a refusal is always one the database confirmed within
-  `RECHECK`.
+  against the database again: the database is the truth, and a refusal is
+  always one the database confirmed.  That recheck reads the sizes of the
+  recipient's whole backlog (up to the byte quota), so a sender hammering a
+  full mailbox must not cause one per frame: after a confirmed refusal the
+  next recheck waits `RECHECK`, doubling up to `MAX_RECHECK` while the
+  mailbox stays full; a delivery to that recipient on this node (`drained`)
+  makes the next message recheck at once.
 
 One process (SQLite, or a single PostgreSQL node) therefore never admits a
 message past the limit.  Nodes of a cluster do not see each other's
@@ -39,9 +42,11 @@ from dkserver.store.errors import StoreError
 #: A counter is reloaded when first used this long after its load (seconds).
 REFRESH = 60.0
 
-#: A message that would take a counter past a limit reloads it if it is
-#: older than this (seconds); a fresher one refuses at once.
+#: After a refusal the database confirmed, the next recheck of that
+#: recipient waits this long (seconds), doubling while it stays full, up to
+#: MAX_RECHECK; a delivery to them here ends the wait.
 RECHECK = 1.0
+MAX_RECHECK = 30.0
 
 #: Bound on the recipients tracked; cleared when exceeded.
 MAX_TRACKED = 200_000
@@ -65,6 +70,21 @@ class _Counter:
     count: int
     size: int
     loaded: float
+    #: Seconds after ``loaded`` before a refusal may ask the database again.
+    backoff: float = 0.0
+
+
+@dataclass(slots=True)
+class Staged:
+    """What a transaction's check changes, installed by `PendingQuota.apply`
+    once it committed."""
+
+    counters: dict[str, _Counter]
+    #: recipients whose "drained" mark this check used up
+    drained: set[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.counters)
 
 
 def content_size(content: str) -> int:
@@ -83,6 +103,8 @@ class PendingQuota:
         self.max_bytes = max_bytes
         self._now = monotonic
         self._counters: dict[str, _Counter] = {}
+        #: Recipients a delivery on this node made room for (reactor thread).
+        self._drained: set[str] = set()
         #: Reloads done (tests, and the cost of the quota in a benchmark).
         self.loads = 0
 
@@ -98,12 +120,18 @@ class PendingQuota:
             return f"{self.max_bytes} bytes"
         return None
 
+    def drained(self, recipient: str) -> None:
+        """A message to ``recipient`` was delivered here (reactor thread):
+        should they be refused now, the next message asks the database."""
+        if recipient in self._counters:
+            self._drained.add(recipient)
+
     def check_txn(
         self, txn: Txn, recipients: Sequence[tuple[str, int]]
-    ) -> tuple[list[str | None], dict[str, _Counter]]:
+    ) -> tuple[list[str | None], Staged]:
         """For each ``(recipient, size)`` in order: None (admitted, counted)
-        or the limit it would pass.  Returns that and the counters to
-        `apply` once the transaction commits."""
+        or the limit it would pass.  Returns that and what to `apply` once
+        the transaction commits."""
         now = self._now()
         staged: dict[str, _Counter] = {}
         stale = set()
@@ -113,31 +141,51 @@ class PendingQuota:
                 stale.add(user)
         if stale:
             staged.update(self._load(txn, stale, now))
+        drained = {user for user, _ in recipients if user in self._drained}
         verdicts: list[str | None] = []
         for user, size in recipients:
             c = staged.get(user)
             if c is None:
                 old = self._counters[user]
-                c = staged[user] = _Counter(old.count, old.size, old.loaded)
+                c = staged[user] = _Counter(
+                    old.count, old.size, old.loaded, old.backoff
+                )
             over = self._over(c, size)
-            if over is not None and now - c.loaded > RECHECK:
+            # never reload what this transaction loaded: its own admissions
+            # are not in the database yet
+            if (
+                over is not None
+                and user not in stale
+                and (now - c.loaded >= c.backoff or user in drained)
+            ):
+                stale.add(user)
+                drained.discard(user)
+                backoff = c.backoff
                 c = staged[user] = self._load(txn, {user}, now)[user]
                 over = self._over(c, size)
+                if over is not None:
+                    c.backoff = min(MAX_RECHECK, max(RECHECK, 2 * backoff))
             if over is None:
                 c.count += 1
                 c.size += size
+                c.backoff = 0.0
             verdicts.append(over)
-        return verdicts, staged
+        return verdicts, Staged(
+            staged, {u for u, _ in recipients if u in self._drained}
+        )
 
-    def apply(self, staged: dict[str, _Counter]) -> None:
-        if len(self._counters) + len(staged) > MAX_TRACKED:
+    def apply(self, staged: Staged) -> None:
+        if len(self._counters) + len(staged.counters) > MAX_TRACKED:
             self._counters.clear()
-        self._counters.update(staged)
+            self._drained.clear()
+        self._counters.update(staged.counters)
+        self._drained -= staged.drained
 
     def forget(self) -> None:
         """Drop every counter (after a prune here dropped pending messages);
         each is loaded again when next used."""
         self._counters.clear()
+        self._drained.clear()
 
     def _load(self, txn: Txn, users: set[str], now: float) -> dict[str, _Counter]:
         self.loads += 1

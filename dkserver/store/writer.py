@@ -38,7 +38,12 @@ from dkserver.store.errors import (
     StoreUnavailable,
 )
 from dkserver.store.messages import NewMessage, insert_messages_txn, mark_delivered_txn
-from dkserver.store.quota import PendingQuota, PendingQuotaExceeded, content_size
+from dkserver.store.quota import (
+    PendingQuota,
+    PendingQuotaExceeded,
+    Staged,
+    content_size,
+)
 
 #: Bound on the recipient cache (user ids), cleared when exceeded.
 MAX_KNOWN_USERS = 200_000
@@ -163,8 +168,10 @@ class GroupWriter:
         self._next.waiters.append(done)
         self._kick()
 
-    def mark_delivered(self, message_id: int) -> None:
+    def mark_delivered(self, message_id: int, recipient: str | None = None) -> None:
         self._next.delivered.append(message_id)
+        if recipient is not None and self.quota is not None:
+            self.quota.drained(recipient)
         self._kick()
 
     def record_broadcast_delivery(self, message_id: int, user_id: str) -> None:
@@ -229,12 +236,12 @@ class GroupWriter:
         d.addCallbacks(self._committed, self._failed, (batch,), None, (batch,), None)
         d.addErrback(lambda f: self.log.failure("group writer bookkeeping", f))
 
-    def _committed(self, result: tuple[list, dict], batch: _Batch) -> None:
+    def _committed(self, result: tuple[list, Staged | None], batch: _Batch) -> None:
         ids, staged = result
         if self.unavailable:
             self.unavailable = False
             self.log.info("database reachable again; storing messages")
-        if staged:
+        if staged is not None:
             self.quota.apply(staged)
         self.batches += 1
         self.rows += batch.size()
@@ -296,19 +303,22 @@ def _commit_txn(
     known_users: set[str],
     quota: PendingQuota | None,
     now_ns: int,
-) -> tuple[list[int | PendingQuotaExceeded | None], dict]:
+) -> tuple[list[int | PendingQuotaExceeded | None], Staged | None]:
     if batch.sessions_started:
         txn.executemany(
             "INSERT INTO sessions (session_id, user_id, start_time, node_id)"
             " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             batch.sessions_started,
         )
-    staged: dict = {}
+    # Marks first: each names a message committed by an earlier batch (it
+    # is delivered only after its commit), and the quota check below must
+    # see the room they make.
+    if batch.delivered:
+        mark_delivered_txn(txn, batch.delivered, now_ns)
+    staged = None
     ids: list = []
     if batch.messages:
         ids, staged = _insert_messages(txn, batch.messages, known_users, quota)
-    if batch.delivered:
-        mark_delivered_txn(txn, batch.delivered, now_ns)
     if batch.broadcast_deliveries:
         txn.executemany(
             "INSERT INTO broadcast_deliveries (message_id, user_id)"
@@ -326,7 +336,7 @@ def _insert_messages(
     messages: list[tuple[NewMessage, str | None]],
     known_users: set[str],
     quota: PendingQuota | None = None,
-) -> tuple[list[int | PendingQuotaExceeded | None], dict]:
+) -> tuple[list[int | PendingQuotaExceeded | None], Staged | None]:
     """Insert the batch's messages to existing recipients, with their
     analytics rows; ``None`` in place of an id for an unknown recipient, a
     `PendingQuotaExceeded` for one past its quota (nothing stored).  Also
@@ -342,7 +352,7 @@ def _insert_messages(
         known_users.update(_existing_users(txn, unknown))
     existing = known_users
     refused: dict[int, str] = {}
-    staged: dict = {}
+    staged = None
     if quota is not None:
         direct = [
             (i, m)

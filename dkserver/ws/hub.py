@@ -88,7 +88,7 @@ class Hub:
         """Frames that reached the kernel: record them as delivered."""
         for kind, message_id, user_id in acks:
             if kind == "d":
-                self.writer.mark_delivered(message_id)
+                self.writer.mark_delivered(message_id, user_id)
             else:
                 self.writer.record_broadcast_delivery(message_id, user_id)
 

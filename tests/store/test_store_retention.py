@@ -295,16 +295,33 @@ async def test_quota_of_messages_refuses_and_stores_nothing(store, sql, db_path)
     # others are not limited by bob's mailbox
     assert await writer.submit_message(msg("carol", T0), None)
     assert await writer.submit_message(msg("broadcast", T0), None)
-    # a delivery frees a place; within RECHECK the refusal stands, after it
-    # the database is asked again
-    writer.mark_delivered(ids[0])
-    await writer.flush()
+    # a delivery elsewhere (another node, no word to this writer): the
+    # refusal stands for RECHECK, then the database is asked again
+    await store.messages.mark_delivered([ids[0]])
     with pytest.raises(PendingQuotaExceeded):
         await writer.submit_message(msg("bob", T0 + 4), None)
+    loads = quota.loads
     clock.now += RECHECK + 0.1
     assert await writer.submit_message(msg("bob", T0 + 5), None)
+    assert quota.loads == loads + 1
+    # full again: each confirmed refusal doubles the wait before the next
+    # database check, so a hammering sender costs few queries
+    for _ in range(5):
+        with pytest.raises(PendingQuotaExceeded):
+            await writer.submit_message(msg("bob", T0 + 6), None)
+    assert quota.loads == loads + 2
+    clock.now += RECHECK + 0.1  # past the first wait: asked again, still full
     with pytest.raises(PendingQuotaExceeded):
         await writer.submit_message(msg("bob", T0 + 6), None)
+    assert quota.loads == loads + 3
+    clock.now += RECHECK + 0.1  # the wait is 2 s now
+    with pytest.raises(PendingQuotaExceeded):
+        await writer.submit_message(msg("bob", T0 + 6), None)
+    assert quota.loads == loads + 3
+    # a delivery through this writer ends the wait at once
+    writer.mark_delivered(ids[1], "bob")
+    assert await writer.submit_message(msg("bob", T0 + 7), None)
+    assert quota.loads == loads + 4
     await writer.close()
 
 

@@ -130,10 +130,6 @@ class RetentionStore:
         return await self._pool.runInteraction(_rollups_txn)
 
 
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
 def _add_rollups(txn: Txn, counts: Counter) -> None:
     if counts:
         txn.executemany(
@@ -145,23 +141,28 @@ def _add_rollups(txn: Txn, counts: Counter) -> None:
 
 
 def _delete_messages(
-    txn: Txn, ids: Sequence[int], condition: str, params: tuple = ()
+    txn: Txn,
+    ids: Sequence[int],
+    condition: str,
+    params: tuple = (),
+    broadcasts: bool = False,
 ) -> tuple[list[tuple], Counter]:
-    """Delete messages ``ids`` still matching ``condition`` (and their
-    broadcast deliveries); the deleted ``(id, to_user, received_ns,
-    is_broadcast)`` and their roll-up."""
-    marks = _marks(len(ids))
+    """Delete messages ``ids`` still matching ``condition`` (and, for
+    ``broadcasts``, their deliveries: direct messages have none); the
+    deleted ``(id, to_user, received_ns, is_broadcast)`` and their roll-up."""
+    among, id_params = txn.engine.in_ids("id", ids)
+    deliveries = 0
+    if broadcasts:
+        txn.execute(
+            "DELETE FROM broadcast_deliveries WHERE message_id IN"
+            f" (SELECT id FROM messages WHERE {among} AND {condition})",
+            (*id_params, *params),
+        )
+        deliveries = max(0, txn.rowcount)
     txn.execute(
-        f"DELETE FROM broadcast_deliveries WHERE message_id IN ({marks})"
-        f" AND message_id IN (SELECT id FROM messages WHERE id IN ({marks})"
-        f" AND {condition})",
-        (*ids, *ids, *params),
-    )
-    deliveries = max(0, txn.rowcount)
-    txn.execute(
-        f"DELETE FROM messages WHERE id IN ({marks}) AND {condition}"
+        f"DELETE FROM messages WHERE {among} AND {condition}"
         " RETURNING id, to_user, received_ns, is_broadcast",
-        (*ids, *params),
+        (*id_params, *params),
     )
     rows = txn.fetchall()
     counts: Counter = Counter()
@@ -184,18 +185,26 @@ def _finish(txn: Txn, rows: list, counts: Counter) -> dict[str, int]:
 def _delivered_txn(txn: Txn, cutoff: int, batch: int, cursor: int) -> Step:
     if not txn.engine.try_lock(txn, PRUNE_LOCK):
         return Step(busy=True, done=True)
+    # From ``cursor`` (the last delivery time seen): on PostgreSQL the index
+    # keeps the entries of rows deleted by earlier batches until a vacuum,
+    # and starting from the bottom each time would walk all of them again.
     txn.execute(
-        "SELECT id FROM messages WHERE delivered_ns < ? AND is_broadcast = 0"
-        " ORDER BY delivered_ns LIMIT ?",
-        (cutoff, batch),
+        "SELECT id, delivered_ns FROM messages WHERE delivered_ns >= ?"
+        " AND delivered_ns < ? AND is_broadcast = 0 ORDER BY delivered_ns LIMIT ?",
+        (cursor, cutoff, batch),
     )
-    ids = [r[0] for r in txn.fetchall()]
-    if not ids:
-        return Step(done=True)
+    found = txn.fetchall()
+    if not found:
+        return Step(done=True, cursor=cursor)
+    ids = [r[0] for r in found]
     rows, counts = _delete_messages(
         txn, ids, "delivered_ns < ? AND is_broadcast = 0", (cutoff,)
     )
-    return Step(deleted=_finish(txn, rows, counts), done=len(ids) < batch)
+    return Step(
+        deleted=_finish(txn, rows, counts),
+        done=len(ids) < batch,
+        cursor=found[-1][1],
+    )
 
 
 def _broadcasts_txn(txn: Txn, cutoff: int, batch: int, cursor: int) -> Step:
@@ -204,19 +213,23 @@ def _broadcasts_txn(txn: Txn, cutoff: int, batch: int, cursor: int) -> Step:
     if not txn.engine.try_lock(txn, PRUNE_LOCK):
         return Step(busy=True, done=True)
     txn.execute(
-        "SELECT id, received_ns FROM messages WHERE is_broadcast = 1"
+        "SELECT id, received_ns FROM messages WHERE is_broadcast = 1 AND id > ?"
         " ORDER BY id LIMIT ?",
-        (batch,),
+        (cursor, batch),
     )
     found = txn.fetchall()
     ids = [mid for mid, ns in found if ns is None or ns < cutoff]
     done = len(ids) < len(found) or len(found) < batch
     if not ids:
-        return Step(done=True)
+        return Step(done=True, cursor=cursor)
     rows, counts = _delete_messages(
-        txn, ids, "is_broadcast = 1 AND COALESCE(received_ns, 0) < ?", (cutoff,)
+        txn,
+        ids,
+        "is_broadcast = 1 AND COALESCE(received_ns, 0) < ?",
+        (cutoff,),
+        broadcasts=True,
     )
-    return Step(deleted=_finish(txn, rows, counts), done=done)
+    return Step(deleted=_finish(txn, rows, counts), done=done, cursor=ids[-1])
 
 
 def _pending_txn(txn: Txn, cutoff: int, batch: int, cursor: int) -> Step:
@@ -273,19 +286,21 @@ def _events_txn(txn: Txn, cutoff: int, batch: int, cursor: int) -> Step:
         return Step(busy=True, done=True)
     cut_s = cutoff // _NS
     epoch = txn.engine.epoch_seconds("timestamp")
-    txn.execute(f"SELECT id, {epoch} FROM message_events ORDER BY id LIMIT ?", (batch,))
+    txn.execute(
+        f"SELECT id, {epoch} FROM message_events WHERE id > ? ORDER BY id LIMIT ?",
+        (cursor, batch),
+    )
     found = txn.fetchall()
     ids = [eid for eid, s in found if s is None or s < cut_s]
     done = len(ids) < len(found) or len(found) < batch
     if not ids:
-        return Step(done=True)
+        return Step(done=True, cursor=cursor)
+    among, id_params = txn.engine.in_ids("id", ids)
     count, counts = _delete_events(
-        txn,
-        f"id IN ({_marks(len(ids))}) AND ({epoch} IS NULL OR {epoch} < ?)",
-        (*ids, cut_s),
+        txn, f"{among} AND ({epoch} IS NULL OR {epoch} < ?)", (*id_params, cut_s)
     )
     _add_rollups(txn, counts)
-    return Step(deleted={"message_events": count}, done=done)
+    return Step(deleted={"message_events": count}, done=done, cursor=ids[-1])
 
 
 def _sessions_txn(txn: Txn, cutoff: int, batch: int, cursor: int) -> Step:
@@ -304,13 +319,12 @@ def _sessions_txn(txn: Txn, cutoff: int, batch: int, cursor: int) -> Step:
     ids = [r[0] for r in txn.fetchall()]
     if not ids:
         return Step(done=True)
-    marks = _marks(len(ids))
-    events, counts = _delete_events(txn, f"session_id IN ({marks})", ids)
+    among, id_params = txn.engine.in_ids("session_id", ids)
+    events, counts = _delete_events(txn, among, id_params)
     start = txn.engine.epoch_seconds("start_time")
     txn.execute(
-        f"DELETE FROM sessions WHERE session_id IN ({marks}) AND {end} < ?"
-        f" RETURNING duration, {start}",
-        (*ids, cut_s),
+        f"DELETE FROM sessions WHERE {among} AND {end} < ? RETURNING duration, {start}",
+        (*id_params, cut_s),
     )
     rows = txn.fetchall()
     for duration, started in rows:

@@ -10,7 +10,7 @@ holds ``rows`` direct messages delivered 40 days ago (written straight into
 the database before the server starts, with schema v7's ``delivered_ns``),
 so its retention timer
 (``DK_PRUNE_INTERVAL=--prune-after``; default retention of 30 days,
-``DK_PRUNE_BATCH`` 500) has all of them to delete in its first pass.  In the
+``DK_PRUNE_BATCH`` 200) has all of them to delete in its first pass.  In the
 same run, on the same server:
 
 1. ``without``: a paced relay (``pairs`` sender->receiver pairs, ``rate``
@@ -290,7 +290,7 @@ def parse_args(argv):
         default="sqlite",
         help="postgresql: a private server (durable settings), as bench --db",
     )
-    p.add_argument("--batch", type=int, default=500, help="DK_PRUNE_BATCH")
+    p.add_argument("--batch", type=int, default=200, help="DK_PRUNE_BATCH")
     p.add_argument("--pairs", type=int, default=20)
     p.add_argument("--rate", type=float, default=2000.0, help="messages/s in all")
     p.add_argument("--seconds", type=float, default=8.0, help="each relay's length")

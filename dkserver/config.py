@@ -62,10 +62,11 @@ MIN_STATS_ROLLUP_DAYS = 7.0
 # person receives while offline, far below what fills a disk.
 DEFAULT_PENDING_QUOTA_MESSAGES = 10_000
 DEFAULT_PENDING_QUOTA_BYTES = 100 * 1024 * 1024
-# Pruning: a pass every 5 minutes, 500 rows per transaction (a few ms of
-# writer time on either backend, so a relay waits at most that long).
+# Pruning: a pass every 5 minutes, 200 rows per transaction (a few ms of
+# the database's time on either backend, so a relayed message waits at most
+# one such batch; docs/performance.md, "Retention: relay while pruning").
 DEFAULT_PRUNE_INTERVAL = 300.0
-DEFAULT_PRUNE_BATCH = 500
+DEFAULT_PRUNE_BATCH = 200
 
 
 class ConfigError(Exception):

@@ -70,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=_positive_int,
         default=None,
         metavar="ROWS",
-        help="rows per transaction (default: DK_PRUNE_BATCH, else 500)",
+        help="rows per transaction (default: DK_PRUNE_BATCH, else 200)",
     )
     parser.set_defaults(run=run)
     return parser

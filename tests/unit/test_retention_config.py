@@ -15,7 +15,7 @@ def test_defaults():
     c = parse()
     assert (c.retention_days, c.pending_max_days, c.stats_rollup_days) == (30, 90, 30)
     assert (c.pending_quota_messages, c.pending_quota_bytes) == (10_000, 100 * 2**20)
-    assert (c.prune_interval, c.prune_batch) == (300, 500)
+    assert (c.prune_interval, c.prune_batch) == (300, 200)
 
 
 @pytest.mark.parametrize("off", ["0", "off", "OFF", "none", "never"])

@@ -83,6 +83,7 @@ ADMIN_COMMANDS = (
     "dkserver.admin.stats",
     "dkserver.admin.backup",
     "dkserver.admin.port_db",
+    "dkserver.admin.prune",
 )
 
 #: Commands whose arguments are the server's options (admin commands say

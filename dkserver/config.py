@@ -70,6 +70,27 @@ DEFAULT_REVOCATION_POLL = 0.5
 DEFAULT_PUBLIC_READ_RATE = 10.0
 DEFAULT_PUBLIC_READ_BURST = 50
 
+# Retention (docs/operating/retention.md).  Delivered direct messages and
+# broadcasts: 30 days after delivery (broadcasts: after they were sent), long
+# enough for a client to resync a month; pending messages: 90 days, a
+# quarter for an absent user to come back.  Sessions and message events are
+# rolled up into daily aggregates after 30 days (at least 7: the weekly
+# active users count reads the raw sessions).
+DEFAULT_RETENTION_DAYS = 30.0
+DEFAULT_PENDING_MAX_DAYS = 90.0
+DEFAULT_STATS_ROLLUP_DAYS = 30.0
+MIN_RETENTION_DAYS = 1.0
+MIN_STATS_ROLLUP_DAYS = 7.0
+# Per recipient, pending (undelivered) direct messages: far beyond what a
+# person receives while offline, far below what fills a disk.
+DEFAULT_PENDING_QUOTA_MESSAGES = 10_000
+DEFAULT_PENDING_QUOTA_BYTES = 100 * 1024 * 1024
+# Pruning: a pass every 5 minutes, 200 rows per transaction (a few ms of
+# the database's time on either backend, so a relayed message waits at most
+# one such batch; docs/performance.md, "Retention: relay while pruning").
+DEFAULT_PRUNE_INTERVAL = 300.0
+DEFAULT_PRUNE_BATCH = 200
+
 
 class ConfigError(Exception):
     """A setting is invalid; the message names it."""
@@ -156,6 +177,19 @@ class Config:
     #: The tokens' ``iss``; changing it invalidates every token.
     token_issuer: str = DEFAULT_TOKEN_ISSUER
     revocation_poll: float = DEFAULT_REVOCATION_POLL
+    #: Retention in days; None keeps forever ("off").
+    retention_days: float | None = DEFAULT_RETENTION_DAYS
+    pending_max_days: float | None = DEFAULT_PENDING_MAX_DAYS
+    stats_rollup_days: float | None = DEFAULT_STATS_ROLLUP_DAYS
+    #: Pending direct messages (count, UTF-8 bytes of content) one recipient
+    #: may have; None: no limit ("off").
+    pending_quota_messages: int | None = DEFAULT_PENDING_QUOTA_MESSAGES
+    pending_quota_bytes: int | None = DEFAULT_PENDING_QUOTA_BYTES
+    #: Seconds between prune passes; None: the server never prunes by itself
+    #: (``dkserver prune`` still does).
+    prune_interval: float | None = DEFAULT_PRUNE_INTERVAL
+    #: Rows deleted per transaction.
+    prune_batch: int = DEFAULT_PRUNE_BATCH
 
     def __post_init__(self) -> None:
         if self.database is None:
@@ -227,6 +261,36 @@ def _positive_int(key: str, raw: str | int) -> int:
     if value < 1:
         raise ConfigError(key, f"must be at least 1, got {raw!r}")
     return value
+
+
+def _off(raw: object) -> bool:
+    return str(raw).strip().lower() in ("0", "off", "none", "never")
+
+
+def _days(key: str, raw: object, minimum: float) -> float | None:
+    """A retention in days, at least ``minimum``; 0 / "off": keep forever."""
+    if raw is None or _off(raw):
+        return None
+    value = _positive_float(key, raw)
+    if value < minimum:
+        raise ConfigError(
+            key, f"must be at least {minimum:g} days (or 0/off), got {raw!r}"
+        )
+    return value
+
+
+def _limit(key: str, raw: object) -> int | None:
+    """A whole-number limit; 0 / "off": no limit."""
+    if raw is None or _off(raw):
+        return None
+    return _positive_int(key, raw)
+
+
+def _interval(key: str, raw: object) -> float | None:
+    """Seconds between runs; 0 / "off": never."""
+    if raw is None or _off(raw):
+        return None
+    return _positive_float(key, raw)
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -490,4 +554,44 @@ def from_sources(options: Mapping[str, object], environ: Mapping[str, str]) -> C
         registration=registration,
         token_issuer=token_issuer,
         revocation_poll=revocation_poll,
+        retention_days=_days(
+            "DK_RETENTION_DAYS",
+            pick("retention_days", "DK_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
+            MIN_RETENTION_DAYS,
+        ),
+        pending_max_days=_days(
+            "DK_PENDING_MAX_DAYS",
+            pick("pending_max_days", "DK_PENDING_MAX_DAYS", DEFAULT_PENDING_MAX_DAYS),
+            MIN_RETENTION_DAYS,
+        ),
+        stats_rollup_days=_days(
+            "DK_STATS_ROLLUP_DAYS",
+            pick(
+                "stats_rollup_days", "DK_STATS_ROLLUP_DAYS", DEFAULT_STATS_ROLLUP_DAYS
+            ),
+            MIN_STATS_ROLLUP_DAYS,
+        ),
+        pending_quota_messages=_limit(
+            "DK_PENDING_QUOTA_MESSAGES",
+            pick(
+                "pending_quota_messages",
+                "DK_PENDING_QUOTA_MESSAGES",
+                DEFAULT_PENDING_QUOTA_MESSAGES,
+            ),
+        ),
+        pending_quota_bytes=_limit(
+            "DK_PENDING_QUOTA_BYTES",
+            pick(
+                "pending_quota_bytes",
+                "DK_PENDING_QUOTA_BYTES",
+                DEFAULT_PENDING_QUOTA_BYTES,
+            ),
+        ),
+        prune_interval=_interval(
+            "DK_PRUNE_INTERVAL",
+            pick("prune_interval", "DK_PRUNE_INTERVAL", DEFAULT_PRUNE_INTERVAL),
+        ),
+        prune_batch=_positive_int(
+            "DK_PRUNE_BATCH", pick("prune_batch", "DK_PRUNE_BATCH", DEFAULT_PRUNE_BATCH)
+        ),
     )

@@ -223,6 +223,26 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.quota_refused = Counter(
+            "dkserver_pending_quota_refused_messages",
+            "Direct messages refused because the recipient's pending quota was"
+            " full (nothing stored)",
+            registry=r,
+        )
+        # Retention (dkserver.retention): what this process's prune passes
+        # deleted, per table, and the pending messages among them dropped
+        # undelivered past DK_PENDING_MAX_DAYS.
+        self.pruned_rows = Counter(
+            "dkserver_pruned_rows",
+            "Rows deleted by retention, by table",
+            ["table"],
+            registry=r,
+        )
+        self.pending_dropped = Counter(
+            "dkserver_pending_messages_dropped",
+            "Direct messages dropped undelivered after DK_PENDING_MAX_DAYS",
+            registry=r,
+        )
         self.connections = Gauge(
             "dkserver_websocket_connections", "Open WebSocket connections", registry=r
         )

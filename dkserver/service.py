@@ -38,7 +38,9 @@ from dkserver.metrics import Metrics
 from dkserver.periodic import periodic_service
 from dkserver.proxyproto import ProxyProtocolEndpoint
 from dkserver.ratelimit import BucketRegistry
+from dkserver.retention import Policy, Pruner, PruneService
 from dkserver.store import Store, StoreError
+from dkserver.store.quota import PendingQuota
 from dkserver.store.writer import GroupWriter
 from dkserver.systemd import Notifier, SystemdNotify, watchdog_interval
 from dkserver.tls import LoadedCertificate, ServerTLS
@@ -135,11 +137,15 @@ class DkService(MultiService):
             self.revocations,
             config.registration,
         )
+        self.quota = PendingQuota(
+            config.pending_quota_messages, config.pending_quota_bytes
+        )
         self.writer = GroupWriter(
             self.store.pool,
             reactor,
             node_id=config.node_id,
             commit_seconds=self.metrics.commit_seconds.observe,
+            quota=self.quota,
         )
         self.metrics.track_store(lambda: self.writer.writable)
         self.gauges = StoreGauges(self.store, self.writer, self.metrics, reactor)
@@ -257,6 +263,22 @@ class DkService(MultiService):
         self.account_watch.service(config.revocation_poll, reactor).setServiceParent(
             self.timers
         )
+        self.pruner = Pruner(
+            self.store,
+            Policy.from_config(config),
+            self.metrics,
+            time_ns=lambda: self.hub.time_ns(),
+            quota=self.quota,
+            clock=reactor,
+            on_pending_dropped=self.gauges.pending_removed,
+        )
+        if config.prune_interval is not None:
+            PruneService(
+                self.pruner,
+                config.prune_interval,
+                reactor,
+                ready=lambda: self._ready.called and not self._ready_failed,
+            ).setServiceParent(self.timers)
         self.timers.setServiceParent(self)
         if self.cluster is not None:
             self.cluster.forwards.serve = self.hub.answer_for_node
@@ -297,6 +319,7 @@ class DkService(MultiService):
 
     def startService(self) -> None:
         self._started_ns = self.hub.time_ns()
+        self._ready_failed = False
         self._ready = Deferred.fromCoroutine(self._migrate())
         self._ready.addErrback(self._fatal)
         super().startService()
@@ -340,6 +363,7 @@ class DkService(MultiService):
             self.tokens.use_keys(KeyRing(secret, previous))
 
     def _fatal(self, failure) -> None:
+        self._ready_failed = True
         if failure.check(SecretError):
             self.log.error("{error}; stopping", error=str(failure.value))
         else:

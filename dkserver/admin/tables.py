@@ -61,6 +61,7 @@ TABLES = (
     ),
     Table("user_trackers", ("id",), _USER_EXISTS, "user_id names no users row"),
     Table("user_apis", ("id",), _USER_EXISTS, "user_id names no users row"),
+    Table("stats_daily", ("day", "metric", "bucket"), "1 = 1", "never"),
 )
 
 assert tuple(t.name for t in TABLES) == pg_schema.TABLES, "port-db misses a table"

@@ -38,7 +38,8 @@ from dkserver.store.pool import (
     open_pool,
     open_read_pool,
 )
-from dkserver.store.schema import LATEST_VERSION, migrate, preflight
+from dkserver.store.retention import RetentionStore
+from dkserver.store.schema import LATEST_VERSION, migrate, preflight, version_of
 from dkserver.store.settings import SettingsStore
 from dkserver.store.trackers import Tracker, TrackerInfo, TrackerStore
 from dkserver.store.url import DatabaseUrl, parse_database_url
@@ -212,6 +213,7 @@ class Store:
         self.trackers = TrackerStore(db, reads=reads)
         self.apis = ApiStore(db, reads=reads)
         self.settings = SettingsStore(db)
+        self.retention = RetentionStore(db)
 
     @property
     def pool(self) -> Database:
@@ -316,6 +318,17 @@ class Store:
         """Bytes the database takes (SQLite: file plus WAL; PostgreSQL:
         ``pg_database_size``), read on the pool's thread."""
         return await self._db.runInteraction(_database_size_txn)
+
+    async def schema_version(self) -> int:
+        """The database's schema version, changing nothing (0: empty)."""
+        if self.is_postgresql:
+            return await self._pool.runWithConnection(pg_schema.current_version)
+        return await self._pool.runWithConnection(version_of)
+
+    @property
+    def latest_version(self) -> int:
+        """The schema version this code writes on this backend."""
+        return pg_schema.LATEST_VERSION if self.is_postgresql else LATEST_VERSION
 
     async def close(self) -> None:
         """Close the pool; call after pending writes have drained.

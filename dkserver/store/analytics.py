@@ -184,10 +184,16 @@ def _active_users(txn: Txn, since_s: int, now_s: int) -> int:
 
 def _message_counts(txn: Txn, since_s: int | None, now_s: int) -> dict[str, int]:
     if since_s is None:
-        txn.execute("SELECT COUNT(*) FROM messages")
-        total = txn.fetchone()[0]
-        txn.execute("SELECT COUNT(*) FROM messages WHERE is_broadcast = 1")
-        broadcast = txn.fetchone()[0]
+        # what is stored, plus what retention deleted (stats_daily)
+        txn.execute(
+            "SELECT (SELECT COUNT(*) FROM messages)"
+            " + (SELECT COALESCE(SUM(count), 0) FROM stats_daily"
+            "    WHERE metric IN ('direct_messages', 'broadcast_messages')),"
+            " (SELECT COUNT(*) FROM messages WHERE is_broadcast = 1)"
+            " + (SELECT COALESCE(SUM(count), 0) FROM stats_daily"
+            "    WHERE metric = 'broadcast_messages')"
+        )
+        total, broadcast = (int(v) for v in txn.fetchone())
     else:
         txn.execute(
             "SELECT COUNT(*),"
@@ -201,25 +207,53 @@ def _message_counts(txn: Txn, since_s: int | None, now_s: int) -> dict[str, int]
 
 
 def _session_stats(txn: Txn) -> dict[str, Any]:
+    """Over the stored sessions and those retention rolled up (durations
+    kept as a histogram in stats_daily, so the median stays exact)."""
     txn.execute(
         "SELECT COUNT(*), COUNT(duration),"
         " CAST(SUM(CASE WHEN end_time IS NULL THEN 1 ELSE 0 END) AS BIGINT),"
-        " AVG(duration), MAX(duration) FROM sessions"
+        " SUM(duration), MAX(duration) FROM sessions"
     )
-    count, completed, still_open, avg, longest = txn.fetchone()
+    count, completed, still_open, total, longest = txn.fetchone()
+    txn.execute(
+        "SELECT COALESCE(SUM(count), 0),"
+        " COALESCE(SUM(CASE WHEN bucket >= 0 THEN count ELSE 0 END), 0),"
+        " COALESCE(SUM(CASE WHEN bucket >= 0 THEN bucket * count ELSE 0 END), 0),"
+        " MAX(CASE WHEN bucket >= 0 THEN bucket END)"
+        " FROM stats_daily WHERE metric = 'sessions'"
+    )
+    old_count, old_completed, old_total, old_longest = txn.fetchone()
+    count += int(old_count)
+    completed += int(old_completed)
+    total = int(total or 0) + int(old_total)
+    if old_longest is not None:
+        longest = int(old_longest) if longest is None else max(longest, old_longest)
     median = None
-    if completed:
+    if completed and not old_completed:
         txn.execute(
             "SELECT duration FROM sessions WHERE duration IS NOT NULL"
             " ORDER BY duration LIMIT 1 OFFSET ?",
             ((completed - 1) // 2,),
         )
         median = txn.fetchone()[0]
+    elif completed:
+        txn.execute(
+            "SELECT d, SUM(n) FROM (SELECT duration AS d, COUNT(*) AS n"
+            " FROM sessions WHERE duration IS NOT NULL GROUP BY duration"
+            " UNION ALL SELECT bucket, count FROM stats_daily"
+            " WHERE metric = 'sessions' AND bucket >= 0) AS u GROUP BY d ORDER BY d"
+        )
+        rank = (completed - 1) // 2
+        for duration, n in txn.fetchall():
+            rank -= int(n)
+            if rank < 0:
+                median = int(duration)
+                break
     return {
         "count": count,
         "open": still_open or 0,
-        "avg_duration_s": None if avg is None else float(avg),
-        "max_duration_s": longest,
+        "avg_duration_s": total / completed if completed else None,
+        "max_duration_s": None if longest is None else int(longest),
         "p50_duration_s": median,
     }
 
@@ -227,9 +261,10 @@ def _session_stats(txn: Txn) -> dict[str, Any]:
 def _peak_hour(txn: Txn) -> int | None:
     hour = txn.engine.utc_hour("timestamp")
     txn.execute(
-        f"SELECT hour, COUNT(*) AS n FROM (SELECT {hour} AS hour"
-        " FROM message_events) AS e WHERE hour IS NOT NULL"
-        " GROUP BY hour ORDER BY n DESC, hour LIMIT 1"
+        f"SELECT hour, SUM(n) AS total FROM (SELECT {hour} AS hour, 1 AS n"
+        " FROM message_events UNION ALL SELECT bucket, count FROM stats_daily"
+        " WHERE metric = 'message_events' AND bucket >= 0) AS e"
+        " WHERE hour IS NOT NULL GROUP BY hour ORDER BY total DESC, hour LIMIT 1"
     )
     row = txn.fetchone()
     return None if row is None else row[0]

@@ -187,10 +187,27 @@ class Sqlite3Engine:
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows
         )
 
-    def for_ids(self, txn: Any, statement: str, ids: Sequence[int]) -> None:
+    def for_ids(
+        self, txn: Any, statement: str, ids: Sequence[int], params: tuple = ()
+    ) -> None:
         """Run ``statement`` for every id in ``ids``: its ``{id}`` is the test
-        ``id`` matches (SQLite: ``id = ?``, one ``executemany`` in process)."""
-        txn.executemany(statement.format(id="id = ?"), [(i,) for i in ids])
+        ``id`` matches (SQLite: ``id = ?``, one ``executemany`` in process);
+        ``params`` fill the placeholders before it."""
+        txn.executemany(statement.format(id="id = ?"), [(*params, i) for i in ids])
+
+    def in_ids(self, column: str, ids: Sequence[Any]) -> tuple[str, list[Any]]:
+        """SQL ``column`` is one of ``ids`` and its parameters (SQLite: an
+        ``IN`` list)."""
+        return f"{column} IN ({','.join('?' * len(ids))})", list(ids)
+
+    def try_lock(self, txn: Any, key: int) -> bool:
+        """Take a lock until the transaction ends, if free (SQLite: one
+        writer at a time already, so always)."""
+        return True
+
+    def octet_length(self, column: str) -> str:
+        """SQL: the UTF-8 size in bytes of a text column."""
+        return f"LENGTH(CAST({column} AS BLOB))"
 
 
 class PostgresEngine:
@@ -296,11 +313,30 @@ class PostgresEngine:
             [value for row in rows for value in row],
         )
 
-    def for_ids(self, txn: Any, statement: str, ids: Sequence[int]) -> None:
+    def for_ids(
+        self, txn: Any, statement: str, ids: Sequence[int], params: tuple = ()
+    ) -> None:
         """One statement with ``id = ANY(?)``: a statement per id (what
         ``executemany`` sends) costs the server a parse/bind/execute each,
         most of a delivered mark's cost."""
-        txn.execute(statement.format(id="id = ANY(CAST(? AS BIGINT[]))"), (list(ids),))
+        txn.execute(
+            statement.format(id="id = ANY(CAST(? AS BIGINT[]))"), (*params, list(ids))
+        )
+
+    def in_ids(self, column: str, ids: Sequence[Any]) -> tuple[str, list[Any]]:
+        """One array parameter: a statement with hundreds of parameters
+        costs PostgreSQL more to parse and plan than to run."""
+        kind = "BIGINT" if ids and isinstance(ids[0], int) else "TEXT"
+        return f"{column} = ANY(CAST(? AS {kind}[]))", [list(ids)]
+
+    def try_lock(self, txn: Any, key: int) -> bool:
+        """``pg_try_advisory_xact_lock``: held until the transaction ends,
+        by one transaction of all the nodes sharing the database."""
+        txn.execute("SELECT pg_try_advisory_xact_lock(?)", (key,))
+        return bool(txn.fetchone()[0])
+
+    def octet_length(self, column: str) -> str:
+        return f"octet_length({column})"
 
 
 Engine = Sqlite3Engine | PostgresEngine

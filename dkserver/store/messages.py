@@ -6,6 +6,7 @@ writer can turn many frames into a single fsync.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,10 +92,17 @@ class MessageStore:
             return []
         return await self._pool.runInteraction(_add_many_txn, list(msgs))
 
-    async def mark_delivered(self, ids: Sequence[int]) -> None:
-        """Mark pending messages delivered; ids already delivered are left alone."""
+    async def mark_delivered(
+        self, ids: Sequence[int], delivered_ns: int | None = None
+    ) -> None:
+        """Mark pending messages delivered (at ``delivered_ns``, default now);
+        ids already delivered are left alone."""
         if ids:
-            await self._pool.runInteraction(mark_delivered_txn, list(ids))
+            await self._pool.runInteraction(
+                mark_delivered_txn,
+                list(ids),
+                time.time_ns() if delivered_ns is None else delivered_ns,
+            )
 
     async def pending_direct(
         self, user_id: str, limit: int | None = None, after_id: int = 0
@@ -217,12 +225,16 @@ def _add_many_txn(txn: Txn, msgs: list[NewMessage]) -> list[int]:
         raise StoreError(f"cannot store messages: {e}") from e
 
 
-def mark_delivered_txn(txn: Txn, ids: Sequence[int]) -> int:
-    """Mark pending messages delivered; how many were still pending."""
+def mark_delivered_txn(txn: Txn, ids: Sequence[int], delivered_ns: int) -> int:
+    """Mark pending messages delivered at ``delivered_ns`` (retention counts
+    from it; a direct message's only, broadcasts are never marked); how many
+    were still pending."""
     txn.engine.for_ids(
         txn,
-        "UPDATE messages SET status = 'delivered' WHERE {id} AND status = 'pending'",
+        "UPDATE messages SET status = 'delivered', delivered_ns = ?"
+        " WHERE {id} AND status = 'pending'",
         ids,
+        (delivered_ns,),
     )
     return max(0, txn.rowcount)
 

@@ -1,7 +1,7 @@
 """The PostgreSQL schema and its migrations, beside SQLite's in ``schema.py``.
 
 Same tables, columns (in the same order) and partial indexes as SQLite's
-schema (version 6), so that a store's SQL and ``dkserver port-db`` see one
+schema (version 7), so that a store's SQL and ``dkserver port-db`` see one
 schema on both backends.  Where PostgreSQL would pick a richer type, the
 SQLite representation wins, because rows must come out byte for byte as
 they went in, whichever backend holds them:
@@ -42,7 +42,7 @@ from dkserver.store.errors import DatabaseUnusable, StoreError
 log = Logger()
 
 #: The schema version this code writes; SQLite's ``LATEST_VERSION`` at merge.
-LATEST_VERSION = 7
+LATEST_VERSION = 8
 
 #: What an empty database is brought to in one step.
 BASELINE_VERSION = 5
@@ -61,6 +61,7 @@ TABLES = (
     "user_descriptions",
     "user_trackers",
     "user_apis",
+    "stats_daily",
 )
 
 #: Settings of this database itself (the nodes' shared JWT secret), which
@@ -196,8 +197,29 @@ CREATE TABLE invites (
 )""",
 )
 
+#: Version 8, as SQLite's ``_to_v8``: retention.  Rows delivered before it
+#: count as delivered at the upgrade.
+_V8 = (
+    "ALTER TABLE messages ADD COLUMN delivered_ns BIGINT",
+    "UPDATE messages SET delivered_ns ="
+    " CAST(floor(extract(epoch FROM clock_timestamp()) * 1000000) AS BIGINT) * 1000"
+    " WHERE status = 'delivered' AND is_broadcast = 0",
+    f"""
+CREATE TABLE stats_daily (
+    day {_T} NOT NULL,
+    metric {_T} NOT NULL,
+    bucket BIGINT NOT NULL,
+    count BIGINT NOT NULL,
+    PRIMARY KEY (day, metric, bucket)
+)""",
+    "CREATE INDEX messages_delivered_v8 ON messages(delivered_ns)"
+    " WHERE delivered_ns IS NOT NULL",
+    "CREATE INDEX sessions_end_v8 ON sessions(end_time) WHERE end_time IS NOT NULL",
+    "CREATE INDEX message_events_session_v8 ON message_events(session_id)",
+)
+
 #: version → the statements that reach it from the version before.
-_STEPS: dict[int, Sequence[str]] = {BASELINE_VERSION: _BASELINE, 6: _V6, 7: _V7}
+_STEPS: dict[int, Sequence[str]] = {BASELINE_VERSION: _BASELINE, 6: _V6, 7: _V7, 8: _V8}
 
 
 async def migrate(pool: Any) -> int:

@@ -21,6 +21,14 @@ newest of any duplicates the original wrote.
 Version 6 (see ``_to_v6``) is for a cluster of nodes on one database:
 ``sessions.node_id`` and the ``server_settings`` table.
 
+Version 7 (see ``_to_v7``) is for accounts that can be revoked
+(dkserver.store.accounts): ``users.status``, ``users.tokens_valid_after_ms``
+and the ``invites`` table.
+
+Version 8 (see ``_to_v8``) is for retention (dkserver.store.retention):
+``messages.delivered_ns``, the ``stats_daily`` roll-up table and the indexes
+pruning walks.
+
 Migrations run on the pool's thread, with foreign keys off (a table rebuild
 needs that, and the pragma is a no-op inside a transaction) and all steps in
 one transaction, checked by ``PRAGMA foreign_key_check`` before commit.
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,7 +51,7 @@ from dkserver.store.files import diagnose_sqlite_files
 
 log = Logger()
 
-LATEST_VERSION = 7
+LATEST_VERSION = 8
 
 _COPY_CHUNK = 1000
 
@@ -525,6 +534,34 @@ _USERS_REVOKED_INDEX = (
     " WHERE status <> 'active' OR tokens_valid_after_ms IS NOT NULL"
 )
 
+# Version 8: retention.  ``delivered_ns`` (Unix ns) is when a direct message
+# was marked delivered: retention counts from it.  ``stats_daily`` holds what
+# pruned rows contributed to /stats, per UTC day: ``metric`` is
+# 'direct_messages' / 'broadcast_messages' / 'pending_dropped' (bucket 0),
+# 'sessions' (bucket: duration in seconds, -1 none) or 'message_events'
+# (bucket: UTC hour, -1 none).
+STATS_DAILY = """
+CREATE TABLE IF NOT EXISTS stats_daily (
+    day TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (day, metric, bucket)
+)"""
+
+_V8_INDEXES = (
+    # delivered direct messages by delivery time (only those have one)
+    "CREATE INDEX IF NOT EXISTS messages_delivered_v8"
+    " ON messages(delivered_ns) WHERE delivered_ns IS NOT NULL",
+    # ended sessions by end time; written once per connection, not per message
+    "CREATE INDEX IF NOT EXISTS sessions_end_v8"
+    " ON sessions(end_time) WHERE end_time IS NOT NULL",
+    # the foreign key's own index: without it every deleted session makes
+    # the database scan all of message_events for referencing rows
+    "CREATE INDEX IF NOT EXISTS message_events_session_v8"
+    " ON message_events(session_id)",
+)
+
 
 def _to_v7(conn: sqlite3.Connection) -> None:
     """Accounts that can be revoked: ``users.status`` and
@@ -540,6 +577,22 @@ def _to_v7(conn: sqlite3.Connection) -> None:
     conn.execute(_INVITES)
 
 
+def _to_v8(conn: sqlite3.Connection) -> None:
+    """Rows delivered before version 8 have no delivery time: they count as
+    delivered at the upgrade, so none is deleted earlier than the retention
+    after it."""
+    if "delivered_ns" not in _columns(conn, "messages"):
+        conn.execute("ALTER TABLE messages ADD COLUMN delivered_ns INTEGER")
+    conn.execute(
+        "UPDATE messages SET delivered_ns = ?"
+        " WHERE status = 'delivered' AND is_broadcast = 0 AND delivered_ns IS NULL",
+        (time.time_ns(),),
+    )
+    conn.execute(STATS_DAILY)
+    for ddl in _V8_INDEXES:
+        conn.execute(ddl)
+
+
 _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _to_v1,
     2: _to_v2,
@@ -548,4 +601,5 @@ _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
     5: _to_v5,
     6: _to_v6,
     7: _to_v7,
+    8: _to_v8,
 }

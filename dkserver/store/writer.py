@@ -44,6 +44,12 @@ from dkserver.store.errors import (
     StoreUnavailable,
 )
 from dkserver.store.messages import NewMessage, insert_messages_txn, mark_delivered_txn
+from dkserver.store.quota import (
+    PendingQuota,
+    PendingQuotaExceeded,
+    Staged,
+    content_size,
+)
 
 #: Bound on the recipient cache (user ids), cleared when exceeded.
 MAX_KNOWN_USERS = 200_000
@@ -114,9 +120,15 @@ class GroupWriter:
         node_id: str | None = None,
         commit_seconds: Callable[[float], None] | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        quota: PendingQuota | None = None,
+        time_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._pool = pool
         self._clock = clock
+        #: Per-recipient pending limits (dkserver.store.quota); None: none.
+        self.quota = quota if quota is not None and quota.enabled else None
+        #: Delivery times written with the delivered marks (retention).
+        self._time_ns = time_ns
         #: Written into each session row: which node holds the connection.
         self.node_id = node_id
         #: PostgreSQL: a NUL outside the content (which is escaped) would
@@ -187,8 +199,10 @@ class GroupWriter:
         self._next.waiters.append(done)
         self._kick()
 
-    def mark_delivered(self, message_id: int) -> None:
+    def mark_delivered(self, message_id: int, recipient: str | None = None) -> None:
         self._next.delivered.append(message_id)
+        if recipient is not None and self.quota is not None:
+            self.quota.drained(recipient)
         self._kick()
 
     def record_broadcast_delivery(self, message_id: int, user_id: str) -> None:
@@ -278,7 +292,12 @@ class GroupWriter:
             rest.flushed, batch.flushed = batch.flushed, []
         started = self._timer()
         d = self._pool.runInteraction(
-            _commit_txn, batch, self._known_users, self.node_id
+            _commit_txn,
+            batch,
+            self._known_users,
+            self.quota,
+            self._time_ns(),
+            self.node_id,
         )
         d.addCallbacks(
             self._committed, self._failed, (batch, started), None, (batch,), None
@@ -305,6 +324,8 @@ class GroupWriter:
             self.unavailable = False
             self.unavailable_cause = None
             self._outage_started = None
+        if result.staged is not None:
+            self.quota.apply(result.staged)
         self.batches += 1
         self.rows += batch.size()
         self.last_commit = self._clock.seconds()
@@ -313,7 +334,10 @@ class GroupWriter:
             probe.callback(None)
         for done, message_id in zip(batch.waiters, ids, strict=True):
             try:
-                done(message_id, None)
+                if isinstance(message_id, PendingQuotaExceeded):
+                    done(None, Failure(message_id))
+                else:
+                    done(message_id, None)
             except Exception:
                 self.log.failure("delivering message {id} failed", id=message_id)
         self._continue(batch)
@@ -380,15 +404,23 @@ def _has_nul(m: NewMessage) -> bool:
 
 
 class _Committed(NamedTuple):
-    #: One per message of the batch (None: unknown recipient).
-    ids: list[int | None]
+    #: One per message of the batch (None: unknown recipient; a
+    #: PendingQuotaExceeded: refused, nothing stored).
+    ids: list[int | PendingQuotaExceeded | None]
     #: Direct messages stored, pending messages marked delivered.
     direct_stored: int
     delivered: int
+    #: The quota counters to apply once committed.
+    staged: Staged | None
 
 
 def _commit_txn(
-    txn: Txn, batch: _Batch, known_users: set[str], node_id: str | None = None
+    txn: Txn,
+    batch: _Batch,
+    known_users: set[str],
+    quota: PendingQuota | None,
+    now_ns: int,
+    node_id: str | None = None,
 ) -> _Committed:
     if batch.sessions_started:
         txn.executemany(
@@ -396,15 +428,21 @@ def _commit_txn(
             " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             batch.sessions_started,
         )
-    ids = _insert_messages(txn, batch.messages, known_users) if batch.messages else []
-    direct = 0
-    if ids:
-        direct = sum(
-            1
-            for (m, _), mid in zip(batch.messages, ids, strict=True)
-            if mid is not None and not m.is_broadcast
-        )
-    delivered = mark_delivered_txn(txn, batch.delivered) if batch.delivered else 0
+    # Marks first: each names a message committed by an earlier batch (it
+    # is delivered only after its commit), and the quota check below must
+    # see the room they make.
+    delivered = (
+        mark_delivered_txn(txn, batch.delivered, now_ns) if batch.delivered else 0
+    )
+    staged = None
+    ids: list = []
+    if batch.messages:
+        ids, staged = _insert_messages(txn, batch.messages, known_users, quota)
+    direct = sum(
+        1
+        for (m, _), mid in zip(batch.messages, ids, strict=True)
+        if isinstance(mid, int) and not m.is_broadcast
+    )
     if batch.broadcast_deliveries:
         txn.executemany(
             "INSERT INTO broadcast_deliveries (message_id, user_id)"
@@ -425,7 +463,7 @@ def _commit_txn(
                 timestamps.storage_from_unix_nanos(time.time_ns()),
             ),
         )
-    return _Committed(ids, direct, delivered)
+    return _Committed(ids, direct, delivered, staged)
 
 
 def _probe_txn(txn: Txn) -> None:
@@ -455,9 +493,12 @@ def _insert_messages(
     txn: Txn,
     messages: list[tuple[NewMessage, str | None]],
     known_users: set[str],
-) -> list[int | None]:
+    quota: PendingQuota | None = None,
+) -> tuple[list[int | PendingQuotaExceeded | None], Staged | None]:
     """Insert the batch's messages to existing recipients, with their
-    analytics rows; ``None`` in place of an id for an unknown recipient."""
+    analytics rows; ``None`` in place of an id for an unknown recipient, a
+    `PendingQuotaExceeded` for one past its quota (nothing stored).  Also
+    the quota counters to apply after the commit."""
     unknown = {
         m.to_user
         for m, _ in messages
@@ -468,12 +509,32 @@ def _insert_messages(
             known_users.clear()
         known_users.update(_existing_users(txn, unknown))
     existing = known_users
-    ids: list[int | None] = []
+    refused: dict[int, str] = {}
+    staged = None
+    if quota is not None:
+        direct = [
+            (i, m)
+            for i, (m, _) in enumerate(messages)
+            if not m.is_broadcast and m.to_user in existing
+        ]
+        if direct:
+            verdicts, staged = quota.check_txn(
+                txn, [(m.to_user, content_size(m.content)) for _, m in direct]
+            )
+            refused = {
+                i: over
+                for (i, _), over in zip(direct, verdicts, strict=True)
+                if over is not None
+            }
+    ids: list = []
     accepted: list[NewMessage] = []
     events = []
-    for m, session_id in messages:
+    for n, (m, session_id) in enumerate(messages):
         if not m.is_broadcast and m.to_user not in existing:
             ids.append(None)
+            continue
+        if n in refused:
+            ids.append(PendingQuotaExceeded(m.to_user, refused[n]))
             continue
         ids.append(len(accepted))  # position; replaced by the id below
         accepted.append(m)
@@ -488,10 +549,10 @@ def _insert_messages(
             )
     if accepted:
         stored = insert_messages_txn(txn, accepted)
-        ids = [None if i is None else stored[i] for i in ids]
+        ids = [stored[i] if isinstance(i, int) else i for i in ids]
     if events:
         _insert_events(txn, events)
-    return ids
+    return ids, staged
 
 
 _EVENT_COLUMNS = ("session_id", "user_id", "is_broadcast", "timestamp")

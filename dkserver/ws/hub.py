@@ -95,7 +95,7 @@ class Hub:
         latency = self._latency
         for kind, message_id, user_id, stored_ns in acks:
             if kind == "d":
-                self.writer.mark_delivered(message_id)
+                self.writer.mark_delivered(message_id, user_id)
             else:
                 self.writer.record_broadcast_delivery(message_id, user_id)
             if stored_ns is not None:

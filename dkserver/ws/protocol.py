@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from dkserver.auth.revocation import close_code
 from dkserver.peers import peer_host
 from dkserver.store import StoreUnavailable
+from dkserver.store.quota import PendingQuotaExceeded
 from dkserver.ws import frames
 from dkserver.ws.hub import Hub, stored_payload
 from dkserver.ws.outbox import Outbox
@@ -409,6 +410,10 @@ class DkServerProtocol(WebSocketServerProtocol):
 
     def accept_failed(self, failure) -> None:
         self._handled()
+        if failure.check(PendingQuotaExceeded):
+            self.hub.metrics.quota_refused.inc()
+            self.send_system(str(failure.value))
+            return
         if not failure.check(StoreUnavailable):  # the writer logs an outage once
             self.dklog.failure(
                 "message from {user_id} failed", failure, user_id=self.user_id

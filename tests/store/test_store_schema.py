@@ -66,6 +66,7 @@ async def test_fresh_file_gets_full_schema_at_latest_version(db_path, sql):
         "is_forward_message",
         "received_ns",
         "client_timestamp",
+        "delivered_ns",
     ]
     assert columns(db_path, "users") == [
         "user_id",
@@ -86,6 +87,9 @@ async def test_fresh_file_gets_full_schema_at_latest_version(db_path, sql):
         "messages_pending_v2",
         "messages_broadcast_v2",
         "sessions_user_start_idx",
+        "messages_delivered_v8",
+        "sessions_end_v8",
+        "message_events_session_v8",
     } <= indexes
     # Version 2 replaced the v1 indexes with partial ones.
     assert not {"messages_pending_idx", "message_events_timestamp_idx"} & indexes

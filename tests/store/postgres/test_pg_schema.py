@@ -44,6 +44,7 @@ EXPECTED_COLUMNS = {
         "is_forward_message",
         "received_ns",
         "client_timestamp",
+        "delivered_ns",
     ],
     "broadcast_deliveries": ["message_id", "user_id", "delivered_at"],
     "sessions": [
@@ -77,6 +78,7 @@ EXPECTED_COLUMNS = {
     ],
     "server_settings": ["name", "value"],
     "invites": ["code_hash", "uses_left", "expires_ms", "created_ms", "revoked"],
+    "stats_daily": ["day", "metric", "bucket", "count"],
 }
 
 #: Every version a fresh database records: the baseline, then each step.

@@ -18,6 +18,7 @@ database, a served file, a target holding other data).
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sqlite3
 import sys
@@ -106,8 +107,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _ignored_rollback(record: logging.LogRecord) -> bool:
+    """psycopg's warning that rolling back an interrupted query failed: the
+    connection is closed next, which rolls back anyway; not the operator's
+    concern, and it would break the one-line report."""
+    return not record.getMessage().startswith("error ignored in rollback")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the port; prints progress to stdout, a failure as one stderr line."""
+    logging.getLogger("psycopg").addFilter(_ignored_rollback)
     previous = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C, so the temporary copy is removed

@@ -51,16 +51,6 @@ def duration(text: str) -> float:
     return seconds
 
 
-def _uses(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_USES:
-        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_USES}, got {value}")
-    return value
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -179,7 +169,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     create.add_argument(
         "--uses",
-        type=_uses,
+        type=context.whole_number(1, MAX_USES),
         default=DEFAULT_USES,
         metavar="N",
         help=f"registrations it allows (default {DEFAULT_USES})",

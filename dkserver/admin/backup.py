@@ -80,7 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--pages",
-        type=_positive_int,
+        type=context.whole_number(),
         default=DEFAULT_PAGES,
         metavar="N",
         help=f"SQLite: pages copied per step (default {DEFAULT_PAGES})",
@@ -102,16 +102,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     context.add_common_options(parser)
     parser.set_defaults(run=context.command(NAME, run))
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _seconds(text: str) -> float:

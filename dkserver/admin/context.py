@@ -130,6 +130,27 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(command_parser=parser)
 
 
+def whole_number(low: int = 1, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=`` for a whole number from ``low`` (to ``high``),
+    with the one-line message every admin command gives."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            message = f"{text!r} is not a whole number"
+            raise argparse.ArgumentTypeError(message) from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be from {low} to {high}, got {value}"
+            )
+        return value
+
+    return parse
+
+
 def command_group(
     subparsers: argparse._SubParsersAction, name: str, help: str
 ) -> argparse._SubParsersAction:

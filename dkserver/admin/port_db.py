@@ -31,7 +31,7 @@ from dkserver.store import pg_schema
 from dkserver.store.errors import DatabaseUnusable
 from dkserver.store.url import DatabaseUrl, DatabaseUrlError, parse_database_url
 
-from . import sqlite_source
+from . import context, sqlite_source
 from .errors import AdminError, CopyFailed
 from .porting import Port
 
@@ -78,7 +78,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--chunk-size",
-        type=_positive_int,
+        type=context.whole_number(),
         default=DEFAULT_CHUNK_SIZE,
         metavar="ROWS",
         help=f"rows per transaction (default {DEFAULT_CHUNK_SIZE})",
@@ -95,16 +95,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="copy nothing; only compare the file with PostgreSQL",
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _ignored_rollback(record: logging.LogRecord) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 
 from dkserver import timestamps
 
+from . import context
 from .errors import AdminError
 
 NAME = "prune"
@@ -67,23 +68,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--batch",
-        type=_positive_int,
+        type=context.whole_number(),
         default=None,
         metavar="ROWS",
         help="rows per transaction (default: DK_PRUNE_BATCH, else 200)",
     )
     parser.set_defaults(run=run)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

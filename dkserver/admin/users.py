@@ -47,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     listing.add_argument(
         "--limit",
-        type=_limit,
+        type=context.whole_number(1, MAX_LIMIT),
         default=DEFAULT_LIMIT,
         metavar="N",
         help=f"at most N users (1-{MAX_LIMIT}, default {DEFAULT_LIMIT})",
@@ -60,16 +60,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     context.add_common_options(listing)
     listing.set_defaults(run=context.command("user list", run_list))
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_LIMIT}, got {value}")
-    return value
 
 
 def _registered(user: User) -> str | None:

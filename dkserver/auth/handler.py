@@ -149,7 +149,10 @@ class AuthHandler:
             raise BadRequest(f"user_id must be at most {MAX_USER_ID_LENGTH} characters")
         return await settled(self._challenges.issue(user_id))
 
-    async def verify(self, user_id: str, signature: str, client_ip: str) -> str:
+    async def _challenged(self, user_id: str, signature: str) -> tuple[str, Any]:
+        """Consume ``user_id``'s outstanding challenge and look the user up
+        (None: unknown), refusing a missing challenge or a signature that is
+        not base64 (login and key rotation both sign a challenge)."""
         challenge = await settled(self._challenges.consume(user_id))
         if challenge is None:
             raise BadRequest(
@@ -159,7 +162,10 @@ class AuthHandler:
             decode_b64_strict(signature)
         except (ValueError, binascii.Error):
             raise BadRequest("Signature is not valid base64")
-        user = await self._store.users.get(user_id)
+        return challenge, await self._store.users.get(user_id)
+
+    async def verify(self, user_id: str, signature: str, client_ip: str) -> str:
+        challenge, user = await self._challenged(user_id, signature)
         if user is None or not verify_challenge(user.public_key, challenge, signature):
             self._metrics.auth_failures.labels(kind="login").inc()
             self._audit("login_failed", client_ip, user_id)
@@ -189,16 +195,7 @@ class AuthHandler:
             validate_public_key(public_key)
         except ValidationError as e:
             raise BadRequest(str(e))
-        challenge = await settled(self._challenges.consume(user_id))
-        if challenge is None:
-            raise BadRequest(
-                "No challenge outstanding for this user; request one first"
-            )
-        try:
-            decode_b64_strict(signature)
-        except (ValueError, binascii.Error):
-            raise BadRequest("Signature is not valid base64")
-        user = await self._store.users.get(user_id)
+        challenge, user = await self._challenged(user_id, signature)
         if user is None or not verify_rotate_key(
             user.public_key, user_id, challenge, public_key, signature
         ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -132,3 +133,79 @@ class Streamer:
     async def stop(self) -> None:
         self.running = False
         await self.done
+
+
+# -- after an outage: nothing acknowledged lost --------------------------------
+
+#: The system frame a sender gets for a message the server could not store.
+RESEND = "Internal error: message not stored; please resend"
+
+
+def refusals(client) -> int:
+    """How many "please resend" frames ``client`` got."""
+    return sum(1 for f in client.received if f.get("content") == RESEND)
+
+
+def other_system_frames(client) -> list[dict]:
+    return [
+        f
+        for f in client.received
+        if f.get("from") == "system" and f.get("content") != RESEND
+    ]
+
+
+def outage_settled(rows_now, traffic: Traffic, tx: dict, rx: dict):
+    """A predicate for after an outage: every frame answered (stored or
+    refused), every stored row received and marked delivered.  ``rows_now()``
+    reads the rows (id -> (from, to, content, status, ...))."""
+
+    def settled() -> bool:
+        rows = rows_now()
+        stored = Counter(row[0] for row in rows.values())
+        sent = Counter(frm for frm, _ in traffic.sent.values())
+        answered = all(stored[u] + refusals(tx[u]) >= sent[u] for u in sent)
+        got = {(u, f["id"]) for u, c in rx.items() for f in c.received}
+        return answered and all(
+            (row[1], mid) in got and row[3] == "delivered" for mid, row in rows.items()
+        )
+
+    return settled
+
+
+def check_nothing_lost(
+    rows: dict, traffic: Traffic, tx: dict, rx: dict, log: str | None = None
+) -> None:
+    """The outage's accounting: each stored row sent once, by and to whom it
+    names; per sender stored + refused == sent (more only when ``log`` has
+    a commit whose outcome was unknown); every row received once, as stored,
+    and marked delivered."""
+    contents = Counter(row[2] for row in rows.values())
+    assert not [c for c, n in contents.items() if n > 1], "content stored twice"
+    for mid, (frm, to, content, *_) in rows.items():
+        assert traffic.sent.get(content) == (frm, to), f"row {mid} never sent"
+    for user_id, client in tx.items():
+        assert other_system_frames(client) == [], other_system_frames(client)
+        sent = sum(1 for frm, _ in traffic.sent.values() if frm == user_id)
+        stored = sum(1 for row in rows.values() if row[0] == user_id)
+        refused = refusals(client)
+        assert refused, f"{user_id} was never told to resend"
+        assert stored + refused >= sent, (
+            f"{user_id}: {sent - stored - refused} acknowledged messages lost "
+            f"(sent {sent}, stored {stored}, refused {refused})"
+        )
+        in_doubt = log is not None and "outcome unknown" in log
+        assert stored + refused == sent or in_doubt, (
+            f"{user_id}: sent {sent}, stored {stored}, refused {refused}"
+        )
+    for user_id, client in rx.items():
+        counts = Counter(f["id"] for f in client.received)
+        assert not [m for m, n in counts.items() if n > 1], "duplicates"
+        for f in client.received:
+            frm, to, content, *_ = rows[f["id"]]
+            assert (f["from"], f["to"], f["content"]) == (frm, to, content)
+        missing = [
+            m for m, row in rows.items() if row[1] == user_id and m not in counts
+        ]
+        assert not missing, f"{user_id} never got {len(missing)} stored messages"
+    pending = [m for m, row in rows.items() if row[3] != "delivered"]
+    assert not pending, f"{len(pending)} delivered rows not marked delivered"

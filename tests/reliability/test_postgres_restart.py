@@ -30,8 +30,6 @@ be stored and also refused.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
@@ -41,28 +39,17 @@ from tests.reliability.daemon import Daemon
 from tests.reliability.streaming import (
     Streamer,
     Traffic,
+    check_nothing_lost,
     open_clients,
+    outage_settled,
+    refusals,
 )
 from tests.support.client import Identity, get, post_json, register_and_login
 from tests.support.waiting import wait_for
 
-RESEND = "Internal error: message not stored; please resend"
-
 #: How long dkserver may take to notice an outage, and to recover from one:
 #: generous for a loaded machine, not a performance bound.
 OUTAGE_TIMEOUT = 20.0
-
-
-def refusals(client) -> int:
-    return sum(1 for f in client.received if f.get("content") == RESEND)
-
-
-def other_system_frames(client) -> list[dict]:
-    return [
-        f
-        for f in client.received
-        if f.get("from") == "system" and f.get("content") != RESEND
-    ]
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
@@ -138,18 +125,7 @@ async def test_postgres_restart_refuses_then_recovers_losing_nothing_acknowledge
         for s in streamers:
             await s.stop()
 
-        def settled() -> bool:
-            """Every frame answered, every row received and marked delivered."""
-            rows = daemon.database.messages()
-            stored = Counter(row[0] for row in rows.values())
-            sent = Counter(frm for frm, _ in traffic.sent.values())
-            answered = all(stored[u] + refusals(tx[u]) >= sent[u] for u in sent)
-            got = {(u, f["id"]) for u, c in rx.items() for f in c.received}
-            return answered and all(
-                (row[1], mid) in got and row[3] == "delivered"
-                for mid, row in rows.items()
-            )
-
+        settled = outage_settled(daemon.database.messages, traffic, tx, rx)
         try:
             await wait_for(settled, "the backlog of the outage", OUTAGE_TIMEOUT, 0.2)
         except AssertionError:
@@ -158,38 +134,7 @@ async def test_postgres_restart_refuses_then_recovers_losing_nothing_acknowledge
 
         rows = daemon.database.messages()
         log = daemon.log_text()
-        # Stored rows: sent once each, by and to whom they name.
-        contents = Counter(row[2] for row in rows.values())
-        assert not [c for c, n in contents.items() if n > 1], "content stored twice"
-        for mid, (frm, to, content, *_) in rows.items():
-            assert traffic.sent.get(content) == (frm, to), f"row {mid} never sent"
-        # Acknowledged = sent - refused; all of it stored.
-        for user_id, client in tx.items():
-            assert other_system_frames(client) == [], other_system_frames(client)
-            sent = sum(1 for frm, _ in traffic.sent.values() if frm == user_id)
-            stored = sum(1 for row in rows.values() if row[0] == user_id)
-            refused = refusals(client)
-            assert refused, f"{user_id} was never told to resend"
-            assert stored + refused >= sent, (
-                f"{user_id}: {sent - stored - refused} acknowledged messages lost "
-                f"(sent {sent}, stored {stored}, refused {refused})"
-            )
-            assert stored + refused == sent or "outcome unknown" in log, (
-                f"{user_id}: {stored + refused - sent} messages stored and refused"
-            )
-        # Every row reached its recipient, once, as stored; marked delivered.
-        for user_id, client in rx.items():
-            counts = Counter(f["id"] for f in client.received)
-            assert not [m for m, n in counts.items() if n > 1], "duplicates"
-            for f in client.received:
-                frm, to, content, *_ = rows[f["id"]]
-                assert (f["from"], f["to"], f["content"]) == (frm, to, content)
-            missing = [
-                m for m, row in rows.items() if row[1] == user_id and m not in counts
-            ]
-            assert not missing, f"{user_id} never got {len(missing)} stored messages"
-        pending = [m for m, row in rows.items() if row[3] != "delivered"]
-        assert not pending, f"{len(pending)} delivered rows not marked delivered"
+        check_nothing_lost(rows, traffic, tx, rx, log)
         assert daemon.database.integrity_problems() == []
 
         assert await daemon.stop() is not None, daemon.log_tail()

@@ -41,7 +41,6 @@ import sqlite3
 import subprocess
 import tempfile
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -54,15 +53,16 @@ from tests.reliability.streaming import (
     Receiver,
     Streamer,
     Traffic,
+    check_nothing_lost,
     open_clients,
     open_ws,
+    outage_settled,
+    refusals,
 )
 from tests.support import mounts
 from tests.support.client import Identity, get, post_json, register_and_login
 from tests.support.waiting import wait_for
 from tests.support.ws import signed_frame
-
-RESEND = "Internal error: message not stored; please resend"
 
 #: Generous bounds for a loaded machine (not performance bounds).  A held
 #: SQLite lock costs every write the busy timeout (5 s) before it fails.
@@ -249,10 +249,6 @@ class PgDiskFull:
         shutil.rmtree(self.parent, ignore_errors=True)
 
 
-def refusals(client) -> int:
-    return sum(1 for f in client.received if f.get("content") == RESEND)
-
-
 def writable_gauge(metrics_text: str) -> float | None:
     for line in metrics_text.splitlines():
         if line.startswith("dkserver_store_writable "):
@@ -373,17 +369,9 @@ async def outage(daemon: Daemon, fault) -> None:
         for s in streamers:
             await s.stop()
 
-        def settled() -> bool:
-            rows = daemon.database.messages(read_only=True)
-            stored = Counter(row[0] for row in rows.values())
-            sent = Counter(frm for frm, _ in traffic.sent.values())
-            answered = all(stored[u] + refusals(tx[u]) >= sent[u] for u in sent)
-            got = {(u, f["id"]) for u, c in rx.items() for f in c.received}
-            return answered and all(
-                (row[1], mid) in got and row[3] == "delivered"
-                for mid, row in rows.items()
-            )
-
+        settled = outage_settled(
+            lambda: daemon.database.messages(read_only=True), traffic, tx, rx
+        )
         try:
             await wait_for(settled, "the backlog of the fault", OUTAGE_TIMEOUT, 0.2)
         except AssertionError:
@@ -391,36 +379,7 @@ async def outage(daemon: Daemon, fault) -> None:
         assert daemon.proc.poll() is None, daemon.log_tail()
 
         rows = daemon.database.messages()
-        contents = Counter(row[2] for row in rows.values())
-        assert not [c for c, n in contents.items() if n > 1], "content stored twice"
-        for mid, (frm, to, content, *_) in rows.items():
-            assert traffic.sent.get(content) == (frm, to), f"row {mid} never sent"
-        for user_id, client in tx.items():
-            others = [
-                f
-                for f in client.received
-                if f.get("from") == "system" and f.get("content") != RESEND
-            ]
-            assert others == [], others
-            sent = sum(1 for frm, _ in traffic.sent.values() if frm == user_id)
-            stored = sum(1 for row in rows.values() if row[0] == user_id)
-            refused = refusals(client)
-            assert refused, f"{user_id} was never told to resend"
-            assert stored + refused == sent, (
-                f"{user_id}: sent {sent}, stored {stored}, refused {refused}"
-            )
-        for user_id, client in rx.items():
-            counts = Counter(f["id"] for f in client.received)
-            assert not [m for m, n in counts.items() if n > 1], "duplicates"
-            for f in client.received:
-                frm, to, content, *_ = rows[f["id"]]
-                assert (f["from"], f["to"], f["content"]) == (frm, to, content)
-            missing = [
-                m for m, row in rows.items() if row[1] == user_id and m not in counts
-            ]
-            assert not missing, f"{user_id} never got {len(missing)} stored messages"
-        pending = [m for m, row in rows.items() if row[3] != "delivered"]
-        assert not pending, f"{len(pending)} delivered rows not marked delivered"
+        check_nothing_lost(rows, traffic, tx, rx)
 
         # One warning naming the cause, one line for the recovery.
         log = daemon.log_text()

@@ -11,6 +11,7 @@ also in the backlog is sent once.
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from collections import deque
 from typing import Any
@@ -34,6 +35,15 @@ CLOSE_TOO_SLOW = 4008
 CLOSE_GOING_AWAY = 1001
 #: FIN, opcode 0 (continuation), no payload: ends a message split for a ping.
 _FINAL_EMPTY_FRAGMENT = b"\x80\x00"
+#: A message the backlog scan read may still be on its way live: its commit
+#: is visible to the scan before the publish that follows it arrives (another
+#: node's publish through Redis; on one node, the writer's callback can run
+#: after the read's).  So the newest RECENT_LIMIT ids a backlog sent are
+#: remembered for RECENT_WINDOW seconds, and their live copy is dropped.  The
+#: newest, because ids commit in id order: only the last ones to commit can
+#: still be in transit.
+RECENT_LIMIT = 256
+RECENT_WINDOW = 15.0
 
 
 class DkServerProtocol(WebSocketServerProtocol):
@@ -51,6 +61,10 @@ class DkServerProtocol(WebSocketServerProtocol):
     #: Frames received but not yet handled; past the limit reading pauses.
     _inflight = 0
     _reading_paused = False
+    #: Ids the last backlog sent whose live copy may still arrive (see
+    #: RECENT_LIMIT); None while there are none (most connections).
+    _recent: set[int] | None = None
+    _recent_expiry: Any = None
 
     def onConnect(self, request):
         # Token and Origin were checked before the upgrade (dkserver.ws.upgrade).
@@ -176,6 +190,10 @@ class DkServerProtocol(WebSocketServerProtocol):
                 return
             self._held.append((prepared, ack))
             return
+        recent = self._recent
+        if recent and ack is not None and ack[1] in recent:
+            recent.discard(ack[1])  # the backlog already sent it
+            return
         self.outbox.send(prepared, ack)
 
     def send_system(self, text: str) -> None:
@@ -210,7 +228,9 @@ class DkServerProtocol(WebSocketServerProtocol):
             if ack is not None and ack[1] in self._backlog_ids:
                 continue  # already sent from the backlog
             self.outbox.send(prepared, ack)
-        self._backlog_ids = set()
+        sent_ids, self._backlog_ids = self._backlog_ids, set()
+        if sent_ids:
+            self._remember_recent(sent_ids)
         if sent:
             self.dklog.info(
                 "sent {count} stored messages to {user_id}",
@@ -223,6 +243,26 @@ class DkServerProtocol(WebSocketServerProtocol):
 
     #: A rescan was asked for while a backlog was being sent.
     _rescan_wanted = False
+
+    def _remember_recent(self, ids: set[int]) -> None:
+        """Keep the newest of the ids a backlog sent, for live copies still
+        in transit (RECENT_LIMIT)."""
+        if len(ids) > RECENT_LIMIT:
+            ids = set(heapq.nlargest(RECENT_LIMIT, ids))
+        if self._recent:
+            ids |= self._recent
+        self._recent = ids
+        expiry = self._recent_expiry
+        if expiry is not None and expiry.active():
+            expiry.reset(RECENT_WINDOW)
+        else:
+            self._recent_expiry = self.hub.clock.callLater(
+                RECENT_WINDOW, self._forget_recent
+            )
+
+    def _forget_recent(self) -> None:
+        self._recent = None
+        self._recent_expiry = None
 
     def rescan(self) -> None:
         """Live messages may have been lost (the bus lost its subscription):
@@ -451,6 +491,9 @@ class DkServerProtocol(WebSocketServerProtocol):
             self.outbox.confirm_all()
         self.outbox.close()
         self._held.clear()
+        if self._recent_expiry is not None and self._recent_expiry.active():
+            self._recent_expiry.cancel()
+        self._recent = self._recent_expiry = None
         self.hub.bus.remove(self)
         self.hub.forward.connection_lost(self)
         self.hub.writer.end_session(self.session_id, self.hub.time_ns())

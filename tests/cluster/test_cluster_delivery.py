@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from tests.support.client import Identity, register_and_login
-from tests.support.cluster import pg_rows
+from tests.support.cluster import pg_rows, redis_command
 from tests.support.envelope import decrypt_with
 from tests.support.waiting import sleep, wait_for
 from tests.support.ws import broadcast_frame, connect, direct_frame
@@ -136,3 +136,69 @@ async def test_messages_stored_while_the_recipient_connects_arrive_once(cluster)
 
 def seq(ident: Identity, frame: dict) -> int:
     return int(decrypt_with(ident.signing_key, frame["content"])[1:])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_live_copy_arriving_after_the_backlog_sent_it_is_dropped(cluster):
+    """The scan reads a message whose publish is still on its way (here:
+    held by a paused Redis, shorter than the client's 3 s reply timeout);
+    when the publish lands after that backlog is done, the connection that
+    got the message from its backlog must not get it again, while the one
+    that had no backlog gets it live, once."""
+    alice, alice_token = await login_on(cluster, 0, "alice")
+    bob, bob_token = await login_on(cluster, 1, "bob")
+    alice_ws = await connect(cluster[0], alice_token)
+    # Node 1 holds bob's channel now, so the second connection's scan does
+    # not wait for a subscription.
+    bob_live = await connect(cluster[1], bob_token)
+    await wait_for(
+        lambda: redis_command(
+            cluster.redis_url, "PUBSUB", "NUMSUB", f"dk:u:{bob.user_id}"
+        )[1]
+        == 1,
+        "node 1 subscribed to bob's channel",
+        10,
+    )
+    await bob_live.expect_silence(0.2)  # its (empty) backlog is done
+    node0_log = len(cluster.nodes[0].log_text())
+    node1_log = len(cluster.nodes[1].log_text())
+    done = f"sent 5 stored messages to {bob.user_id}"
+    cluster.redis_server.pause()
+    try:
+        for i in range(5):
+            alice_ws.send_json(
+                direct_frame(alice, bob.user_id, f"m{i + 1}", bob.public_key_b64)
+            )
+        await wait_for(
+            lambda: len(
+                pg_rows(
+                    cluster.pg_url,
+                    "SELECT id FROM messages WHERE to_user = %s",
+                    bob.user_id,
+                )
+            )
+            == 5,
+            "all five stored",
+            10,
+        )
+        bob_backlog = await connect(cluster[1], bob_token, timeout=15)
+        from_backlog = await bob_backlog.recv_all(5, timeout=15)
+        await wait_for(
+            lambda: done in cluster.nodes[1].log_text()[node1_log:],
+            "the second connection's backlog done",
+            10,
+        )
+    finally:
+        cluster.redis_server.resume()
+    assert sorted(seq(bob, m) for m in from_backlog) == [1, 2, 3, 4, 5]
+    live = await bob_live.recv_all(5, timeout=15)
+    assert sorted(seq(bob, m) for m in live) == [1, 2, 3, 4, 5]
+    # Had the publishes timed out, the other connection would have got the
+    # messages from a rescan, and this test would prove nothing.
+    assert "publish failed" not in cluster.nodes[0].log_text()[node0_log:], (
+        "the pause outlasted the Redis reply timeout"
+    )
+    await bob_backlog.expect_silence(1.0)
+    await bob_live.expect_silence(0.3)
+    for ws in (alice_ws, bob_live, bob_backlog):
+        ws.close()

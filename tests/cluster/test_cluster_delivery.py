@@ -152,10 +152,12 @@ async def test_a_live_copy_arriving_after_the_backlog_sent_it_is_dropped(cluster
     # not wait for a subscription.
     bob_live = await connect(cluster[1], bob_token)
     await wait_for(
-        lambda: redis_command(
-            cluster.redis_url, "PUBSUB", "NUMSUB", f"dk:u:{bob.user_id}"
-        )[1]
-        == 1,
+        lambda: (
+            redis_command(cluster.redis_url, "PUBSUB", "NUMSUB", f"dk:u:{bob.user_id}")[
+                1
+            ]
+            == 1
+        ),
         "node 1 subscribed to bob's channel",
         10,
     )
@@ -170,14 +172,16 @@ async def test_a_live_copy_arriving_after_the_backlog_sent_it_is_dropped(cluster
                 direct_frame(alice, bob.user_id, f"m{i + 1}", bob.public_key_b64)
             )
         await wait_for(
-            lambda: len(
-                pg_rows(
-                    cluster.pg_url,
-                    "SELECT id FROM messages WHERE to_user = %s",
-                    bob.user_id,
+            lambda: (
+                len(
+                    pg_rows(
+                        cluster.pg_url,
+                        "SELECT id FROM messages WHERE to_user = %s",
+                        bob.user_id,
+                    )
                 )
-            )
-            == 5,
+                == 5
+            ),
             "all five stored",
             10,
         )

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     options = load_context_factory(args.cert, args.key)
     if args.login_port:
         # Listened on first: the runner waits for --port, then uses both.
-        site = Site(
+        site = QuietSite(
             LoginCeiling(secrets.token_bytes(32)), parsePOSTFormSubmission=False
         )
         SSL4ServerEndpoint(

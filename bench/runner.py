@@ -155,31 +155,45 @@ def dkserver_proc(
 
 
 def ceiling_proc(tmp: str) -> ServerProc:
-    port = free_port()
+    """The ceiling process: the relay on ``port``, the login ceiling on its
+    ``login_port`` (an attribute the logins scenario looks for)."""
+    port, login_port = free_port(), free_port()
     argv = [
         sys.executable,
         "-m",
         "bench.ceiling",
         "--port",
         str(port),
+        "--login-port",
+        str(login_port),
         "--cert",
         os.path.join(tmp, "c.pem"),
         "--key",
         os.path.join(tmp, "k.pem"),
     ]
-    return ServerProc(
+    proc = ServerProc(
         "ceiling", argv, server_env(), port, os.path.join(tmp, "ceiling.log")
     )
+    proc.login_port = login_port
+    return proc
 
 
 # --- scenario drivers --------------------------------------------------------
 
 
-async def run_logins(b: Bench, cfg: dict) -> list:
+async def run_logins(b: Bench, cfg: dict, with_ceiling: bool = True) -> list:
     out = []
-    for c in cfg["clients"]:
-        log(f"logins: {c} concurrent clients, {cfg['duration']} s")
-        out.append(await scenarios.logins(b, c, cfg["duration"]))
+    if with_ceiling and b.ceiling is None:
+        b.ceiling = ceiling_proc(b.tmp)
+        await b.ceiling.start()
+    try:
+        for c in cfg["clients"]:
+            log(f"logins: {c} concurrent clients, {cfg['duration']} s")
+            out.append(await scenarios.logins(b, c, cfg["duration"]))
+    finally:
+        if b.ceiling is not None:
+            await b.ceiling.stop()
+            b.ceiling = None
     return out
 
 
@@ -346,13 +360,26 @@ def _table(title, header, rows):
 def render(r: dict) -> str:
     lines: list[str] = []
     lines += _table(
-        "logins (challenge + verify, HTTPS keep-alive)",
-        ["clients", "logins/s", "srv µs/login", "loadgen µs/login"],
+        "logins (challenge + verify, HTTPS keep-alive; ceiling: bare twisted.web)",
+        [
+            "clients",
+            "logins/s",
+            "ceil logins/s",
+            "of ceil",
+            "srv µs/login",
+            "ceil µs/login",
+            "µs of ceil",
+            "loadgen µs/login",
+        ],
         [
             [
                 x["clients"],
                 x["logins_per_s"],
+                (x.get("ceiling") or {}).get("logins_per_s"),
+                x.get("of_ceiling"),
                 x["server_cpu_us_per_login"],
+                (x.get("ceiling") or {}).get("server_cpu_us_per_login"),
+                x.get("cpu_vs_ceiling"),
                 x["loadgen_cpu_us_per_login"],
             ]
             for x in r.get("logins") or []
@@ -644,7 +671,9 @@ async def run_server(
         await dk.start()
         for name in wanted:
             if name == "logins":
-                out["logins"] = await run_logins(b, cfg["logins"])
+                out["logins"] = await run_logins(
+                    b, cfg["logins"], with_ceiling=not args.no_ceiling
+                )
             elif name == "relay":
                 out["relay"] = await run_relay(
                     b, cfg["relay"], with_ceiling=not args.no_ceiling
@@ -757,6 +786,7 @@ def parse_args(argv):
     s = sub.add_parser("logins")
     s.add_argument("--clients", type=int, action="append")
     s.add_argument("--duration", type=float)
+    s.add_argument("--no-ceiling", action="store_true")
     for name in ("relay", "ceiling"):
         s = sub.add_parser(name)
         s.add_argument("--pairs", type=int, action="append")

@@ -129,39 +129,75 @@ def per(seconds: float | None, n: int) -> float | None:
 
 
 async def logins(b: Bench, clients: int, duration: float) -> dict:
-    users = await b.users(b.tag("l"), clients)
-    chunks = split([u for u, _ in users], min(b.procs, clients))
-    jobs = [b.job("logins", b.dk, users=c, duration=duration) for c in chunks]
-    gens = await start_all(jobs, b.tmp, f"logins{clients}")
-    try:
-        await asyncio.gather(*(g.expect("ready", timeout=60) for g in gens))
+    """``clients`` closed loops of challenge + verify on dkserver; then, when
+    ``b.ceiling`` serves the login ceiling (its ``login_port``), the same on
+    it with users registered there, and the ratios of the two."""
 
-        async def run():
-            for g in gens:
-                g.command("go")
-            return await asyncio.gather(
-                *(g.expect("result", timeout=duration + 60) for g in gens)
+    async def run_on(server: ServerProc, port: int, uids: list[str]) -> dict:
+        chunks = split(uids, min(b.procs, clients))
+        jobs = [
+            b.job("logins", server, users=c, duration=duration, port=port)
+            for c in chunks
+        ]
+        gens = await start_all(jobs, b.tmp, f"logins{clients}-{server.name}")
+        try:
+            await asyncio.gather(*(g.expect("ready", timeout=60) for g in gens))
+
+            async def run():
+                for g in gens:
+                    g.command("go")
+                return await asyncio.gather(
+                    *(g.expect("result", timeout=duration + 60) for g in gens)
+                )
+
+            m = await _measured(b, server, run)
+        finally:
+            await stop_all(gens)
+        results = m.out
+        n = sum(r["logins"] for r in results)
+        span = (
+            max(r["end_ns"] for r in results) - min(r["start_ns"] for r in results)
+        ) / 1e9
+        return {
+            "logins": n,
+            "seconds": round(span, 3),
+            "logins_per_s": round(n / span, 1) if span else None,
+            "server_cpu_us_per_login": per(m.server_cpu, n),
+            "db_cpu_us_per_login": per(m.db_cpu, n),
+            "loadgen_cpu_us_per_login": round(
+                sum(r["cpu_s"] for r in results) * 1e6 / n, 1
             )
+            if n
+            else None,
+        }
 
-        m = await _measured(b, b.dk, run)
+    users = await b.users(b.tag("l"), clients)
+    out = {"clients": clients, **await run_on(b.dk, b.dk.port, [u for u, _ in users])}
+    login_port = getattr(b.ceiling, "login_port", None)
+    if login_port is None:
+        return out
+    # The ceiling's users: registered (and logged in once) on the ceiling.
+    prefix = b.tag("lc")
+    uids = [f"{prefix}{i}" for i in range(clients)]
+    out_file = os.path.join(b.tmp, f"tokens-{prefix}.json")
+    reg = b.job("users", b.ceiling, users=uids, conns=min(16, clients), out=out_file)
+    reg["port"] = login_port
+    gens = await start_all([reg], b.tmp, f"users-{prefix}")
+    try:
+        (done,) = await asyncio.gather(*(g.expect("result", timeout=60) for g in gens))
     finally:
         await stop_all(gens)
-    results = m.out
-    n = sum(r["logins"] for r in results)
-    span = (
-        max(r["end_ns"] for r in results) - min(r["start_ns"] for r in results)
-    ) / 1e9
-    return {
-        "clients": clients,
-        "logins": n,
-        "seconds": round(span, 3),
-        "logins_per_s": round(n / span, 1) if span else None,
-        "server_cpu_us_per_login": per(m.server_cpu, n),
-        "db_cpu_us_per_login": per(m.db_cpu, n),
-        "loadgen_cpu_us_per_login": round(sum(r["cpu_s"] for r in results) * 1e6 / n, 1)
-        if n
-        else None,
-    }
+    if done["errors"] or done["tokens"] != clients:
+        raise RuntimeError(f"ceiling user setup: {done}")
+    ceiling = await run_on(b.ceiling, login_port, uids)
+    out["ceiling"] = ceiling
+    if ceiling["logins_per_s"] and out["logins_per_s"]:
+        out["of_ceiling"] = round(out["logins_per_s"] / ceiling["logins_per_s"], 3)
+    if ceiling["server_cpu_us_per_login"] and out["server_cpu_us_per_login"]:
+        out["cpu_vs_ceiling"] = round(
+            out["server_cpu_us_per_login"] / ceiling["server_cpu_us_per_login"], 3
+        )
+    return out
 
 
 # --- relay -------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from functools import lru_cache
 
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
@@ -36,9 +37,22 @@ def decode_b64_strict(text: str, expected_len: int | None = None) -> bytes:
     return raw
 
 
+#: Decoded public keys kept (a login and every signed message need one).
+KEY_CACHE_SIZE = 8192
+
+
+@lru_cache(maxsize=KEY_CACHE_SIZE)
+def verify_key(public_key_b64: str) -> VerifyKey:
+    """The decoded key, cached by its text: a rotated key is another entry.
+
+    Raises ValueError for a key that is not base64 of 32 bytes (not cached).
+    """
+    return VerifyKey(decode_b64_strict(public_key_b64, PUBLIC_KEY_LEN))
+
+
 def _verify(public_key_b64: str, signed: bytes, signature_b64: str) -> bool:
     try:
-        key = VerifyKey(decode_b64_strict(public_key_b64, PUBLIC_KEY_LEN))
+        key = verify_key(public_key_b64)
         key.verify(signed, decode_b64_strict(signature_b64, SIGNATURE_LEN))
     except (CryptoError, ValueError, TypeError):
         return False

@@ -21,7 +21,10 @@ the user id this returns.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import json
 import math
 import secrets
 import warnings
@@ -29,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jwt
+import orjson
 from jwt.warnings import InsecureKeyLengthWarning
 from twisted.internet.interfaces import IReactorTime
 
@@ -61,6 +65,10 @@ def _is_number(value: object) -> bool:
         and not isinstance(value, bool)
         and math.isfinite(value)
     )
+
+
+def _b64url(raw: bytes) -> bytes:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
 
 
 def key_id(secret: bytes) -> str:
@@ -113,6 +121,10 @@ class TokenIssuer:
         """Sign with ``keys.current`` from now on (a rotation)."""
         self._secret = keys.current
         self.kid = key_id(keys.current)
+        # pyjwt's header for these tokens (sorted keys), encoded once.
+        self._head = _b64url(
+            orjson.dumps({"alg": ALGORITHM, "kid": self.kid, "typ": "JWT"})
+        )
         self._verifiers = {self.kid: (keys.current, math.inf)}
         for secret, until in keys.previous:
             self._verifiers.setdefault(key_id(secret), (secret, until))
@@ -131,9 +143,15 @@ class TokenIssuer:
             "jti": secrets.token_urlsafe(16),
             "iss": self._issuer,
         }
-        return jwt.encode(
-            claims, self._secret, algorithm=ALGORITHM, headers={"kid": self.kid}
-        )
+        # What jwt.encode writes, without its per-call header merging, JSON
+        # encoder and algorithm lookup (~15 µs of a login).
+        payload = orjson.dumps(claims)
+        if not payload.isascii():
+            # pyjwt escapes non-ASCII (json.dumps): keep its exact bytes.
+            payload = json.dumps(claims, separators=(",", ":")).encode()
+        signing = self._head + b"." + _b64url(payload)
+        mac = hmac.digest(self._secret, signing, "sha256")
+        return (signing + b"." + _b64url(mac)).decode("ascii")
 
     def verify(self, token: object) -> str:
         """Return the token's user id, or raise InvalidToken."""

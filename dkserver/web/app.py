@@ -11,9 +11,11 @@ import ipaddress
 from typing import Any
 
 from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
 from dkserver.auth.handler import AuthHandler
@@ -39,6 +41,7 @@ from dkserver.web.responses import (
     read_json_object,
     text_response,
 )
+from dkserver.web.site import Utf8Urls
 from dkserver.ws.forward import ForwardTimeout, NotConnected
 from dkserver.ws.hub import Hub
 from dkserver.ws.upgrade import UpgradeResource, check_origin
@@ -92,7 +95,57 @@ class DkApp:
         self.files = OperatorFiles(config.tracker_dir, config.app_dir)
 
     def resource(self):
-        return self.app.resource()
+        """Klein's resource, behind the UTF-8 check and the direct routes."""
+        return Utf8Urls(
+            self.app.resource(), direct={(b"POST", b"/auth/login"): self.render_login}
+        )
+
+    def render_login(self, request: IRequest) -> bytes | int:
+        """``POST /auth/login`` without the router.
+
+        Both steps of every login come here, so they skip Klein's per-request
+        work (werkzeug's URL matching, four Deferreds and the error-handler
+        chain): the route runs as one coroutine, and when nothing in it had
+        to wait (limits, challenges and the user are in memory) its answer
+        goes back at once with a ``Content-Length``.  Errors are mapped by
+        the same handlers as Klein's routes.
+        """
+        d = Deferred.fromCoroutine(self.login(request))
+        d.addErrback(self._route_failed, request)
+        done: list[bytes] = []
+        d.addCallback(done.append)
+        if done:
+            return done[0]
+        # Waiting on a shared limit or a database read: answer when it does.
+        gone: list[bool] = []
+
+        def lost(_) -> None:
+            gone.append(True)
+            d.cancel()
+
+        def answer(_) -> None:
+            if not gone:
+                request.setHeader(b"Content-Length", b"%d" % len(done[0]))
+                request.write(done[0])
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            if not gone and not failure.check(CancelledError):
+                request.processingFailed(failure)
+
+        request.notifyFinish().addErrback(lost)
+        d.addCallback(answer).addErrback(failed)
+        return NOT_DONE_YET
+
+    def _route_failed(self, failure: Failure, request: IRequest) -> bytes:
+        """What Klein's error handlers would answer for ``failure``."""
+        if failure.check(CancelledError):
+            return failure
+        if failure.check(ApiError):
+            return self.api_error(request, failure)
+        if failure.check(StoreUnavailable):
+            return self.store_unavailable(request, failure)
+        return self.unexpected_error(request, failure)
 
     # -- errors --------------------------------------------------------------
 

@@ -8,6 +8,7 @@ before reading them (413) and gives each request a deadline to arrive.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from urllib.parse import unquote_to_bytes
 
 from klein.resource import KleinResource
@@ -38,6 +39,8 @@ class DkRequest(server.Request):
     _refused = False
     _deadline: IDelayedCall | None = None
     _received = 0
+    #: The site's set of requests being processed, while this one is.
+    _in_flight: set | None = None
 
     def __init__(self, channel: http.HTTPChannel, *args, **kwargs) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -105,9 +108,19 @@ class DkRequest(server.Request):
             self.responseHeaders.setRawHeaders(name, [value])
         in_flight = getattr(self.channel.site, "in_flight", None)
         if in_flight is not None:
+            # Left in finish() or connectionLost(): no Deferred per request.
+            self._in_flight = in_flight
             in_flight.add(self)
-            self.notifyFinish().addBoth(lambda _: in_flight.discard(self))
         super().process()
+
+    def _untrack(self) -> None:
+        if self._in_flight is not None:
+            self._in_flight.discard(self)
+            self._in_flight = None
+
+    def finish(self) -> None:
+        super().finish()
+        self._untrack()
 
     def processingFailed(self, reason):
         """Log the failure; the client gets a generic JSON 500, no traceback."""
@@ -126,6 +139,7 @@ class DkRequest(server.Request):
     def connectionLost(self, reason) -> None:
         self._cancel_deadline()
         super().connectionLost(reason)
+        self._untrack()
 
 
 class Utf8Urls(Resource):
@@ -133,22 +147,35 @@ class Utf8Urls(Resource):
 
     Klein answers those itself, with a text body (and logs a traceback), before
     any of the app's error handlers run.
+
+    ``direct`` maps ``(method, exact path)`` to a render function that
+    answers without the router (the login steps, see
+    :meth:`dkserver.web.app.DkApp.render_login`).
     """
 
     isLeaf = True
 
-    def __init__(self, wrapped: IResource) -> None:
+    def __init__(
+        self,
+        wrapped: IResource,
+        direct: Mapping[tuple[bytes, bytes], Callable] | None = None,
+    ) -> None:
         super().__init__()
         self.wrapped = wrapped
+        self.direct = dict(direct or {})
 
     def render(self, request):
+        route = self.direct.get((request.method, request.path))
         try:
-            unquote_to_bytes(request.path).decode("utf-8")
+            if route is None:
+                unquote_to_bytes(request.path).decode("utf-8")
             request.getRequestHostname().decode("utf-8")
         except UnicodeDecodeError:
             request.setResponseCode(400)
             request.setHeader(b"Content-Type", b"application/json")
             return error_body("The URL path and Host must be UTF-8")
+        if route is not None:
+            return route(request)
         return self.wrapped.render(request)
 
 
@@ -191,13 +218,10 @@ class DkSite(server.Site):
             waited += 0.05
         return len(self.in_flight)
 
-    _access = Logger()
-
     def log(self, request) -> None:
-        """Access lines go through twisted.logger at debug level, no query."""
-        self._access.debug(
-            "{method} {path} -> {code}",
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("ascii", "replace"),
-            code=request.code,
-        )
+        """No access line per request.
+
+        They were debug events, but twistd's log observer writes every level:
+        formatting and writing two lines per login was ~5 % of its CPU.
+        Failures, refusals and security events are logged where they happen.
+        """

@@ -8,7 +8,10 @@ import json
 import jwt
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
+from dkserver.store import StoreUnavailable
 from tests.support.client import (
     Identity,
     get,
@@ -200,3 +203,80 @@ async def test_overlong_user_id_gets_no_challenge_and_is_not_kept(server):
     assert len(server.service.challenges) == 0
     code, _ = await post_json(server, "/auth/login", {"user_id": "x" * 128})
     assert code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_steps_answer_json_with_security_headers(server):
+    # Both steps take the direct route (no router): same headers as the rest.
+    for path, body in (
+        ("/auth/login", {"user_id": "gail"}),
+        ("/auth/login?verify=true", {"user_id": "gail", "signature": "AAAA"}),
+    ):
+        response = await server.http.post(
+            server.url(path), data=json.dumps(body).encode()
+        )
+        content = await response.content()
+        headers = response.headers
+        assert headers.getRawHeaders(b"content-type") == [b"application/json"]
+        assert headers.getRawHeaders(b"x-frame-options") == [b"DENY"]
+        assert headers.getRawHeaders(b"strict-transport-security")
+    assert response.code == 401
+    assert json.loads(content) == {"error": True, "message": "Invalid signature"}
+
+
+def _slow_user_lookup(server, outcome):
+    """Make the verify step's user lookup wait (as on a cache miss), then
+    return ``outcome(user_id)``."""
+    users = server.service.store.users
+    original = users.get
+
+    async def slow_get(user_id):
+        await deferLater(reactor, 0.05, lambda: None)
+        return await outcome(original, user_id)
+
+    users.get = slow_get
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_answers_when_the_user_lookup_waits(server):
+    frank = Identity("frank")
+    assert await register(server, frank) == 201
+
+    async def found(original, user_id):
+        return await original(user_id)
+
+    _slow_user_lookup(server, found)
+    token = await login(server, frank)
+    assert await server.service.auth.authenticate(token) == "frank"
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_errors_after_a_wait_are_the_json_errors(server):
+    hana = Identity("hana")
+    assert await register(server, hana) == 201
+
+    async def verify():
+        _, body = await post_json(server, "/auth/login", {"user_id": "hana"})
+        return await post_json(
+            server,
+            "/auth/login?verify=true",
+            {"user_id": "hana", "signature": hana.sign_b64(body["challenge"].encode())},
+        )
+
+    async def unavailable(original, user_id):
+        raise StoreUnavailable("test outage")
+
+    _slow_user_lookup(server, unavailable)
+    code, body = await verify()
+    assert code == 503
+    assert body == {
+        "error": True,
+        "message": "Service temporarily unavailable; please retry",
+    }
+
+    async def broken(original, user_id):
+        raise RuntimeError("a bug")
+
+    _slow_user_lookup(server, broken)
+    code, body = await verify()
+    assert (code, body) == (500, {"error": True, "message": "Internal server error"})

@@ -79,6 +79,29 @@ async def test_shutdown_lets_in_flight_requests_finish(backend_config):
     await server.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_shutdown_lets_an_in_flight_login_finish(backend_config):
+    # The login steps skip the router; shutdown still waits for them.
+    server = await start_server(backend_config())
+    ivy = Identity("ivy")
+    assert await register(server, ivy) == 201
+    users = server.service.store.users
+    original = users.get
+    entered: Deferred = Deferred()
+
+    async def slow_get(user_id):
+        entered.callback(None)
+        await deferLater(reactor, 0.3, lambda: None)
+        return await original(user_id)
+
+    users.get = slow_get
+    token = Deferred.fromCoroutine(login(server, ivy))
+    await entered
+    await server.service.stopService()
+    assert (await token).count(".") == 2
+    await server.close()
+
+
 @pytest.mark.sqlite_only(reason="upgrading the original's SQLite file in place")
 @pytest_twisted.ensureDeferred
 async def test_original_server_database_is_upgraded_and_users_log_in(tmp_path):

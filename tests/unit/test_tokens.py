@@ -290,3 +290,34 @@ def test_short_secret_is_refused(clock: Clock) -> None:
         TokenIssuer(b"short", clock)
     with pytest.raises(ValueError):
         TokenIssuer("a str secret" * 4, clock)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("user_id", ["alice", "zoë"])
+def test_issued_token_is_byte_for_byte_what_pyjwt_encodes(clock, monkeypatch, user_id):
+    # issue() encodes by hand; it must be the token jwt.encode would make.
+    monkeypatch.setattr("secrets.token_urlsafe", lambda n: "fixed-jti")
+    issuer = TokenIssuer(SECRET, clock, issuer="dk-test")
+    token = issuer.issue(user_id)
+    claims = {
+        "user_id": user_id,
+        "exp": int(START + issuer.lifetime),
+        "iat": math.floor(START * 1000) / 1000,
+        "jti": "fixed-jti",
+        "iss": "dk-test",
+    }
+    expected = jwt.encode(
+        claims, SECRET, algorithm="HS256", headers={"kid": key_id(SECRET)}
+    )
+    assert token == expected
+    assert issuer.verify_claims(token).user_id == user_id
+
+
+def test_issue_signs_with_the_current_secret_after_a_rotation(clock):
+    issuer = TokenIssuer(SECRET, clock)
+    new = b"n" * 32
+    issuer.use_keys(KeyRing(new, [(SECRET, START + 60)]))
+    token = issuer.issue("alice")
+    assert jwt.get_unverified_header(token)["kid"] == key_id(new)
+    jwt.decode(token, new, algorithms=["HS256"], options={"verify_exp": False})
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False})

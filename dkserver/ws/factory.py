@@ -9,7 +9,12 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from dkserver.auth.revocation import Revocations
 from dkserver.config import Config
 from dkserver.ws.hub import Hub
-from dkserver.ws.outbox import DEFAULT_LIMIT, PROOF_BURST, PROOF_INTERVAL
+from dkserver.ws.outbox import (
+    DEFAULT_LIMIT,
+    PROOF_BURST,
+    PROOF_INTERVAL,
+    ProofBudget,
+)
 from dkserver.ws.protocol import DkServerProtocol
 
 
@@ -30,9 +35,11 @@ class DkWebSocketFactory(WebSocketServerFactory):
         hub.factory = self
         self.queue_limit = DEFAULT_LIMIT
         self.inbox_limit = 256
-        #: The proof-ping token bucket of each connection (outbox.py).
+        #: The proof-ping token bucket of each connection, and the extra
+        #: proofs the server spends while it has CPU to spare (outbox.py).
         self.proof_burst = PROOF_BURST
         self.proof_interval = PROOF_INTERVAL
+        self.proof_budget = ProofBudget(hub.clock)
         self.setProtocolOptions(**websocket_options(config))
         # Autobahn copies every option from the factory onto each protocol
         # instance unless the protocol already has it; a per-factory subclass

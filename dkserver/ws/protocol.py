@@ -87,6 +87,7 @@ class DkServerProtocol(WebSocketServerProtocol):
             limit=self.factory.queue_limit,
             proof_burst=self.factory.proof_burst,
             proof_interval=self.factory.proof_interval,
+            proof_budget=self.factory.proof_budget,
         )
         # twisted.web's HTTP channel is still the transport's producer; it is
         # done with this connection, and dropping it frees its buffers.

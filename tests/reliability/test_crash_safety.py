@@ -11,6 +11,8 @@ proved it read the frame):
 * nothing arrives that was never sent, and every frame matches its row
   (same id, sender, recipient, content);
 * after SIGTERM, each message arrives exactly once;
+* after SIGKILL mid-stream, fewer than 2 % of the messages arrive twice
+  (``MAX_REPEATS``; the repeat fraction is printed per backend);
 * the database is sound, right after the crash and at the end: on SQLite
   ``PRAGMA integrity_check`` and ``foreign_key_check``; on PostgreSQL every
   foreign key holds, no id is taken twice and the id sequences are past
@@ -69,6 +71,8 @@ class Scenario:
     tick: float = 0.01
     #: Streaming time before the signal (senders keep going after it).
     stream: float = 1.0
+    #: Instead of ``stream``: stream until the senders sent this many.
+    sent_before_signal: int | None = None
     #: Receivers stop reading this long into the stream (None: never).
     pause_after: float | None = None
     #: Every client stops reading when the signal is sent, as if far away:
@@ -117,6 +121,10 @@ async def run_scenario(tmp_path, db: str, sc: Scenario) -> Outcome:
             for client in rx.values():
                 client.pause_reading()
             await sleep(sc.stream - sc.pause_after)
+        elif sc.sent_before_signal is not None:
+            while len(traffic.sent) < sc.sent_before_signal:
+                assert all(not s.done.called for s in streamers), "a sender stopped"
+                await sleep(0.05)
         else:
             await sleep(sc.stream)
 
@@ -291,12 +299,55 @@ def assert_clean_exit(out: Outcome) -> None:
 # -- the tests -------------------------------------------------------------------
 
 
-#: Diagnosis in the report; remove the marks once dkserver is fixed.
+#: Repeats (a message received again, same id) after a SIGKILL mid-stream,
+#: as a fraction of the committed messages: below this.
+MAX_REPEATS = 0.02
+#: Messages streamed before that SIGKILL.
+MID_STREAM_MESSAGES = 10_000
+
+
 @pytest_twisted.ensureDeferred
 async def test_sigkill_mid_stream_loses_nothing_committed(tmp_path, db_target):
-    out = await run_scenario(tmp_path, db_target, Scenario(sig=signal.SIGKILL))
+    """Nothing committed is lost, and few messages arrive twice.
+
+    A message is repeated when its receiver read it but the server died
+    before the proof of that reading (the pong to a proof ping, see
+    dkserver.ws.outbox) was committed as its ``delivered`` mark.  The bound
+    is a count the design sets, not a rate: while the server has CPU to
+    spare (this one uses about half a core), each connection gets a proof
+    ping at the end of every reactor turn that left PROOF_EVERY (8) frames
+    unproven, so what a crash repeats per receiver is the frames of the
+    last few turns: the one not yet proved, and those whose ping, pong or
+    ``delivered`` mark (the writer's group commit) was still on its way.
+    Each turn relays one commit batch, so the senders here (1,500
+    messages/s in all) stay below what durable PostgreSQL commits on a
+    loaded machine: senders that outrun the writer make every batch, and
+    the repeats, grow (3,000/s gave up to 9 % on PostgreSQL at a load
+    average of 4).  At this pace a turn holds a few frames per receiver and
+    1-4 turns were measured (at most ~35 repeats per receiver, PostgreSQL
+    at a load average of 4.7); and since the senders stream a fixed number
+    of messages (MID_STREAM_MESSAGES) rather than for a fixed time, 2 % of
+    them is ~67 per receiver whatever the machine's speed.  (Before, proofs
+    were rate-limited to one per 0.5 s per connection: up to ~250 per
+    receiver, 2.4-5.7 % of these messages and ~30 % after the former
+    one-second stream.)
+    """
+    out = await run_scenario(
+        tmp_path,
+        db_target,
+        Scenario(
+            sig=signal.SIGKILL, per_tick=5, sent_before_signal=MID_STREAM_MESSAGES
+        ),
+    )
     assert out.first_exit == -signal.SIGKILL
-    print(check(out, exactly_once=False))
+    counts = check(out, exactly_once=False)
+    repeats = counts["duplicates"] / counts["committed"]
+    backend = "postgresql" if db_target.startswith("postgres") else "sqlite"
+    print(f"{backend}: {counts}, repeats {repeats:.2%}")
+    assert repeats < MAX_REPEATS, (
+        f"{backend}: {counts['duplicates']} of {counts['committed']} messages "
+        f"({repeats:.2%}) arrived twice after the SIGKILL (bound {MAX_REPEATS:.0%})"
+    )
 
 
 @pytest_twisted.ensureDeferred

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from dkserver.ws.outbox import Outbox
+from dkserver.ws.outbox import Outbox, ProofBudget
 
 
 class FakeWire:
@@ -19,8 +19,8 @@ class FakeWire:
         self.written.append(frame)
 
 
-def make(limit: int = 3, **options):
-    clock = Clock()
+def make(limit: int = 3, clock: Clock | None = None, **options):
+    clock = Clock() if clock is None else clock
     wire = FakeWire()
     box = Outbox(
         write=wire.write,
@@ -317,3 +317,115 @@ def test_split_refused_by_a_closing_connection_confirms_nothing():
     assert wire.written == [] and wire.pings == []
     box.confirm_all()
     assert wire.confirmed == []
+
+
+# -- extra proofs while the server has CPU to spare ---------------------------------
+
+
+class FakeCpu:
+    """The process's CPU seconds, advanced by the test."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def make_budget(clock: Clock, cpu: FakeCpu, **options) -> ProofBudget:
+    options = {"every": 4, "rate": 100.0, "busy": 0.8, "sample": 0.25, **options}
+    return ProofBudget(clock, cpu=cpu, **options)
+
+
+def test_budget_refills_with_the_share_of_cpu_left_unused():
+    clock, cpu = Clock(), FakeCpu()
+    budget = make_budget(clock, cpu)
+    assert not budget.take()  # nothing measured yet
+    clock.advance(0.25)  # an idle process
+    assert not budget.take()  # that sample sets the refill: 100 a second
+    clock.advance(0.125)
+    assert [budget.take() for _ in range(13)].count(True) == 12
+    clock.advance(0.5)  # no more than its burst (rate x sample) piles up
+    assert [budget.take() for _ in range(30)].count(True) == 25
+    cpu.seconds += 0.25 * 0.8 * 0.7  # 0.7 of its busy mark (0.8 of a core)
+    clock.advance(0.25)
+    # Refilled at the last sample's rate; running out takes the next sample.
+    assert [budget.take() for _ in range(30)].count(True) == 25
+    clock.advance(0.25)
+    assert [budget.take() for _ in range(30)].count(True) == 7  # 100 x 0.3 / 4
+
+
+def test_budget_of_a_busy_process_is_empty():
+    clock, cpu = Clock(), FakeCpu()
+    budget = make_budget(clock, cpu)
+    for _ in range(8):
+        clock.advance(0.25)
+        cpu.seconds += 0.25 * 0.8  # its busy mark
+        assert not budget.take()
+
+
+def idle_budget(clock: Clock, **options) -> ProofBudget:
+    """A budget that has measured an idle process (rate 100 a second)."""
+    budget = make_budget(clock, FakeCpu(), **options)
+    clock.advance(0.25)
+    budget.take()
+    clock.advance(1)
+    return budget
+
+
+def test_spare_cpu_proves_every_few_frames_whatever_the_bucket_holds():
+    clock = Clock()
+    budget = idle_budget(clock, every=4)
+    _, wire, box = make(
+        limit=100, clock=clock, proof_burst=1, proof_interval=0.5, proof_budget=budget
+    )
+    box.send("m", ack=0)
+    clock.advance(0)
+    assert len(wire.pings) == 1  # the bucket's token; it is empty now
+    for turn in range(5):
+        for i in range(4):
+            box.send("m", ack=1 + 4 * turn + i)
+        clock.advance(0)  # a turn that wrote 4 frames: proved at its end
+        assert len(wire.pings) == 2 + turn
+    box.send("m", ack=21)  # fewer than 4: the bucket's pace again
+    clock.advance(0.3)
+    assert len(wire.pings) == 6
+    clock.advance(0.2)
+    assert len(wire.pings) == 7
+    for ping in wire.pings:
+        box.on_pong(ping)
+    assert [len(acks) for acks in wire.confirmed] == [1, 4, 4, 4, 4, 4, 1]
+
+
+def test_without_spare_cpu_a_busy_stream_is_proved_at_the_buckets_pace():
+    clock, cpu = Clock(), FakeCpu()
+    budget = make_budget(clock, cpu, every=4)
+    _, wire, box = make(
+        limit=1000, clock=clock, proof_burst=4, proof_interval=0.5, proof_budget=budget
+    )
+    for _ in range(1000):  # 10 frames every 10 ms for 10 s, all read at once
+        for _ in range(10):
+            box.send("m", ack=1)
+        cpu.seconds += 0.01  # a saturated process
+        clock.advance(0.01)
+        for ping in wire.pings[len(wire.confirmed) :]:
+            box.on_pong(ping)
+    assert len(wire.pings) <= 4 + 10 / 0.5 + 1
+
+
+def test_extra_proofs_are_bounded_by_the_budget():
+    clock = Clock()
+    budget = idle_budget(clock, every=1)  # 100 extra pings a second at most
+    boxes = [
+        make(limit=1000, clock=clock, proof_burst=1, proof_budget=budget)[1:]
+        for _ in range(5)
+    ]
+    for _ in range(100):  # 1 s: every connection gets a frame every 10 ms
+        for _, box in boxes:
+            box.send("m", ack=1)
+        clock.advance(0.01)
+    pings = sum(len(wire.pings) for wire, _ in boxes)
+    # The budget's 1 s of refill plus its burst (rate x sample), plus each
+    # bucket's burst and 1 s of its own pace.
+    assert pings <= 100 + 25 + 5 * (1 + 2)
+    assert pings > 5 * (1 + 2)  # more than the buckets alone

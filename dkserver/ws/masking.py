@@ -10,11 +10,26 @@ large ones.  Autobahn picks the masker through the module-level name
 :func:`install` replaces that name; the masker keeps Autobahn's interface
 (``process``, ``pointer``, ``reset``), including frames whose payload
 arrives in several reads.
+
+The same goes for the UTF-8 check of text messages (RFC 6455 §8.1): the
+NVX validator costs ~4 µs a message, CPython's UTF-8 decoder ~1 µs.
+:class:`Utf8Validator` keeps Autobahn's answers to the octet (the index in
+its close reason), checked against Autobahn's own DFA: the decoder decides
+"valid so far", and the DFA finds where a sequence broke, or rejects the
+few incomplete tails the decoder still holds for more (a surrogate's first
+two octets).
 """
 
 from __future__ import annotations
 
+import codecs
+
 import autobahn.websocket.protocol as _autobahn_protocol
+from autobahn.websocket.utf8validator import UTF8VALIDATOR_DFA
+
+_DFA = bytes(UTF8VALIDATOR_DFA)
+_UTF8_REJECT = 1
+_Decoder = codecs.getincrementaldecoder("utf-8")
 
 
 class IntXorMasker:
@@ -53,6 +68,65 @@ def create_masker(mask: bytes, length: int | None = None) -> IntXorMasker:
     return IntXorMasker(mask)
 
 
+def _rejected_at(data: bytes) -> int | None:
+    """Where Autobahn's DFA (Hoehrmann's) rejects ``data``, or None."""
+    state = 0
+    for i, octet in enumerate(data):
+        state = _DFA[256 + (state << 4) + _DFA[octet]]
+        if state == _UTF8_REJECT:
+            return i
+    return None
+
+
+class Utf8Validator:
+    """Autobahn's incremental validator interface: ``reset()``, and
+    ``validate(chunk)`` giving ``(valid, ends_on_code_point, index in the
+    chunk, index in the message)``, the indexes those of the rejected octet
+    when not valid."""
+
+    __slots__ = ("_decoder", "_index", "_pending")
+
+    def __init__(self) -> None:
+        self._decoder = _Decoder()
+        self._index = 0
+        #: The undecided tail of what was validated (a code point begun).
+        self._pending: bytes | None = b""
+
+    def reset(self) -> None:
+        self._decoder.reset()
+        self._index = 0
+        self._pending = b""
+
+    def validate(self, data: bytes) -> tuple[bool, bool, int, int]:
+        if self._pending is None:  # rejected until reset, as the DFA stays
+            return not data, False, 0, self._index
+        try:
+            self._decoder.decode(data, False)
+        except UnicodeDecodeError:
+            return self._rejected(data)
+        pending = self._decoder.getstate()[0]
+        if pending and _rejected_at(pending) is not None:
+            return self._rejected(data)
+        self._pending = pending
+        self._index += len(data)
+        return True, not pending, len(data), self._index
+
+    def _rejected(self, data: bytes) -> tuple[bool, bool, int, int]:
+        # The pending tail is a valid beginning, so the DFA run over it and
+        # the chunk rejects inside the chunk.
+        pending = self._pending or b""
+        at = _rejected_at(pending + data)
+        if at is None:  # the decoder and the DFA disagree: trust the DFA
+            raise AssertionError("UTF-8 decoder refused what the DFA accepts")
+        at -= len(pending)
+        self._index += at
+        self._decoder.reset()
+        self._pending = None
+        return False, False, at, self._index
+
+
 def install() -> None:
-    """Make Autobahn unmask incoming frames with :class:`IntXorMasker`."""
+    """Make Autobahn unmask incoming frames with :class:`IntXorMasker` and
+    check text messages with :class:`Utf8Validator`."""
     _autobahn_protocol.create_xor_masker = create_masker
+    _autobahn_protocol.Utf8Validator = Utf8Validator

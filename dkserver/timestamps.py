@@ -169,10 +169,20 @@ def from_unix_nanos(ns: int) -> Timestamp:
     return Timestamp(ns, f"{base}.{frac:09d}Z")
 
 
+_last_storage_second: tuple[int, str] = (-1, "")
+
+
 def storage_from_unix_nanos(ns: int) -> str:
-    """A server instant in the original's column format (the per-second
-    cache of :func:`from_unix_nanos` keeps this cheap on the write path)."""
-    return to_storage(from_unix_nanos(ns).text)
+    """A server instant in the original's column format: ``to_storage`` of
+    :func:`from_unix_nanos`'s text, written directly with a per-second
+    cache of its own (it runs for every stored message)."""
+    global _last_storage_second
+    secs, frac = divmod(ns, 1_000_000_000)
+    cached_secs, base = _last_storage_second  # one tuple: safe across threads
+    if cached_secs != secs:
+        base = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs))
+        _last_storage_second = (secs, base)
+    return f"{base}.{frac:09d}+00:00"
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)

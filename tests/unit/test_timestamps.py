@@ -167,3 +167,14 @@ def test_cached_dates_give_the_calendar_instant_across_a_clear(monkeypatch):
             1709208000 * 10**9,
         ]
         assert len(timestamps._midnights) <= 2
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [0, 1, 999_999_999, 1_764_716_428_123_456_789, 1_764_716_428_000_000_001, -1],
+)
+def test_storage_from_unix_nanos_is_the_storage_form_of_the_rfc3339_text(ns):
+    for _ in range(2):  # computed, then from the per-second cache
+        assert timestamps.storage_from_unix_nanos(ns) == timestamps.to_storage(
+            timestamps.from_unix_nanos(ns).text
+        )

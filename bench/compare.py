@@ -40,13 +40,17 @@ _FIGURES = (
             ("relay server µs/msg", "server_cpu_us_per_msg", False),
             ("relay db µs/msg", "db_cpu_us_per_msg", False),
             ("relay p99 ms", "p99_ms", False),
+            ("relay msgs/s of the ceiling's", "fraction_of_ceiling", True),
         ),
     ),
     (
         ("relay", "dk_half_rate"),
         "pairs",
         "{} pairs",
-        (("relay p99 ms at half rate", "p99_ms", False),),
+        (
+            ("relay p99 ms at half rate", "p99_ms", False),
+            ("relay p99 at half rate of the ceiling's", "p99_of_ceiling", False),
+        ),
     ),
     (
         ("reads", None),
@@ -79,6 +83,10 @@ _FIGURES = (
 )
 
 
+#: Figures only runs with the ceiling have.
+_CEILING_RATIOS = ("fraction_of_ceiling", "p99_of_ceiling")
+
+
 def _runs(results: dict, where: tuple[str, str | None]) -> list[dict]:
     scenario, kind = where
     found = results.get(scenario) or ([] if kind is None else {})
@@ -92,6 +100,8 @@ def _figures(results: dict) -> Iterator[_Figure]:
     for where, key, label, figures in _FIGURES:
         for x in _runs(results, where):
             for name, field, higher in figures:
+                if field in _CEILING_RATIOS and field not in x:
+                    continue  # a run without the ceiling (--no-ceiling)
 
                 def get(r, where=where, key=key, at=x[key], field=field):
                     for y in _runs(r, where):

@@ -51,31 +51,54 @@ def parse(text: str, *, allow_naive: bool = False) -> Timestamp:
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise TimestampError(f"timestamp is not RFC 3339: {text[:64]!r}")
-    g = m.groups()
-    year, month, day = int(g[0]), int(g[1]), int(g[2])
-    hour, minute, second = int(g[3]), int(g[4]), int(g[5])
-    frac, zulu, sign, off_h, off_m = g[6], g[7], g[8], g[9], g[10]
+    _, _, _, hh, mm, ss, frac, zulu, sign, off_h, off_m = m.groups()
     if not (zulu or sign) and not allow_naive:
         raise TimestampError("timestamp has no time zone offset")
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60):
+    hour, minute, second = int(hh), int(mm), int(ss)
+    if hour >= 24 or minute >= 60 or second > 60:
         raise TimestampError("timestamp fields out of range")
-    if second > 60:
-        raise TimestampError("timestamp fields out of range")
-    try:
-        days_in_month = calendar.monthrange(year, month)[1]
-    except ValueError:
-        raise TimestampError("timestamp year out of range")
-    if year < 1 or day > days_in_month:
-        raise TimestampError("timestamp date does not exist")
-    offset = 0
+    midnight = _midnight(text[:10])
+    seconds = midnight + hour * 3600 + minute * 60 + second
     if sign:
         oh, om = int(off_h), int(off_m)
         if oh > 23 or om > 59:
             raise TimestampError("timestamp offset out of range")
-        offset = (oh * 3600 + om * 60) * (1 if sign == "+" else -1)
-    seconds = calendar.timegm((year, month, day, hour, minute, second)) - offset
+        offset = oh * 3600 + om * 60
+        seconds += -offset if sign == "+" else offset
     nanos = int(frac.ljust(9, "0")) if frac else 0
     return Timestamp(seconds * 1_000_000_000 + nanos, text)
+
+
+#: Unix seconds at midnight UTC of a ``YYYY-MM-DD`` text, or the error it
+#: raises: every message carries a timestamp, and a day's messages share
+#: one date, so the calendar work is done once per date seen.
+_midnights: dict[str, int | TimestampError] = {}
+#: Bound on that cache (cleared when exceeded).
+_MAX_MIDNIGHTS = 4096
+
+
+def _midnight(date: str) -> int:
+    found = _midnights.get(date)
+    if found is None:
+        if len(_midnights) >= _MAX_MIDNIGHTS:
+            _midnights.clear()
+        found = _midnights[date] = _compute_midnight(date)
+    if isinstance(found, TimestampError):
+        raise TimestampError(*found.args)
+    return found
+
+
+def _compute_midnight(date: str) -> int | TimestampError:
+    year, month, day = int(date[:4]), int(date[5:7]), int(date[8:10])
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return TimestampError("timestamp fields out of range")
+    try:
+        days_in_month = calendar.monthrange(year, month)[1]
+    except ValueError:
+        return TimestampError("timestamp year out of range")
+    if year < 1 or day > days_in_month:
+        return TimestampError("timestamp date does not exist")
+    return calendar.timegm((year, month, day, 0, 0, 0))
 
 
 def to_storage(text: str) -> str:
@@ -146,10 +169,20 @@ def from_unix_nanos(ns: int) -> Timestamp:
     return Timestamp(ns, f"{base}.{frac:09d}Z")
 
 
+_last_storage_second: tuple[int, str] = (-1, "")
+
+
 def storage_from_unix_nanos(ns: int) -> str:
-    """A server instant in the original's column format (the per-second
-    cache of :func:`from_unix_nanos` keeps this cheap on the write path)."""
-    return to_storage(from_unix_nanos(ns).text)
+    """A server instant in the original's column format: ``to_storage`` of
+    :func:`from_unix_nanos`'s text, written directly with a per-second
+    cache of its own (it runs for every stored message)."""
+    global _last_storage_second
+    secs, frac = divmod(ns, 1_000_000_000)
+    cached_secs, base = _last_storage_second  # one tuple: safe across threads
+    if cached_secs != secs:
+        base = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs))
+        _last_storage_second = (secs, base)
+    return f"{base}.{frac:09d}+00:00"
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)

@@ -26,7 +26,10 @@ _COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per message, and a frozen dataclass's __init__
+# costs ~4x a plain one's (object.__setattr__ per field).  The writer never
+# changes one; a changed copy is dataclasses.replace.
+@dataclass(slots=True)
 class NewMessage:
     """A message to store; the caller has already validated ``timestamp``."""
 

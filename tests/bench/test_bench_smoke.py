@@ -35,10 +35,11 @@ def test_bench_smoke_runs_every_scenario():
     for key in ("meta", "logins", "relay", "broadcast", "connections", "backlog"):
         assert key in result, key
     assert result["logins"][0]["logins"] > 0
-    for kind in ("dk", "ceiling", "dk_half_rate"):
+    for kind in ("dk", "ceiling", "dk_half_rate", "ceiling_half_rate"):
         run = result["relay"][kind][0]
         assert run["delivered"] == run["expected"] > 0, run
         assert run["p99_ms"] is not None
+    assert result["relay"]["dk_half_rate"][0]["p99_of_ceiling"] > 0
     assert all(r["received"] > 0 for r in result["broadcast"][0]["rounds"])
     assert result["connections"]["steps"][-1]["conns"] > 0
     assert result["connections"]["big_ok"]

@@ -317,3 +317,13 @@ def test_pyopenssl_bindings_still_set_the_key_exchange_groups():
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     assert hasattr(lib, "SSL_CTX_set1_curves_list"), "pyOpenSSL bindings changed"
     assert lib.SSL_CTX_set1_curves_list(context._context, GROUPS) == 1
+
+
+def test_autobahn_still_unmasks_client_frames_through_create_xor_masker():
+    """dkserver.ws.masking replaces this module-level name; processData must
+    still look it up there (and call pointer/process on what it returns)."""
+    source = inspect.getsource(ab_protocol.WebSocketProtocol.processData)
+    assert "create_xor_masker(" in source, f"{AUTOBAHN}: processData changed"
+    assert "current_frame_masker.pointer()" in source, AUTOBAHN
+    assert "current_frame_masker.process(" in source, AUTOBAHN
+    assert hasattr(ab_protocol, "create_xor_masker"), AUTOBAHN

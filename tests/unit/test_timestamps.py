@@ -133,3 +133,48 @@ def test_server_receive_time_is_utc_z_and_needs_no_copy():
         "2026-11-26 04:45:43.000000001+00:00",
         None,
     )
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("2026-02-30T00:00:00Z", "timestamp date does not exist"),
+        ("2026-13-01T00:00:00Z", "timestamp fields out of range"),
+        ("0000-01-01T00:00:00Z", "timestamp date does not exist"),
+        ("2026-02-30T25:00:00Z", "timestamp fields out of range"),
+    ],
+)
+def test_a_bad_date_is_refused_every_time_although_dates_are_cached(text, error):
+    for _ in range(3):
+        with pytest.raises(timestamps.TimestampError, match=error):
+            timestamps.parse(text)
+
+
+def test_cached_dates_give_the_calendar_instant_across_a_clear(monkeypatch):
+    monkeypatch.setattr(timestamps, "_MAX_MIDNIGHTS", 2)
+    texts = [
+        "2024-02-29T23:59:60.5+01:00",
+        "1970-01-01T00:00:00Z",
+        "2026-12-02T19:30:28.123456789-03:30",
+        "2024-02-29T12:00:00Z",
+    ]
+    for _ in range(2):
+        got = [timestamps.parse(t).unix_nanos for t in texts]
+        assert got == [
+            1709247600 * 10**9 + 5 * 10**8,
+            0,
+            1796252428 * 10**9 + 123456789,
+            1709208000 * 10**9,
+        ]
+        assert len(timestamps._midnights) <= 2
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [0, 1, 999_999_999, 1_764_716_428_123_456_789, 1_764_716_428_000_000_001, -1],
+)
+def test_storage_from_unix_nanos_is_the_storage_form_of_the_rfc3339_text(ns):
+    for _ in range(2):  # computed, then from the per-second cache
+        assert timestamps.storage_from_unix_nanos(ns) == timestamps.to_storage(
+            timestamps.from_unix_nanos(ns).text
+        )

@@ -81,6 +81,7 @@ TARGETS = {
     "logins_per_s": (">=", 1500),
     "broadcast_1000_all_held_ms": ("<=", 50),
     "broadcast_5000_all_held_ms": ("<", 1000),
+    "broadcast_1000_p50_vs_ceiling": ("<=", 0.8),
     "idle_kib_per_conn_10000": ("<=", 36),
     "backlog_10000_drain_s": ("<", 1.0),
 }
@@ -280,11 +281,35 @@ async def run_ceiling_only(b: Bench, cfg: dict) -> dict:
     return {"ceiling": out}
 
 
-async def run_broadcast(b: Bench, cfg: dict) -> list:
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+async def run_broadcast(b: Bench, cfg: dict, with_ceiling: bool = True) -> list:
+    """dkserver's fan-out, then (unless ``with_ceiling`` is False) the
+    ceiling's with the same number of clients and rounds, each size in
+    turn; the dkserver entries carry the ceiling's run and the ratios."""
     out = []
-    for c in cfg["clients"]:
-        log(f"broadcast: {c} clients, {cfg['rounds']} rounds")
-        out.append(await scenarios.broadcast(b, c, cfg["rounds"]))
+    if with_ceiling and b.ceiling is None:
+        b.ceiling = ceiling_proc(b.tmp)
+        await b.ceiling.start()
+    try:
+        for c in cfg["clients"]:
+            log(f"broadcast: dkserver, {c} clients, {cfg['rounds']} rounds")
+            dk = await scenarios.broadcast(b, c, cfg["rounds"])
+            out.append(dk)
+            if with_ceiling:
+                log(f"broadcast: ceiling, {c} clients, {cfg['rounds']} rounds")
+                ceil = await scenarios.broadcast(b, c, cfg["rounds"], "ceiling")
+                dk["ceiling"] = ceil
+                for name in ("p50", "p99", "all_held"):
+                    dk[f"{name}_vs_ceiling"] = _ratio(
+                        dk[f"{name}_ms_median"], ceil[f"{name}_ms_median"]
+                    )
+    finally:
+        if b.ceiling is not None:
+            await b.ceiling.stop()
+            b.ceiling = None
     return out
 
 
@@ -336,6 +361,7 @@ def evaluate(r: dict) -> dict:
     for x in r.get("broadcast") or []:
         if x["clients"] in (1000, 5000):
             vals[f"broadcast_{x['clients']}_all_held_ms"] = x["all_held_ms_median"]
+            vals[f"broadcast_{x['clients']}_p50_vs_ceiling"] = x.get("p50_vs_ceiling")
     conns = r.get("connections") or {}
     for s in conns.get("steps", []):
         if s["conns"] == 10000:
@@ -443,16 +469,34 @@ def render(r: dict) -> str:
     )
     lines += _table(
         "broadcast fan-out (time until every client holds it)",
-        ["clients", "all held ms (median)", "max", "p50 ms", "srv µs/delivery"],
+        [
+            "server",
+            "clients",
+            "p50 ms",
+            "p99 ms",
+            "all held ms",
+            "max",
+            "srv µs/delivery",
+            "p50/ceil",
+            "p99/ceil",
+            "all held/ceil",
+        ],
         [
             [
+                x["target"],
                 x["clients"],
+                x["p50_ms_median"],
+                x["p99_ms_median"],
                 x["all_held_ms_median"],
                 x["all_held_ms_max"],
-                x["rounds"][0]["p50_ms"],
-                x["rounds"][0]["server_cpu_us_per_delivery"],
+                x["server_cpu_us_per_delivery_median"],
+                x.get("p50_vs_ceiling", ""),
+                x.get("p99_vs_ceiling", ""),
+                x.get("all_held_vs_ceiling", ""),
             ]
-            for x in r.get("broadcast") or []
+            for dk in r.get("broadcast") or []
+            for x in (dk, dk.get("ceiling"))
+            if x
         ],
     )
     conns = r.get("connections") or {}
@@ -697,7 +741,9 @@ async def run_server(
             elif name == "ceiling":
                 out["relay"] = await run_ceiling_only(b, cfg["relay"])
             elif name == "broadcast":
-                out["broadcast"] = await run_broadcast(b, cfg["broadcast"])
+                out["broadcast"] = await run_broadcast(
+                    b, cfg["broadcast"], with_ceiling=not args.no_ceiling
+                )
             elif name == "connections":
                 out["connections"] = await run_connections(b, cfg["connections"])
             elif name == "backlog":
@@ -821,6 +867,7 @@ def parse_args(argv):
     s = sub.add_parser("broadcast")
     s.add_argument("--clients", type=int, action="append")
     s.add_argument("--rounds", type=int)
+    s.add_argument("--no-ceiling", action="store_true")
     s = sub.add_parser("connections")
     s.add_argument("--conns", type=int, action="append")
     s.add_argument("--big", type=int)

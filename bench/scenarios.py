@@ -322,21 +322,33 @@ async def relay(
 # --- broadcast fan-out ----------------------------------------------------------------
 
 
-async def broadcast(b: Bench, clients: int, rounds: int) -> dict:
-    users = await b.users(b.tag("b"), clients + 1)
+async def broadcast(b: Bench, clients: int, rounds: int, target: str = "dk") -> dict:
+    """One sender broadcasts to ``clients`` receivers, ``rounds`` times; per
+    round, when the median receiver (p50), the 99th percentile and the last
+    one (all hold it) got it, from the sender's write.  ``target`` "ceiling":
+    the same clients against the bare relay (no auth, no store, no proofs)."""
+    tag = b.tag("b" if target == "dk" else "cb")
+    if target == "dk":
+        server = b.dk
+        users = [(u, wire.dk_path(t)) for u, t in await b.users(tag, clients + 1)]
+    else:
+        server = b.ceiling
+        users = [
+            (f"{tag}{i}", wire.ceiling_path(f"{tag}{i}")) for i in range(clients + 1)
+        ]
     sender, receivers = users[0], users[1:]
-    chunks = split([[u, wire.dk_path(t)] for u, t in receivers], b.procs)
+    chunks = split([[u, path] for u, path in receivers], b.procs)
     jobs = [
         b.job(
             "bcast",
-            b.dk,
+            server,
             conns=c,
             rounds=rounds,
-            sender=[sender[0], wire.dk_path(sender[1])] if i == 0 else None,
+            sender=list(sender) if i == 0 else None,
         )
         for i, c in enumerate(chunks)
     ]
-    gens = await start_all(jobs, b.tmp, f"bcast{clients}")
+    gens = await start_all(jobs, b.tmp, f"bcast-{target}{clients}")
     per_round = []
     try:
         await asyncio.gather(
@@ -353,7 +365,7 @@ async def broadcast(b: Bench, clients: int, rounds: int) -> dict:
                 )
                 return sent, gots
 
-            m = await _measured(b, b.dk, run, 0.5)
+            m = await _measured(b, server, run, 0.5)
             sent, gots = m.out
             arrivals = sorted(a for got in gots for a in got["arrivals"])
             per_round.append(
@@ -361,6 +373,7 @@ async def broadcast(b: Bench, clients: int, rounds: int) -> dict:
                     "received": len(arrivals),
                     "all_held_ms": round((arrivals[-1] - sent["ns"]) / 1e6, 2),
                     "p50_ms": round((pct(arrivals, 0.5) - sent["ns"]) / 1e6, 2),
+                    "p99_ms": round((pct(arrivals, 0.99) - sent["ns"]) / 1e6, 2),
                     "server_cpu_us_per_delivery": per(m.server_cpu, len(arrivals)),
                 }
             )
@@ -369,12 +382,21 @@ async def broadcast(b: Bench, clients: int, rounds: int) -> dict:
         await asyncio.gather(*(g.expect("result", timeout=30) for g in gens))
     finally:
         await stop_all(gens)
+
+    def median(key: str) -> float:
+        values = sorted(r[key] for r in per_round)
+        return values[len(values) // 2]
+
     held = sorted(r["all_held_ms"] for r in per_round)
     return {
+        "target": target,
         "clients": clients,
         "rounds": per_round,
+        "p50_ms_median": median("p50_ms"),
+        "p99_ms_median": median("p99_ms"),
         "all_held_ms_median": held[len(held) // 2],
         "all_held_ms_max": held[-1],
+        "server_cpu_us_per_delivery_median": median("server_cpu_us_per_delivery"),
     }
 
 

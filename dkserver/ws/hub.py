@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketServerFactory
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -27,6 +28,86 @@ from dkserver.ws.sessions import LiveBus
 
 #: Rows fetched per query while sending a backlog on connect.
 BACKLOG_PAGE = 500
+
+
+class _SoonCall:
+    """A :meth:`TurnClock.callLater` with no delay; the part of
+    ``IDelayedCall`` the outbox uses (active, getTime, cancel, reset)."""
+
+    __slots__ = ("_clock", "_later", "args", "f", "kw", "pending", "time")
+
+    def __init__(self, clock: Any, time: float, f, args, kw) -> None:
+        self._clock = clock
+        self.time = time
+        self.f, self.args, self.kw = f, args, kw
+        self.pending = True
+        #: The reactor's call, once reset() moved this one to later.
+        self._later: Any = None
+
+    def active(self) -> bool:
+        later = self._later
+        return self.pending if later is None else later.active()
+
+    def getTime(self) -> float:
+        return self.time if self._later is None else self._later.getTime()
+
+    def cancel(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+        elif not self.pending:
+            raise AlreadyCalled if self.f is None else AlreadyCancelled
+        self.pending = False
+
+    def reset(self, delay: float) -> None:
+        if self._later is not None:
+            self._later.reset(delay)
+        elif not self.pending:
+            raise AlreadyCalled if self.f is None else AlreadyCancelled
+        elif delay > 0:  # due this turn already, unless moved to later
+            self.pending = False
+            self._later = self._clock.callLater(delay, self.f, *self.args, **self.kw)
+
+
+class TurnClock:
+    """A clock whose calls without delay wait for the end of this reactor
+    turn *together*: one reactor call runs them all, in the order they were
+    made.  A broadcast schedules a proof ping on every recipient's outbox
+    (Outbox._schedule_proof); a reactor ``callLater`` each costs a
+    ``DelayedCall`` and two heap operations of Python comparisons per
+    recipient.  Calls with a delay, and everything else, are the clock's."""
+
+    log = Logger()
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._due: list[_SoonCall] = []
+        self.seconds = clock.seconds
+
+    def getDelayedCalls(self) -> list:
+        return self._clock.getDelayedCalls()
+
+    def callLater(self, delay: float, f, *args, **kw) -> Any:
+        if delay > 0:
+            return self._clock.callLater(delay, f, *args, **kw)
+        if not self._due:
+            self._clock.callLater(0, self._run)
+        call = _SoonCall(self._clock, self._clock.seconds(), f, args, kw)
+        self._due.append(call)
+        return call
+
+    def _run(self) -> None:
+        # Calls made while these run wait for the next turn, as the
+        # reactor's own would.
+        due, self._due = self._due, []
+        for call in due:
+            if not call.pending:
+                continue
+            call.pending = False
+            f, call.f = call.f, None  # None: called (for cancel's error)
+            try:
+                f(*call.args, **call.kw)
+            except Exception:
+                self.log.failure("end-of-turn call {f!r} failed", f=f)
 
 
 class Hub:
@@ -55,6 +136,9 @@ class Hub:
         self.forward = forward
         self.metrics = metrics
         self.clock = clock
+        #: The outboxes' clock: their end-of-turn proof pings share one
+        #: reactor call per turn (see TurnClock).
+        self.proof_clock = TurnClock(clock)
         self.time_ns = time_ns
         self.factory: WebSocketServerFactory | None = None
         #: Frames read from sockets but not yet stored or refused; shutdown

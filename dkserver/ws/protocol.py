@@ -20,6 +20,7 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import Disconnected
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from dkserver.auth.revocation import close_code
 from dkserver.peers import peer_host
@@ -39,6 +40,9 @@ CLOSE_TOO_SLOW = 4008
 CLOSE_GOING_AWAY = 1001
 #: FIN, opcode 0 (continuation), no payload: ends a message split for a ping.
 _FINAL_EMPTY_FRAGMENT = b"\x80\x00"
+#: A message with its proof ping up to this size goes out in one TLS record
+#: (at most 2**14 bytes of plaintext).
+_ONE_RECORD = 2**14
 #: A message the backlog scan read may still be on its way live: its commit
 #: is visible to the scan before the publish that follows it arrives (another
 #: node's publish through Redis; on one node, the writer's callback can run
@@ -85,7 +89,7 @@ class DkServerProtocol(WebSocketServerProtocol):
             write=self._write_prepared,
             ping=self._send_proof_ping,
             write_with_proof=self._write_with_proof,
-            clock=self.hub.clock,
+            clock=self.hub.proof_clock,
             on_confirmed=self.hub.confirm,
             on_overflow=self._too_slow,
             limit=self.factory.queue_limit,
@@ -145,8 +149,8 @@ class DkServerProtocol(WebSocketServerProtocol):
 
     def _write_with_proof(self, prepared: Any, payload: bytes) -> bool:
         """Write a message with the proof ping inside it (Outbox._send_proof):
-        the frame without FIN, then one TLS record holding the ping and an
-        empty final continuation frame."""
+        the frame without FIN, the ping and an empty final continuation frame,
+        the last two in one TLS record; then send it to the socket at once."""
         if self.state != self.STATE_OPEN:
             return False
         try:
@@ -155,16 +159,48 @@ class DkServerProtocol(WebSocketServerProtocol):
                 self.sendPing(payload)
                 return True
             data = prepared.payloadHybi
-            self.transport.write(bytes((data[0] & 0x7F,)) + data[1:])
-            self._flush_transport()
-            self.transport.write(
-                b"\x89" + bytes((len(payload),)) + payload + _FINAL_EMPTY_FRAGMENT
-            )
-            self._flush_transport()
+            end = b"\x89" + bytes((len(payload),)) + payload + _FINAL_EMPTY_FRAGMENT
+            first = bytes((data[0] & 0x7F,))
+            if len(data) + len(end) <= _ONE_RECORD:
+                # One TLS record for all three, written past the transport's
+                # small-write buffer (which costs a callLater per connection).
+                self._write_record(b"".join((first, memoryview(data)[1:], end)))
+            else:
+                self.transport.write(first + data[1:])
+                self._flush_transport()
+                self.transport.write(end)
+                self._flush_transport()
+            self._send_now()
         except Disconnected:
             self.outbox.close()
             return False
         return True
+
+    def _write_record(self, data: bytes) -> None:
+        """``data`` as one TLS record now, after what the transport holds."""
+        transport = self.transport
+        if getattr(transport, "_aggregator", None) is None:
+            transport.write(data)
+            return
+        transport._aggregator.flush()
+        TLSMemoryBIOProtocol.write(transport, data)
+
+    def _send_now(self) -> None:
+        """Hand what the TCP transport holds to the kernel now rather than
+        at the reactor's next write event: a fan-out's first recipients
+        start reading while the server is still encrypting for the rest.
+        Only when that cannot reenter us (no paused producer to resume) or
+        end the connection (not disconnecting); an error is left for the
+        reactor, which still has the socket registered for writing."""
+        tcp = getattr(self.transport, "transport", self.transport)
+        if (
+            getattr(tcp, "_tempDataLen", 0)
+            and tcp.connected
+            and not tcp.disconnecting
+            and not tcp._writeDisconnecting
+            and not tcp.producerPaused
+        ):
+            tcp.doWrite()
 
     def _flush_transport(self) -> None:
         """Twisted's TLS transport (``BufferingTLSTransport``) holds small

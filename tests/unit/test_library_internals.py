@@ -305,6 +305,27 @@ def test_twisted_tls_transport_still_aggregates_small_writes_in_a_flushable_buff
     )
 
 
+def test_twisted_tcp_transport_still_buffers_writes_for_dowrite():
+    """ws/protocol.py ``_send_now`` calls the TCP transport's ``doWrite``
+    itself when it holds new data (``_tempDataLen``) and is not closing or
+    pausing its producer; ``_write_record`` writes past the TLS transport's
+    small-write buffer with ``TLSMemoryBIOProtocol.write``."""
+    from twisted.internet import abstract, tcp
+
+    for name in ("connected", "disconnecting", "_writeDisconnecting"):
+        assert hasattr(tcp.Connection, name), (
+            f"{TWISTED}: tcp.Connection.{name} is gone (ws/protocol.py _send_now)"
+        )
+    assert hasattr(abstract.FileDescriptor, "producerPaused"), (
+        f"{TWISTED}: FileDescriptor.producerPaused is gone (ws/protocol.py _send_now)"
+    )
+    assert "_tempDataLen" in inspect.getsource(abstract.FileDescriptor.write), (
+        f"{TWISTED}: FileDescriptor.write no longer counts _tempDataLen"
+    )
+    require_parameters(TWISTED, abstract.FileDescriptor, "doWrite", [])
+    require_parameters(TWISTED, TLSMemoryBIOProtocol, "write", ["bytes"])
+
+
 def test_pyopenssl_bindings_still_set_the_key_exchange_groups():
     """dkserver/tls.py restricts the groups through pyOpenSSL's bindings
     (no public call): ``_util.lib.SSL_CTX_set1_curves_list`` and

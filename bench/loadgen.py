@@ -717,7 +717,15 @@ async def job_reads(job, ctl, ctx) -> None:
         h.close()
 
 
+async def job_storm(job, ctl, ctx) -> None:
+    """Reconnect storms for ``python -m bench storm`` (bench/storm.py)."""
+    from bench.storm import loadgen_job
+
+    await loadgen_job(job, ctl, ctx)
+
+
 JOBS = {
+    "storm": job_storm,
     "reads": job_reads,
     "users": job_users,
     "logins": job_logins,

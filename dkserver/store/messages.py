@@ -273,6 +273,11 @@ def _undelivered_broadcasts_txn(
         # this maximum is visible to the next statement.
         txn.execute("SELECT COALESCE(MAX(id), 0) FROM messages WHERE is_broadcast = 1")
         newest = txn.fetchone()[0]
+        if newest <= floor:
+            # No broadcast above the floor (the common reconnect): nothing to
+            # send and the floor stays.  One committed after the maximum was
+            # read is above it, so a later scan (or the live path) sends it.
+            return []
     txn.execute(
         f"SELECT {_COLUMNS} FROM messages m JOIN users u ON u.user_id = ?"
         " WHERE m.is_broadcast = 1 AND m.id > ?"

@@ -568,6 +568,12 @@ def seed_users(db: str, count: int, prefix: str = "seed") -> float:
     key = base64.b64encode(bytes(32)).decode()
     now_ns = time.time_ns()
     rows = [(f"{prefix}{i:06d}", f"{prefix} {i}", key, now_ns) for i in range(count)]
+    return insert_users(db, rows)
+
+
+def insert_users(db: str, rows: list[tuple[str, str, str, int]]) -> float:
+    """Insert ``(user_id, username, public_key, registered_ns)`` rows straight
+    into a migrated database (COPY on PostgreSQL); seconds taken."""
     t0 = time.perf_counter()
     if "://" in db and db.startswith("postgresql"):
         import psycopg

@@ -51,7 +51,7 @@ from bench import wire
 from bench.backends import BackendError, parse_backends
 from bench.procs import kill_all, raise_nofile, start_all, stop_all
 from bench.runner import ROOT, _table, ceiling_proc, dkserver_proc, dkserver_version
-from bench.scenarios import Bench, log, split
+from bench.scenarios import Bench, insert_users, log, split
 
 #: Content prefix of the storm's pending messages.
 PREFIX = "storm|"
@@ -193,32 +193,7 @@ def seed_keyed_users(db: str, uids: list[str]) -> float:
     server's (migrated) database; seconds taken."""
     now_ns = time.time_ns()
     rows = [(u, u, wire.public_key_b64(wire.signing_key(u)), now_ns) for u in uids]
-    t0 = time.perf_counter()
-    if db.startswith("postgresql"):
-        import psycopg
-
-        from dkserver.store.url import parse_database_url
-
-        with psycopg.connect(parse_database_url(db).conninfo) as conn:
-            with conn.cursor().copy(
-                "COPY users (user_id, username, public_key, registered_ns) FROM STDIN"
-            ) as copy:
-                for row in rows:
-                    copy.write_row(row)
-    else:
-        import sqlite3
-
-        conn = sqlite3.connect(db, timeout=30)
-        try:
-            with conn:
-                conn.executemany(
-                    "INSERT INTO users (user_id, username, public_key,"
-                    " registered_ns) VALUES (?, ?, ?, ?)",
-                    rows,
-                )
-        finally:
-            conn.close()
-    return time.perf_counter() - t0
+    return insert_users(db, rows)
 
 
 def pending_rows(db: str, prefix: str) -> int:

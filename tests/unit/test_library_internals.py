@@ -196,6 +196,8 @@ def test_autobahn_keeps_the_handshake_attributes_dkserver_drops_on_open():
         ("http_response_data", str),
         ("http_headers", dict),
         ("http_request_params", dict),
+        ("_wskey", str),
+        ("http_status_line", str),
     ):
         value = getattr(proto, name, None)
         assert isinstance(value, kind), (

@@ -579,6 +579,27 @@ async def job_connects(job, ctl, ctx) -> None:
     emit("closed")
 
 
+async def store_through(port, s_uid, s_path, key, frames, ctx, max_s) -> float:
+    """Send ``frames`` as ``s_uid`` and return once all are stored (seconds
+    taken): frames of a connection are handled in order, so once a marker
+    message to itself comes back, every message before it is stored."""
+    marker = asyncio.Event()
+
+    def sender_msg(payload: bytes) -> None:
+        if b'"content":"marker"' in payload:
+            marker.set()
+
+    t0 = time.perf_counter()
+    sender = await wire.ws_connect(port, s_path, ctx, sender_msg)
+    for i in range(0, len(frames), 256):
+        sender.write(b"".join(frames[i : i + 256]))
+        await sender.drain()
+    sender.write(wire.client_frame(wire.signed_message(key, s_uid, s_uid, "marker")))
+    await asyncio.wait_for(marker.wait(), max_s)
+    sender.close()
+    return time.perf_counter() - t0
+
+
 # --- backlog drain -----------------------------------------------------------
 
 
@@ -591,23 +612,9 @@ async def job_backlog(job, ctl, ctx) -> None:
         wire.client_frame(wire.signed_message(key, s_uid, r_uid, f"b{i:09d}|{pad}"))
         for i in range(count)
     ]
-    marker = asyncio.Event()
-
-    def sender_msg(payload: bytes) -> None:
-        if b'"content":"marker"' in payload:
-            marker.set()
-
-    t0 = time.perf_counter()
-    sender = await wire.ws_connect(job["port"], s_path, ctx, sender_msg)
-    for i in range(0, count, 256):
-        sender.write(b"".join(frames[i : i + 256]))
-        await sender.drain()
-    # Frames of a connection are handled in order: once this comes back, every
-    # message before it is stored (pending for the offline receiver).
-    sender.write(wire.client_frame(wire.signed_message(key, s_uid, s_uid, "marker")))
-    await asyncio.wait_for(marker.wait(), job["max_s"])
-    fill_s = time.perf_counter() - t0
-    sender.close()
+    fill_s = await store_through(
+        job["port"], s_uid, s_path, key, frames, ctx, job["max_s"]
+    )
     emit("ready", fill_s=fill_s)
     await ctl.expect("go")
 

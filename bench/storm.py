@@ -74,6 +74,8 @@ async def loadgen_job(job: dict, ctl, ctx) -> None:
 
 
 async def _fill(job, ctl, ctx, emit) -> None:
+    from bench.loadgen import store_through
+
     s_uid, s_path = job["sender"]
     key = wire.signing_key(s_uid)
     pad = "p" * max(0, job["size"] - len(PREFIX) - 2)
@@ -82,23 +84,10 @@ async def _fill(job, ctl, ctx, emit) -> None:
         for r in job["receivers"]
         for k in range(job["pending"])
     ]
-    marker = asyncio.Event()
-
-    def sender_msg(payload: bytes) -> None:
-        if b'"content":"marker"' in payload:
-            marker.set()
-
-    t0 = time.perf_counter()
-    sender = await wire.ws_connect(job["port"], s_path, ctx, sender_msg)
-    for i in range(0, len(frames), 256):
-        sender.write(b"".join(frames[i : i + 256]))
-        await sender.drain()
-    # Frames of a connection are handled in order: once this comes back,
-    # every message before it is stored.
-    sender.write(wire.client_frame(wire.signed_message(key, s_uid, s_uid, "marker")))
-    await asyncio.wait_for(marker.wait(), job.get("max_s", 600))
-    sender.close()
-    emit("result", sent=len(frames), fill_s=time.perf_counter() - t0)
+    fill_s = await store_through(
+        job["port"], s_uid, s_path, key, frames, ctx, job.get("max_s", 600)
+    )
+    emit("result", sent=len(frames), fill_s=fill_s)
 
 
 async def _storm(job, ctl, ctx, emit) -> None:

@@ -97,6 +97,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: The psycopg loggers that warn "error ignored in rollback".
+_PSYCOPG_LOGGERS = ("psycopg", "psycopg.transaction")
+
+
 def _ignored_rollback(record: logging.LogRecord) -> bool:
     """psycopg's warning that rolling back an interrupted query failed: the
     connection is closed next, which rolls back anyway; not the operator's
@@ -104,9 +108,18 @@ def _ignored_rollback(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("error ignored in rollback")
 
 
+def quiet_rollback_warnings() -> None:
+    """Filters apply only to records of their own logger, not its children:
+    psycopg warns from "psycopg" (a connection) and "psycopg.transaction"."""
+    for name in _PSYCOPG_LOGGERS:
+        logger = logging.getLogger(name)
+        if _ignored_rollback not in logger.filters:
+            logger.addFilter(_ignored_rollback)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the port; prints progress to stdout, a failure as one stderr line."""
-    logging.getLogger("psycopg").addFilter(_ignored_rollback)
+    quiet_rollback_warnings()
     previous = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C, so the temporary copy is removed

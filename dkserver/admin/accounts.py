@@ -197,7 +197,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "revoke",
         "revoke an invite code",
         "Revoke the invite CODE (the code itself, or its id from invite list). "
-        "Exit 2 if none matches.",
+        "Exit 2 if none matches. A code that begins with '-' (older versions "
+        "made some) goes after '--': invite revoke -- -CODE.",
         run_invite_revoke,
         "invite revoke",
     )

@@ -80,7 +80,13 @@ CODE_ID_LENGTH = 12
 
 
 def new_invite_code() -> str:
-    return secrets.token_urlsafe(18)
+    """A random code that never begins with ``-``: an operator passes it to
+    ``dkserver invite revoke CODE``, where a leading dash reads as an option
+    (1 code in 64 did).  Dropping those draws costs under 0.03 of 144 bits."""
+    while True:
+        code = secrets.token_urlsafe(18)
+        if not code.startswith("-"):
+            return code
 
 
 # -- what changes trigger ----------------------------------------------------

@@ -14,7 +14,7 @@ from nacl.signing import SigningKey
 
 from dkserver.admin import context
 from dkserver.auth.secret import parse_previous, previous_path
-from dkserver.store.accounts import list_invites_txn, revoked_txn
+from dkserver.store.accounts import create_invite_txn, list_invites_txn, revoked_txn
 from tests.admin.admincli import dkserver, seed, target_database
 
 pytestmark = pytest.mark.both_backends
@@ -115,6 +115,20 @@ def test_invites_are_listed_by_id_and_kept_hashed(db):
     assert dkserver("invite", "revoke", made["code"], "--db", db).rc == 0
     listed = dkserver("invite", "list", "--db", db, "--json").json()["invites"]
     assert listed[0]["revoked"] is True and listed[0]["usable"] is False
+
+
+def test_a_code_that_begins_with_a_dash_is_revoked_after_double_dash(db):
+    """Older versions made such codes (1 in 64); argparse reads ``-x`` as an
+    option, so the code goes after ``--``, as the help says."""
+    with context.open_database(argparse.Namespace(db=db)) as admin:
+        with admin.transaction() as txn:
+            create_invite_txn(txn, "-dash-first-code-0123", 1, 2**62, 0)
+    assert dkserver("invite", "revoke", "-dash-first-code-0123", "--db", db).rc == 2
+    assert (
+        dkserver("invite", "revoke", "--db", db, "--", "-dash-first-code-0123").rc == 0
+    )
+    listed = dkserver("invite", "list", "--db", db, "--json").json()["invites"]
+    assert [i["revoked"] for i in listed] == [True]
 
 
 def test_rotate_secret_refuses_jwt_secret_from_the_environment(db):

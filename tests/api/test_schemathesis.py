@@ -27,6 +27,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.api import live
+from tests.api.conftest import GENERATED_IDS
 from tests.api.document import DOCUMENT_PATH, NOT_YET_ROUTED, load
 
 pytestmark = pytest.mark.filterwarnings(
@@ -61,6 +62,13 @@ def test_served_document_is_the_packaged_one(daemon):
     assert r.status_code == 200
     assert r.headers["Content-Type"] == "application/json"
     assert r.json() == load()
+
+
+def test_every_generated_test_has_its_own_id(request):
+    """Else pytest-xdist runs one of them (tests/api/conftest.py)."""
+    ids = request.config.stash[GENERATED_IDS]
+    assert len(ids) == len(set(ids)) >= 20
+    assert all(i.endswith("]") and "[" in i for i in ids)
 
 
 @schema.parametrize()

@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 import dkserver.ws.protocol  # noqa: F401  (installs the lazy pformat)
 from dkserver.config import Config
 from dkserver.ws.factory import websocket_options
-from dkserver.ws.lazylog import LazyPformat
+from dkserver.ws.lazylog import lazy_pformat
 from tests.unit.test_library_internals import AUTOBAHN
 
 
@@ -36,5 +36,36 @@ def test_a_new_connection_pretty_prints_nothing(monkeypatch):
 
 def test_the_line_still_reads_as_pformat_would_write_it():
     attrs = [("openHandshakeTimeout", 5, "WebSocketServerFactory")] * 3
-    assert str(LazyPformat(attrs)) == pprint.pformat(attrs)
-    assert f"{LazyPformat(attrs)}" == pprint.pformat(attrs)
+    assert str(lazy_pformat(attrs)) == pprint.pformat(attrs)
+    assert f"{lazy_pformat(attrs)}" == pprint.pformat(attrs)
+
+
+def test_a_connection_styles_no_debug_argument(monkeypatch):
+    """hltype/hlval colour through click.style: not for lines not written."""
+    import click
+
+    calls = []
+    real = click.style
+    monkeypatch.setattr(
+        click, "style", lambda *a, **kw: calls.append(a) or real(*a, **kw)
+    )
+    factory = WebSocketServerFactory()
+    factory.protocol = WebSocketServerProtocol
+    factory.setProtocolOptions(**websocket_options(Config()))
+    proto = factory.buildProtocol(None)
+    proto.makeConnection(StringTransport())
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert not calls, f"{AUTOBAHN}: debug arguments are styled again"
+
+
+def test_lazy_helpers_read_as_the_helpers_would():
+    from autobahn.util import hltype, hlval
+
+    from dkserver.ws import lazylog
+
+    lazy_type, lazy_val = lazylog._lazy(hltype), lazylog._lazy(hlval)
+    assert str(lazy_type(WebSocketServerProtocol)) == hltype(WebSocketServerProtocol)
+    assert f"{lazy_val(42)}" == hlval(42)

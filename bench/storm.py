@@ -17,7 +17,13 @@ rounds):
 2. The server is restarted (same database, same JWT secret).
 3. The ceiling (``bench/ceiling.py``, same certificate) gets the same number
    of bare TLS + WebSocket connects (``/ws?id=NAME``), with the same
-   concurrency: its CPU per connect is the shared cost.
+   concurrency: its CPU per connect is the shared cost.  Then a fresh
+   ceiling gets the client's whole sequence (unless ``--no-login-ceiling``):
+   the users are registered on its login port first (untimed), then each
+   logs in there (challenge + verify over its worker's keep-alive HTTPS
+   connection) and makes the bare connect.  Its CPU per connect is the bare
+   stack's share of a dkserver connect, so the ratio to it shows what is
+   dkserver's own (token check, session row, backlog, delivery proofs).
 4. Storm: all users at once (``concurrency`` in flight over ``procs`` load
    generators) log in (challenge + verify over a keep-alive HTTPS connection
    of their worker), open their WebSocket and read their backlog; the client
@@ -29,8 +35,10 @@ rounds):
    documented per-IP and rate limits, as the other scenarios do).
 
 Printed: a table per run, the ratio of dkserver's CPU per connect to the
-ceiling's (and to each ``--against`` checkout's), and one ``BENCH_JSON``
-line.
+ceiling's (``cpu_per_connect_of_ceiling``: against bare connects, the
+issue's target), to the login ceiling's (``cpu_per_connect_of_login_ceiling``:
+against the same client sequence) and to each ``--against`` checkout's, and
+one ``BENCH_JSON`` line.
 """
 
 from __future__ import annotations
@@ -62,9 +70,10 @@ PREFIX = "storm|"
 
 async def loadgen_job(job: dict, ctl, ctx) -> None:
     """``fill``: the sender stores ``pending`` messages for each receiver.
-    ``bare``: connect to the ceiling.  ``storm``: log in, connect, read the
-    backlog.  Both connect phases wait for ``go`` and keep their sockets open
-    until ``close``."""
+    ``bare``: connect to the ceiling.  ``bare-login``: register on the
+    ceiling's login port (before ``ready``), then log in there and connect to
+    the ceiling.  ``storm``: log in, connect, read the backlog.  The connect
+    phases wait for ``go`` and keep their sockets open until ``close``."""
     from bench.loadgen import emit
 
     if job["phase"] == "fill":
@@ -94,13 +103,17 @@ async def _storm(job, ctl, ctx, emit) -> None:
     users: list[str] = job["users"]
     want = job.get("pending", 0)
     bare = job["phase"] == "bare"
+    bare_login = job["phase"] == "bare-login"
     nworkers = max(1, min(job["concurrency"], len(users)))
     keys = {} if bare else {u: wire.signing_key(u) for u in users}
+    login_port = job.get("login_port") or job["port"]
     https = (
         []
         if bare
-        else [await wire.http_connect(job["port"], ctx) for _ in range(nworkers)]
+        else [await wire.http_connect(login_port, ctx) for _ in range(nworkers)]
     )
+    if bare_login:
+        await _register(https, users, keys)
     got = dict.fromkeys(users, 0)
     conns: list = []
     failures: list[str] = []
@@ -133,6 +146,9 @@ async def _storm(job, ctl, ctx, emit) -> None:
             uid = queue.pop()
             try:
                 if bare:
+                    path = wire.ceiling_path(uid)
+                elif bare_login:
+                    await wire.login(http, uid, keys[uid])
                     path = wire.ceiling_path(uid)
                 else:
                     path = wire.dk_path(await wire.login(http, uid, keys[uid]))
@@ -172,6 +188,20 @@ async def _storm(job, ctl, ctx, emit) -> None:
         h.close()
     await asyncio.sleep(0.5)
     emit("closed")
+
+
+async def _register(https: list, users: list[str], keys: dict) -> None:
+    """Register ``users`` on the login ceiling, over the workers' connections."""
+    queue = list(users)
+
+    async def worker(http):
+        while queue:
+            uid = queue.pop()
+            status = await wire.register(http, uid, keys[uid])
+            if status not in (200, 201):
+                raise RuntimeError(f"register {uid} on the login ceiling: {status}")
+
+    await asyncio.gather(*(worker(h) for h in https))
 
 
 # --- the runner's side -------------------------------------------------------
@@ -348,6 +378,7 @@ async def storm_once(args, root: Path, be, run_dir: str) -> dict:
                     pending=args.pending if phase == "storm" else 0,
                     concurrency=max(1, args.concurrency // args.procs),
                     deadline_s=1800,
+                    login_port=getattr(server, "login_port", None),
                 )
                 for chunk in split(uids, args.procs)
             ]
@@ -360,6 +391,19 @@ async def storm_once(args, root: Path, be, run_dir: str) -> dict:
         )
         await b.ceiling.stop()
         b.ceiling = None
+        if args.login_ceiling:
+            b.ceiling = ceiling_proc(run_dir)
+            await b.ceiling.start()
+            log(f"storm: {args.users} bare logins + connects to the ceiling")
+            out["login_ceiling"] = await _connect_phase(
+                b,
+                b.ceiling,
+                jobs_for(b.ceiling, "bare-login"),
+                "storm-bare-login",
+                None,
+            )
+            await b.ceiling.stop()
+            b.ceiling = None
         log(f"storm: {args.users} users log in, connect and read their backlog")
         out["storm"] = await _connect_phase(
             b,
@@ -375,6 +419,9 @@ async def storm_once(args, root: Path, be, run_dir: str) -> dict:
         c = out["ceiling"]["server_cpu_us_per_connect"]
         s = out["storm"]["server_cpu_us_per_connect"]
         out["cpu_per_connect_of_ceiling"] = round(s / c, 2) if c else None
+        if "login_ceiling" in out:
+            cl = out["login_ceiling"]["server_cpu_us_per_connect"]
+            out["cpu_per_connect_of_login_ceiling"] = round(s / cl, 2) if cl else None
         if not dk.alive():
             raise RuntimeError(f"dkserver died: {dk.tail()}")
     finally:
@@ -459,6 +506,16 @@ def summary(runs: list[dict]) -> dict:
                     "ceiling_cpu_us_per_connect",
                     lambda r: r["ceiling"]["server_cpu_us_per_connect"],
                 ),
+                (
+                    "cpu_per_connect_of_login_ceiling",
+                    lambda r: r.get("cpu_per_connect_of_login_ceiling"),
+                ),
+                (
+                    "login_ceiling_cpu_us_per_connect",
+                    lambda r: r.get("login_ceiling", {}).get(
+                        "server_cpu_us_per_connect"
+                    ),
+                ),
                 ("all_connected_s", lambda r: r["storm"]["all_connected_s"]),
                 ("all_drained_s", lambda r: r["storm"]["all_drained_s"]),
                 ("all_delivered_s", lambda r: r["storm"]["all_delivered_s"]),
@@ -480,6 +537,7 @@ def render(result: dict) -> str:
     rows = []
     for r in result["runs"]:
         s, c = r["storm"], r["ceiling"]
+        cl = r.get("login_ceiling", {})
         rows.append(
             [
                 r["round"],
@@ -493,6 +551,8 @@ def render(result: dict) -> str:
                 s["server_cpu_us_per_connect"],
                 c["server_cpu_us_per_connect"],
                 r["cpu_per_connect_of_ceiling"],
+                cl.get("server_cpu_us_per_connect"),
+                r.get("cpu_per_connect_of_login_ceiling"),
                 s["server_vm_hwm_kib"],
                 s["server_rss_peak_kib"],
             ]
@@ -512,6 +572,8 @@ def render(result: dict) -> str:
             "dk µs/conn",
             "ceiling µs/conn",
             "dk/ceiling",
+            "login-ceil µs/conn",
+            "dk/login-ceil",
             "VmHWM KiB",
             "RSS peak KiB",
         ],
@@ -527,6 +589,14 @@ def render(result: dict) -> str:
             f"{s.get('cpu_per_connect_of_this')}; lost {s['lost']}, "
             f"refused {s['refused']}"
         )
+        if s.get("cpu_per_connect_of_login_ceiling") is not None:
+            lines.append(
+                f"{label}: median dk/login-ceiling CPU per connect "
+                f"{s['cpu_per_connect_of_login_ceiling']} (the same client "
+                "sequence on the bare stack: challenge + verify + connect), "
+                f"{s['server_cpu_us_per_connect']} µs against "
+                f"{s['login_ceiling_cpu_us_per_connect']}"
+            )
     return "\n".join(lines)
 
 
@@ -554,6 +624,12 @@ def parse_args(argv):
         default=[],
         metavar="CHECKOUT",
         help="also run this checkout's dkserver in the same rounds",
+    )
+    p.add_argument(
+        "--no-login-ceiling",
+        dest="login_ceiling",
+        action="store_false",
+        help="skip the login ceiling (bare login + connect per user)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     p.add_argument("--smoke", action="store_true", help="tiny sizes")

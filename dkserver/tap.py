@@ -155,6 +155,19 @@ def _twistd_options(options: Options):
     return found
 
 
+def _text_to_stdout(twistd_options) -> bool:
+    """Whether twistd would write its text log to stdout (``-n`` without
+    ``--logfile``, or ``--logfile -``) with its own observer: then
+    dkserver's (dkserver.textlog) writes the same lines, for less CPU.
+    A log file, ``--syslog`` and ``--logger`` stay twistd's."""
+    if twistd_options is None:
+        return False
+    if twistd_options.get("syslog") or twistd_options.get("logger"):
+        return False
+    name = twistd_options.get("logfile") or ""
+    return name == "-" or (bool(twistd_options.get("nodaemon")) and not name)
+
+
 def makeService(options: Options):
     from twisted.internet import reactor
 
@@ -188,6 +201,10 @@ def makeService(options: Options):
         from dkserver.logs import json_observer, log_target
 
         observer = json_observer(log_target(twistd_options))
+    elif _text_to_stdout(_twistd_options(options)):
+        from dkserver.textlog import text_observer
+
+        observer = text_observer(sys.stdout)
     try:
         service = DkService(config, reactor)
         service.log_observer = observer

@@ -127,6 +127,16 @@ class MessageStore:
             _undelivered_broadcasts_txn, user_id, limit, after_id
         )
 
+    async def backlog_first_pages(
+        self, user_id: str, limit: int
+    ) -> tuple[list[StoredMessage], list[StoredMessage] | None]:
+        """A connect's first read, in one trip to the database thread: the
+        first ``limit`` pending direct messages and, when those are all of
+        them, the first ``limit`` undelivered broadcasts (None when the
+        direct messages go on: their next page comes first).  A reconnect
+        storm makes this read once per connect."""
+        return await self._pool.runInteraction(_backlog_first_txn, user_id, limit)
+
     async def record_broadcast_deliveries(
         self, pairs: Sequence[tuple[int, str]]
     ) -> None:
@@ -301,6 +311,17 @@ def _undelivered_broadcasts_txn(
                 (new_floor, user_id, new_floor),
             )
     return found
+
+
+def _backlog_first_txn(
+    txn: Txn, user_id: str, limit: int
+) -> tuple[list[StoredMessage], list[StoredMessage] | None]:
+    # Each statement sees the commits made before it began (SQLite's one
+    # connection; PostgreSQL's READ COMMITTED), as in two transactions.
+    direct = _pending_direct_txn(txn, user_id, limit)
+    if len(direct) >= limit:
+        return direct, None
+    return direct, _undelivered_broadcasts_txn(txn, user_id, limit)
 
 
 def _record_deliveries_txn(txn: Txn, pairs: list[tuple[int, str]]) -> None:

@@ -97,7 +97,11 @@ class DkApp:
     def resource(self):
         """Klein's resource, behind the UTF-8 check and the direct routes."""
         return Utf8Urls(
-            self.app.resource(), direct={(b"POST", b"/auth/login"): self.render_login}
+            self.app.resource(),
+            direct={
+                (b"POST", b"/auth/login"): self.render_login,
+                (b"GET", b"/ws"): self.render_websocket,
+            },
         )
 
     def render_login(self, request: IRequest) -> bytes | int:
@@ -110,9 +114,23 @@ class DkApp:
         goes back at once with a ``Content-Length``.  Errors are mapped by
         the same handlers as Klein's routes.
         """
-        d = Deferred.fromCoroutine(self.login(request))
+        return self._render_direct(request, self.login(request))
+
+    def render_websocket(self, request: IRequest) -> bytes | int:
+        """``GET /ws`` without the router, as the login steps: every
+        connect of a reconnect storm comes here after its two logins.  The
+        route's answer is the upgrade resource, rendered here as Klein
+        would (a refusal it raises is mapped by the same handlers)."""
+        return self._render_direct(request, self.websocket(request))
+
+    def _render_direct(self, request: IRequest, route) -> bytes | int:
+        """Run ``route`` (a route's coroutine) and answer with its bytes, or
+        with what the resource it returned renders (``NOT_DONE_YET`` for a
+        WebSocket upgrade: the protocol owns the connection then)."""
+        d = Deferred.fromCoroutine(route)
+        d.addCallback(_rendered, request)
         d.addErrback(self._route_failed, request)
-        done: list[bytes] = []
+        done: list[bytes | int] = []
         d.addCallback(done.append)
         if done:
             return done[0]
@@ -124,7 +142,7 @@ class DkApp:
             d.cancel()
 
         def answer(_) -> None:
-            if not gone:
+            if not gone and isinstance(done[0], bytes):
                 request.setHeader(b"Content-Length", b"%d" % len(done[0]))
                 request.write(done[0])
                 request.finish()
@@ -542,3 +560,10 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _rendered(result: Any, request: IRequest) -> bytes | int:
+    """A route's bytes, or what the resource it returned renders."""
+    if isinstance(result, bytes):
+        return result
+    return result.render(request)

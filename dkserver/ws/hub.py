@@ -299,18 +299,23 @@ class Hub:
         # (PostgreSQL) the query could overtake the commit.
         await self.writer.flush()
         messages = self.store.messages
-        for kind, fetch in (
-            ("d", messages.pending_direct),
-            ("b", messages.undelivered_broadcasts),
+        # The first page of each kind in one transaction (most backlogs are
+        # shorter than a page: one trip to the database thread per connect).
+        first = await messages.backlog_first_pages(user_id, BACKLOG_PAGE)
+        for kind, fetch, page in (
+            ("d", messages.pending_direct, first[0]),
+            ("b", messages.undelivered_broadcasts, first[1]),
         ):
             after = 0
             while True:
-                page = await fetch(user_id, BACKLOG_PAGE, after_id=after)
+                if page is None:
+                    page = await fetch(user_id, BACKLOG_PAGE, after_id=after)
                 for m in page:
                     yield m, (kind, m.id, user_id, m.received_ns)
                 if len(page) < BACKLOG_PAGE:
                     break
                 after = page[-1].id
+                page = None
 
 
 def stored_payload(m: StoredMessage) -> bytes:

@@ -26,13 +26,15 @@ from dkserver.auth.revocation import close_code
 from dkserver.peers import peer_host
 from dkserver.store import StoreUnavailable
 from dkserver.store.quota import PendingQuotaExceeded
-from dkserver.ws import frames, masking
+from dkserver.ws import frames, lazylog, masking
 from dkserver.ws.hub import Hub, stored_payload
 from dkserver.ws.outbox import Outbox
 
 # Client frames are unmasked with a cheaper masker than Autobahn's (see
 # dkserver.ws.masking): every connection of this process is ours.
 masking.install()
+# Autobahn's per-connection debug line, formatted only when written.
+lazylog.install()
 
 #: Close code for a reader too slow to keep up (its messages stay pending).
 CLOSE_TOO_SLOW = 4008

@@ -44,5 +44,11 @@ def test_bench_storm_smoke_reconnects_everyone_and_loses_nothing():
     assert storm["server_cpu_us_per_connect"] >= 0
     assert ceiling["server_cpu_us_per_connect"] >= 0
     assert "cpu_per_connect_of_ceiling" in run
+    # The login ceiling: the same client sequence (login, then connect).
+    login_ceiling = run["login_ceiling"]
+    assert login_ceiling["connected"] == users and login_ceiling["refused"] == 0
+    assert login_ceiling["ok"] and login_ceiling["server_cpu_us_per_connect"] >= 0
+    assert "cpu_per_connect_of_login_ceiling" in run
+    assert "cpu_per_connect_of_login_ceiling" in result["summary"]["this"]
     assert storm["server_vm_hwm_kib"] >= storm["server_rss_peak_kib"] > 0
     assert result["summary"]["this"]["lost"] == 0

@@ -135,6 +135,47 @@ async def test_broadcast_offered_to_others_until_recorded(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_backlog_first_pages_reads_both_kinds_in_one_transaction(store):
+    """A connect's first read: direct messages and broadcasts in one trip to
+    the database thread; broadcasts only once the direct ones fit a page."""
+    await register(store, "alice", "bob", "carol")
+    d1, d2, bid, _other = await store.messages.add_many(
+        [
+            msg("alice", "bob", "1"),
+            msg("carol", "bob", "2"),
+            msg("carol", "broadcast", "all"),
+            msg("bob", "alice", "3"),
+        ]
+    )
+    trips = []
+    pool = store.messages._pool
+    real = pool.runInteraction
+
+    def counted(func, *args, **kw):
+        trips.append(func.__name__)
+        return real(func, *args, **kw)
+
+    pool.runInteraction = counted
+    try:
+        direct, broadcasts = await store.messages.backlog_first_pages("bob", 10)
+        assert len(trips) == 1
+        assert [m.id for m in direct] == [d1, d2]
+        assert [m.id for m in broadcasts] == [bid]
+        # A full page of direct messages: their next page comes first.
+        direct, broadcasts = await store.messages.backlog_first_pages("bob", 2)
+        assert [m.id for m in direct] == [d1, d2] and broadcasts is None
+        direct, broadcasts = await store.messages.backlog_first_pages("carol", 10)
+        assert direct == [] and broadcasts == []  # carol's own broadcast
+    finally:
+        pool.runInteraction = real
+    await store.messages.record_broadcast_deliveries([(bid, "bob")])
+    assert await store.messages.backlog_first_pages("bob", 10) == (
+        await store.messages.pending_direct("bob"),
+        [],
+    )
+
+
+@pytest_twisted.ensureDeferred
 async def test_broadcasts_before_registration_are_not_offered(store):
     await register(store, "alice")
     _old, at_reg, later = await store.messages.add_many(

@@ -321,3 +321,86 @@ def test_issue_signs_with_the_current_secret_after_a_rotation(clock):
     jwt.decode(token, new, algorithms=["HS256"], options={"verify_exp": False})
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False})
+
+
+# -- this server's own tokens, verified without pyjwt --------------------------
+
+
+def _own_token(claims: dict, secret: bytes = SECRET) -> str:
+    """A token in exactly this server's header, signed with ``secret``."""
+    head = TokenIssuer(secret, Clock())._head.decode("ascii")
+    payload = b64url(json.dumps(claims, separators=(",", ":")).encode())
+    mac = hmac.digest(secret, f"{head}.{payload}".encode(), "sha256")
+    return f"{head}.{payload}.{b64url(mac)}"
+
+
+def _slow(issuer: TokenIssuer, token: str) -> object:
+    """What the pyjwt path answers for ``token``: claims or the error reason."""
+    issuer._own_heads = {}
+    try:
+        return issuer.verify_claims(token)
+    except InvalidToken as e:
+        return e.reason
+
+
+def _fast(issuer: TokenIssuer, token: str) -> object:
+    try:
+        return issuer.verify_claims(token)
+    except InvalidToken as e:
+        return e.reason
+
+
+def test_own_tokens_are_verified_without_pyjwt(issuer, monkeypatch) -> None:
+    token = issuer.issue("alice")
+    monkeypatch.setattr(jwt, "decode", None)
+    monkeypatch.setattr(jwt, "get_unverified_header", None)
+    claims = issuer.verify_claims(token)
+    assert claims.user_id == "alice" and claims.iat == math.floor(START * 1000) / 1000
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        valid_claims(iss="dkserver", jti="j", iat=START),
+        valid_claims(iss="dkserver", aud="elsewhere"),  # pyjwt: invalid audience
+        valid_claims(iss="dkserver", sub=5),  # pyjwt: sub must be a string
+        valid_claims(iss="dkserver", jti=5),  # pyjwt: jti must be a string
+        valid_claims(iss="other"),
+        valid_claims(iss="dkserver", exp="soon"),
+        valid_claims(iss="dkserver", exp=int(START) - 1),
+        valid_claims(iss="dkserver", nbf=START + 60),
+        valid_claims(iss="dkserver", user_id=""),
+        {"iss": "dkserver", "user_id": "alice"},
+    ],
+)
+def test_own_header_answers_as_pyjwt_does(clock, claims) -> None:
+    token = _own_token(claims)
+    fast = _fast(TokenIssuer(SECRET, clock), token)
+    assert fast == _slow(TokenIssuer(SECRET, clock), token)
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-2] + ("AA" if t[-2:] != "AA" else "BB"),  # signature
+        lambda t: t + ".",
+        lambda t: t.rsplit(".", 1)[0],
+        lambda t: t.replace(".", ".e30.", 1),  # another payload
+        lambda t: t[:-1] + "é",
+    ],
+)
+def test_a_mangled_own_token_gets_pyjwts_answer(clock, mangle) -> None:
+    token = mangle(TokenIssuer(SECRET, clock).issue("alice"))
+    fast = _fast(TokenIssuer(SECRET, clock), token)
+    assert fast == _slow(TokenIssuer(SECRET, clock), token)
+    assert isinstance(fast, str)  # refused
+
+
+def test_own_header_of_a_retired_key_is_refused(clock) -> None:
+    old = TokenIssuer(b"o" * 32, clock).issue("alice")
+    ring = KeyRing(SECRET, previous=[(b"o" * 32, START + 10)])
+    issuer = TokenIssuer(ring, clock)
+    assert issuer.verify(old) == "alice"
+    clock.advance(11)
+    with pytest.raises(InvalidToken, match="key is not known"):
+        issuer.verify(old)

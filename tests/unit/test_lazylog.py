@@ -12,6 +12,7 @@ import dkserver.ws.protocol  # noqa: F401  (installs the lazy pformat)
 from dkserver.config import Config
 from dkserver.ws.factory import websocket_options
 from dkserver.ws.lazylog import lazy_pformat
+from tests.unit.conftest import opened
 from tests.unit.test_library_internals import AUTOBAHN
 
 
@@ -26,7 +27,7 @@ def test_a_new_connection_pretty_prints_nothing(monkeypatch):
     factory = WebSocketServerFactory()
     factory.protocol = WebSocketServerProtocol
     factory.setProtocolOptions(**websocket_options(Config()))
-    proto = factory.buildProtocol(None)
+    proto = opened(factory.buildProtocol(None))
     proto.makeConnection(StringTransport())
     assert not calls, (
         f"{AUTOBAHN}: _connectionMade pretty-prints its options again "

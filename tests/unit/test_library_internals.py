@@ -26,6 +26,7 @@ from twisted.web import http, server
 
 from dkserver.config import Config
 from dkserver.ws.factory import websocket_options
+from tests.unit.conftest import opened
 
 AUTOBAHN = f"autobahn {importlib.metadata.version('autobahn')}"
 TWISTED = f"Twisted {importlib.metadata.version('Twisted')}"
@@ -181,7 +182,7 @@ def _open_connection() -> tuple[_Recording, StringTransport]:
     factory = WebSocketServerFactory()
     factory.protocol = _Recording
     factory.setProtocolOptions(**websocket_options(Config()))
-    proto = factory.buildProtocol(None)
+    proto = opened(factory.buildProtocol(None))
     transport = StringTransport()
     proto.makeConnection(transport)
     proto._dataReceived(_handshake())

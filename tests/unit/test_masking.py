@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 
 from dkserver.ws import masking
 from dkserver.ws.protocol import DkServerProtocol
+from tests.unit.conftest import opened
 
 
 def reference_unmask(mask: bytes, data: bytes) -> bytes:
@@ -70,7 +71,7 @@ def _masked_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
 
 def _open_recorder() -> _Recorder:
     factory = WebSocketServerFactory()
-    proto = _Recorder()
+    proto = opened(_Recorder())
     proto.factory = factory
     proto.got, proto.pongs = [], []
     proto.makeConnection(StringTransport())

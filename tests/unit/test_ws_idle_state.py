@@ -11,6 +11,7 @@ from twisted.internet.testing import StringTransport
 from dkserver.config import Config
 from dkserver.ws.factory import websocket_options
 from dkserver.ws.protocol import DkServerProtocol
+from tests.unit.conftest import opened
 from tests.unit.test_library_internals import AUTOBAHN, _handshake
 
 _MISSING = object()
@@ -31,7 +32,7 @@ def _open() -> _Compacting:
     factory = WebSocketServerFactory()
     factory.protocol = _Compacting
     factory.setProtocolOptions(**websocket_options(Config()))
-    proto = factory.buildProtocol(None)
+    proto = opened(factory.buildProtocol(None))
     proto.makeConnection(StringTransport())
     proto._dataReceived(_handshake())
     assert proto.state == proto.STATE_OPEN

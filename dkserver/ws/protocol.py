@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from dkserver import tls_bio
 from dkserver.auth.revocation import close_code
 from dkserver.peers import peer_host
 from dkserver.store import StoreUnavailable
@@ -159,6 +160,10 @@ class DkServerProtocol(WebSocketServerProtocol):
         self.http_headers = {}
         self.http_request_params = {}
         self._compact()
+        # The 101 response into TLS now, then TLS's memory BIOs, grown by the
+        # handshake, swapped for empty ones (~1.6 KiB).
+        self._flush_transport()
+        tls_bio.release_buffers(self.transport)
         self.hub.bus.add(self)
         self.hub.writer.start_session(self.session_id, self.user_id, self.hub.time_ns())
         self.dklog.info(

@@ -24,8 +24,7 @@ class _Compacting(DkServerProtocol):
 
     def onOpen(self) -> None:
         # Only the compaction of DkServerProtocol.onOpen: no hub here.
-        self.http_request_data = self.http_response_data = None
-        self._wskey = self.http_status_line = None
+        self._release_handshake()
         self.before = dict(self.__dict__)
         assert isinstance(self.before.get("send_queue"), deque), (
             f"{AUTOBAHN}: no send_queue deque after the handshake"
@@ -46,7 +45,7 @@ def _open() -> _Compacting:
 
 def test_autobahn_sets_every_idle_default_on_the_instance():
     proto = _open()
-    ours = {"_backlog_done", "_gone"}
+    ours = {"_backlog_done", "_gone", "_backlog_ids"}
     for name, default in DkServerProtocol._IDLE_DEFAULTS.items():
         if name in ours:
             continue
@@ -123,3 +122,11 @@ def test_a_close_while_writes_are_queued_drops_them(monkeypatch):
         clock.advance(1)
     assert proto.transport.value()[start:] == b"ab"
     assert not proto.send_queue
+
+
+def test_the_released_handshake_fields_read_as_empty():
+    proto = _open()
+    assert proto.http_headers.get("origin") is None
+    assert dict(proto.http_request_params) == {}
+    assert proto.http_request_uri is None
+    assert list(proto.websocket_extensions_in_use) == []

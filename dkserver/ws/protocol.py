@@ -14,6 +14,8 @@ from __future__ import annotations
 import heapq
 import uuid
 from collections import deque
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -22,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from dkserver import tls_bio
 from dkserver.auth.revocation import close_code
 from dkserver.peers import peer_host
 from dkserver.store import StoreUnavailable
@@ -54,6 +57,10 @@ _ONE_RECORD = 2**14
 #: still be in transit.
 RECENT_LIMIT = 256
 RECENT_WINDOW = 15.0
+#: An idle connection's (read-only) headers and query parameters.
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
+#: An idle connection's backlog ids (a set only while a backlog is sent).
+_NO_IDS: frozenset[int] = frozenset()
 
 
 class DkServerProtocol(WebSocketServerProtocol):
@@ -77,8 +84,9 @@ class DkServerProtocol(WebSocketServerProtocol):
     _recent_expiry: Any = None
 
     #: Autobahn's _connectionMade gives each connection ~30 attributes whose
-    #: value is None or False until the connection does something; onOpen
-    #: drops those still equal to these class-level defaults (_compact).
+    #: value is None or False until the connection does something, and the
+    #: handshake ~15 more; onOpen and the end of the backlog drop those still
+    #: equal to these class-level defaults (_compact).
     _IDLE_DEFAULTS = {
         "_perMessageCompress": None,
         "trackedTimings": None,
@@ -112,19 +120,65 @@ class DkServerProtocol(WebSocketServerProtocol):
         "inside_message": False,
         "_backlog_done": False,
         "_gone": False,
+        # The handshake's request fields and negotiation (_release_handshake),
+        # and per-connection state at its resting value.
+        "http_request_uri": None,
+        "http_request_path": None,
+        "http_request_host": None,
+        "http_headers": _NO_FIELDS,
+        "http_request_params": _NO_FIELDS,
+        "websocket_protocols": (),
+        "websocket_extensions": (),
+        "websocket_extensions_in_use": (),
+        "websocket_origin": "",
+        "websocket_version": 13,
+        "send_state": WebSocketServerProtocol.SEND_STATE_GROUND,
+        "data": b"",
+        "autoPingPendingSeq": 0,
+        "_backlog_ids": _NO_IDS,
     }
+
+    #: Autobahn's queue of chopped or synced writes (see sendData).  Only
+    #: those two kinds ever enter it, and dkserver sends neither, so an idle
+    #: connection reads this empty class-level tuple instead of holding an
+    #: empty deque of its own (~760 B); sendData creates the deque if needed.
+    send_queue: deque | tuple = ()
 
     def _compact(self) -> None:
         """Rebuild the instance dict without the attributes that equal their
         class-level default: a dict does not shrink when entries go, and
-        fewer than ~43 entries halve its table (~0.8 KiB per connection)."""
+        fewer than ~43 entries halve its table (~0.8 KiB per connection).
+        Autobahn's empty send_queue goes too (the class-level one replaces it)."""
         defaults = self._IDLE_DEFAULTS
         missing = object()
         self.__dict__ = {
             name: value
             for name, value in self.__dict__.items()
             if defaults.get(name, missing) is not value
+            and not (name == "send_queue" and not value)
         }
+
+    def sendData(
+        self, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
+        # Autobahn appends to send_queue only here: for a chopped or synced
+        # write, or behind one still queued (then the deque exists already).
+        if (sync or chopsize) and "send_queue" not in self.__dict__:
+            self.send_queue = deque()
+        super().sendData(data, sync, chopsize)
+
+    def _release_handshake(self) -> None:
+        """Autobahn keeps the handshake's raw request, response and headers
+        (for its test suite), its key, request line and fields (the URI holds
+        the token); an open connection reads none of them (~6 KiB)."""
+        self.http_request_data = self.http_response_data = None
+        self._wskey = self.http_status_line = None
+        self.http_request_uri = self.http_request_path = None
+        self.http_request_host = None
+        self.http_headers = self.http_request_params = _NO_FIELDS
+        self.websocket_protocols = self.websocket_extensions = ()
+        if not self.websocket_extensions_in_use:
+            self.websocket_extensions_in_use = ()
 
     def onConnect(self, request):
         # Token and Origin were checked before the upgrade (dkserver.ws.upgrade).
@@ -134,7 +188,6 @@ class DkServerProtocol(WebSocketServerProtocol):
         self.hub = self.factory.hub
         self.session_id = uuid.uuid4().hex
         self._held: list[tuple[Any, Any]] = []
-        self._backlog_ids: set[int] = set()
         self._backlog_done = False
         self._gone = False
         self.outbox = Outbox(
@@ -153,14 +206,18 @@ class DkServerProtocol(WebSocketServerProtocol):
         # done with this connection, and dropping it frees its buffers.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self.outbox, True)
-        # Autobahn keeps the handshake's raw request, response and headers (for
-        # its test suite); an idle connection does not need them (~5 KiB), nor
-        # the handshake's key and request line.
-        self.http_request_data = self.http_response_data = None
-        self._wskey = self.http_status_line = None
-        self.http_headers = {}
-        self.http_request_params = {}
+        self._release_handshake()
         self._compact()
+        # The TLS and TCP transports' instance dicts are sized for more
+        # attributes than they hold (13 and 17 in a table for 42): rebuilt,
+        # each takes the next smaller table (~370 B each).
+        for layer in (self.transport, getattr(self.transport, "transport", None)):
+            if getattr(layer, "__dict__", None) is not None:
+                layer.__dict__ = dict(layer.__dict__)
+        # The 101 response into TLS now, then TLS's memory BIOs, grown by the
+        # handshake, swapped for empty ones (~1.6 KiB).
+        self._flush_transport()
+        tls_bio.release_buffers(self.transport)
         self.hub.bus.add(self)
         self.hub.writer.start_session(self.session_id, self.user_id, self.hub.time_ns())
         self.dklog.info(
@@ -305,6 +362,7 @@ class DkServerProtocol(WebSocketServerProtocol):
             if self._gone:
                 return
         sent = 0
+        self._backlog_ids = set()
         async for message, ack in self.hub.backlog_pages(self.user_id):
             if self._gone:
                 return
@@ -324,9 +382,10 @@ class DkServerProtocol(WebSocketServerProtocol):
             if ack is not None and ack[1] in self._backlog_ids:
                 continue  # already sent from the backlog
             self.outbox.send(prepared, ack)
-        sent_ids, self._backlog_ids = self._backlog_ids, set()
+        sent_ids, self._backlog_ids = self._backlog_ids, _NO_IDS
         if sent_ids:
             self._remember_recent(sent_ids)
+        self._compact()  # idle from here on, most connections
         if sent:
             self.dklog.info(
                 "sent {count} stored messages to {user_id}",

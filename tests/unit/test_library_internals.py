@@ -351,3 +351,19 @@ def test_autobahn_still_unmasks_client_frames_through_create_xor_masker():
     assert "current_frame_masker.pointer()" in source, AUTOBAHN
     assert "current_frame_masker.process(" in source, AUTOBAHN
     assert hasattr(ab_protocol, "create_xor_masker"), AUTOBAHN
+
+
+def test_autobahn_appends_to_send_queue_only_in_senddata():
+    """DkServerProtocol.sendData creates the deque for those appends; an
+    append anywhere else would hit the class-level empty tuple."""
+    module = inspect.getsource(ab_protocol)
+    in_send_data = inspect.getsource(ab_protocol.WebSocketProtocol.sendData)
+    uses = ("send_queue.append", "send_queue.extend", "send_queue.appendleft")
+    for use in uses:
+        assert module.count(use) == in_send_data.count(use), (
+            f"{AUTOBAHN}: {use} outside WebSocketProtocol.sendData "
+            "(DkServerProtocol.send_queue is an empty tuple until sendData)"
+        )
+    assert "send_queue = " not in module.replace("self.send_queue = deque()", ""), (
+        f"{AUTOBAHN}: send_queue is assigned somewhere new"
+    )

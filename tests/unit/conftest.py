@@ -1,30 +1,13 @@
-"""Unit tests that drive Autobahn protocols over a StringTransport close them
-afterwards (`opened`).
-
-An open one leaves Autobahn's timers (the open-handshake timeout, the
-auto-ping) on the global reactor.  They fire in whichever later test runs the
-reactor and drop the connection, which a StringTransport without a producer
-refuses: a logged error in an unrelated test (tests/hostile fails on any)."""
+"""Close what unit tests opened over a StringTransport (tests.support.opened)."""
 
 from __future__ import annotations
 
 import pytest
-from twisted.internet.error import ConnectionDone
-from twisted.python.failure import Failure
 
-_opened: list = []
-
-
-def opened(proto):
-    """``proto``, to be closed (``connectionLost``) when the test ends."""
-    _opened.append(proto)
-    return proto
+from tests.support.opened import close_opened
 
 
 @pytest.fixture(autouse=True)
 def close_opened_protocols():
     yield
-    while _opened:
-        proto = _opened.pop()
-        if proto.state != proto.STATE_CLOSED:
-            proto.connectionLost(Failure(ConnectionDone()))
+    close_opened()

@@ -12,7 +12,7 @@ import dkserver.ws.protocol  # noqa: F401  (installs the lazy pformat)
 from dkserver.config import Config
 from dkserver.ws.factory import websocket_options
 from dkserver.ws.lazylog import lazy_pformat
-from tests.unit.conftest import opened
+from tests.support.opened import opened
 from tests.unit.test_library_internals import AUTOBAHN
 
 

@@ -26,7 +26,7 @@ from twisted.web import http, server
 
 from dkserver.config import Config
 from dkserver.ws.factory import websocket_options
-from tests.unit.conftest import opened
+from tests.support.opened import opened
 
 AUTOBAHN = f"autobahn {importlib.metadata.version('autobahn')}"
 TWISTED = f"Twisted {importlib.metadata.version('Twisted')}"

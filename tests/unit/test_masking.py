@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 
 from dkserver.ws import masking
 from dkserver.ws.protocol import DkServerProtocol
-from tests.unit.conftest import opened
+from tests.support.opened import opened
 
 
 def reference_unmask(mask: bytes, data: bytes) -> bytes:

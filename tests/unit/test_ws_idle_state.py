@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from dkserver.config import Config
 from dkserver.ws.factory import websocket_options
 from dkserver.ws.protocol import DkServerProtocol
-from tests.unit.conftest import opened
+from tests.support.opened import opened
 from tests.unit.test_library_internals import AUTOBAHN, _handshake
 
 _MISSING = object()

@@ -22,14 +22,13 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import Disconnected
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from dkserver import tls_bio
 from dkserver.auth.revocation import close_code
 from dkserver.peers import peer_host
 from dkserver.store import StoreUnavailable
 from dkserver.store.quota import PendingQuotaExceeded
-from dkserver.ws import frames, lazylog, masking
+from dkserver.ws import frames, lazylog, masking, sendnow
 from dkserver.ws.hub import Hub, stored_payload
 from dkserver.ws.outbox import Outbox
 
@@ -289,13 +288,14 @@ class DkServerProtocol(WebSocketServerProtocol):
         return True
 
     def _write_record(self, data: bytes) -> None:
-        """``data`` as one TLS record now, after what the transport holds."""
+        """``data`` as one TLS record now, after what the transport holds;
+        straight to the socket when it holds nothing (dkserver.ws.sendnow)."""
         transport = self.transport
         if getattr(transport, "_aggregator", None) is None:
             transport.write(data)
             return
         transport._aggregator.flush()
-        TLSMemoryBIOProtocol.write(transport, data)
+        sendnow.write_now(transport, data)
 
     def _send_now(self) -> None:
         """Hand what the TCP transport holds to the kernel now rather than

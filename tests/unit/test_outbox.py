@@ -205,6 +205,49 @@ def test_answered_proof_ping_cancels_its_deadline():
     assert wire.overflows == 0 and wire.confirmed == [[1]]
 
 
+def test_one_reactor_call_watches_all_proof_deadlines():
+    """A proof per broadcast recipient must not cost a DelayedCall each."""
+    clock, wire, box = make(limit=10, proof_burst=10)
+    for i in range(5):
+        box.send(f"m{i}", ack=i)
+        clock.advance(0)
+    assert len(wire.pings) == 5
+    assert len(clock.getDelayedCalls()) == 1
+    for ping in wire.pings:
+        box.on_pong(ping)
+    assert len(clock.getDelayedCalls()) == 1  # a pong leaves it alone
+    clock.advance(60)
+    assert clock.getDelayedCalls() == [] and wire.overflows == 0
+
+
+def test_a_later_proof_keeps_its_own_deadline_after_an_earlier_pong():
+    clock, wire, box = make(limit=10, proof_timeout=60.0)
+    box.send("a", ack=1)
+    clock.advance(0)
+    clock.advance(10)
+    box.on_pong(wire.pings[0])
+    clock.advance(20)  # t=30
+    box.send("b", ack=2)
+    clock.advance(0)
+    assert len(wire.pings) == 2
+    clock.advance(59)  # t=89: the first deadline (t=60) passed, not b's
+    assert wire.overflows == 0
+    clock.advance(2)
+    assert wire.overflows == 1
+    assert wire.confirmed == [[1]]
+
+
+def test_a_stopped_outbox_has_no_deadline():
+    clock, wire, box = make(limit=10, proof_timeout=60.0)
+    box.send("a", ack=1)
+    clock.advance(0)
+    box.stop()
+    clock.advance(120)
+    assert wire.overflows == 0
+    box.on_pong(wire.pings[0])  # a late pong still confirms
+    assert wire.confirmed == [[1]]
+
+
 def test_unconfirmed_frames_are_bounded():
     from dkserver.ws.outbox import UNCONFIRMED_FACTOR
 

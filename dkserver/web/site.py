@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping
 from urllib.parse import unquote_to_bytes
 
 from klein.resource import KleinResource
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 
+from dkserver.web.deadlines import ArrivalDeadlines
 from dkserver.web.responses import error_body
 
 SECURITY_HEADERS = (
@@ -37,7 +37,8 @@ class DkRequest(server.Request):
 
     log = Logger()
     _refused = False
-    _deadline: IDelayedCall | None = None
+    #: The site's arrival deadlines, while this request is arriving.
+    _deadlines: ArrivalDeadlines | None = None
     _received = 0
     #: The site's set of requests being processed, while this one is.
     _in_flight: set | None = None
@@ -46,21 +47,23 @@ class DkRequest(server.Request):
         super().__init__(channel, *args, **kwargs)
         site = getattr(channel, "site", None)
         self._max_body: int = getattr(site, "max_body", 1024 * 1024)
-        deadline = getattr(site, "request_deadline", None)
-        if deadline:
-            self._deadline = channel.callLater(deadline, self._too_slow)
+        deadlines = getattr(site, "deadlines", None)
+        if deadlines is not None:
+            self._deadlines = deadlines
+            deadlines.start(self)
 
-    def _too_slow(self) -> None:
-        self._deadline = None
+    def too_slow(self) -> None:
+        """The request did not arrive by its deadline (`ArrivalDeadlines`)."""
+        self._deadlines = None
         self.log.info(
             "request from {peer} too slow; closing", peer=self.getClientAddress()
         )
         self._refuse(408, b"Request Timeout", "Request took too long to arrive")
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        if self._deadlines is not None:
+            self._deadlines.arrived(self)
+            self._deadlines = None
 
     def _refuse(self, code: int, phrase: bytes, message: str) -> None:
         """Answer before the body is read, then close: the rest is never parsed."""
@@ -169,7 +172,10 @@ class Utf8Urls(Resource):
         try:
             if route is None:
                 unquote_to_bytes(request.path).decode("utf-8")
-            request.getRequestHostname().decode("utf-8")
+            host = request.getHeader(b"host")
+            # ASCII is UTF-8, and so is the address used without a Host.
+            if host is not None and not host.isascii():
+                request.getRequestHostname().decode("utf-8")
         except UnicodeDecodeError:
             request.setResponseCode(400)
             request.setHeader(b"Content-Type", b"application/json")
@@ -207,8 +213,19 @@ class DkSite(server.Site):
         )
         self.max_body = max_body
         self.request_deadline = request_deadline
+        #: Requests still arriving, on one timer (None: no deadline).
+        self.deadlines = (
+            ArrivalDeadlines(self.reactor, request_deadline)
+            if request_deadline
+            else None
+        )
         #: Requests being processed, so shutdown can let them finish.
         self.in_flight: set[DkRequest] = set()
+
+    def stopFactory(self) -> None:
+        super().stopFactory()
+        if self.deadlines is not None:
+            self.deadlines.idle()
 
     async def drain(self, clock, grace: float) -> int:
         """Wait up to ``grace`` seconds for in-flight requests; return leftovers."""

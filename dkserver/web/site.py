@@ -14,10 +14,12 @@ from urllib.parse import unquote_to_bytes
 from klein.resource import KleinResource
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 
 from dkserver.web.deadlines import ArrivalDeadlines
+from dkserver.web.headers import HttpDate, canonical, set_headers
 from dkserver.web.responses import error_body
 
 SECURITY_HEADERS = (
@@ -27,6 +29,10 @@ SECURITY_HEADERS = (
     (b"X-Frame-Options", b"DENY"),
 )
 
+
+_SECURITY_HEADERS = canonical(SECURITY_HEADERS)
+((_SERVER, _), (_DATE, _)) = canonical(((b"Server", b""), (b"Date", b"")))
+_date = HttpDate()
 
 #: Seconds a refused request's connection may linger to deliver the answer.
 REFUSED_LINGER = 1.0
@@ -107,14 +113,41 @@ class DkRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def process(self) -> None:
-        for name, value in SECURITY_HEADERS:
-            self.responseHeaders.setRawHeaders(name, [value])
-        in_flight = getattr(self.channel.site, "in_flight", None)
+        set_headers(self.responseHeaders, _SECURITY_HEADERS)
+        site = self.channel.site
+        in_flight = getattr(site, "in_flight", None)
         if in_flight is not None:
             # Left in finish() or connectionLost(): no Deferred per request.
             self._in_flight = in_flight
             in_flight.add(self)
-        super().process()
+        direct = getattr(site, "direct", None)
+        route = direct.get((self.method, self.path)) if direct else None
+        if route is None:
+            super().process()
+        else:
+            self._process_direct(site, route)
+
+    def _process_direct(self, site: server.Site, route: Callable) -> None:
+        """What ``server.Request.process`` and ``render`` do, for a route
+        that renders the request itself (`Utf8Urls.direct`): no resource
+        traversal, no encoder lookup, ``Date`` formatted once a second."""
+        self.site = site
+        set_headers(self.responseHeaders, ((_SERVER, server.version), (_DATE, _date())))
+        self.prepath = []
+        self.sitepath = []
+        self.postpath = self.path[1:].split(b"/")
+        try:
+            if utf8_host(self):
+                body = route(self)
+            else:
+                body = _not_utf8(self)
+            if body is server.NOT_DONE_YET:
+                return
+            self.setHeader(b"Content-Length", b"%d" % len(body))
+            self.write(body)
+            self.finish()
+        except BaseException:
+            self.processingFailed(Failure())
 
     def _untrack(self) -> None:
         if self._in_flight is not None:
@@ -145,6 +178,25 @@ class DkRequest(server.Request):
         self._untrack()
 
 
+def utf8_host(request) -> bool:
+    """Whether the request's host name is UTF-8."""
+    host = request.getHeader(b"host")
+    # ASCII is UTF-8, and so is the address used without a Host.
+    if host is None or host.isascii():
+        return True
+    try:
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _not_utf8(request) -> bytes:
+    request.setResponseCode(400)
+    request.setHeader(b"Content-Type", b"application/json")
+    return error_body("The URL path and Host must be UTF-8")
+
+
 class Utf8Urls(Resource):
     """Refuse a URL path or Host that is not UTF-8 with the JSON error.
 
@@ -172,14 +224,10 @@ class Utf8Urls(Resource):
         try:
             if route is None:
                 unquote_to_bytes(request.path).decode("utf-8")
-            host = request.getHeader(b"host")
-            # ASCII is UTF-8, and so is the address used without a Host.
-            if host is not None and not host.isascii():
-                request.getRequestHostname().decode("utf-8")
         except UnicodeDecodeError:
-            request.setResponseCode(400)
-            request.setHeader(b"Content-Type", b"application/json")
-            return error_body("The URL path and Host must be UTF-8")
+            return _not_utf8(request)
+        if not utf8_host(request):
+            return _not_utf8(request)
         if route is not None:
             return route(request)
         return self.wrapped.render(request)
@@ -211,6 +259,9 @@ class DkSite(server.Site):
             reactor=reactor,
             parsePOSTFormSubmission=False,
         )
+        #: ``(method, path)`` -> a route answering without traversal
+        #: (`DkRequest._process_direct`).
+        self.direct = getattr(resource, "direct", None)
         self.max_body = max_body
         self.request_deadline = request_deadline
         #: Requests still arriving, on one timer (None: no deadline).

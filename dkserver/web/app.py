@@ -11,7 +11,7 @@ import ipaddress
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -27,6 +27,7 @@ from dkserver.ratelimit import BucketRegistry, settled
 from dkserver.store import Store, StoreUnavailable, TooManyApis
 from dkserver.store.accounts import DELETED
 from dkserver.web import documents, trackers
+from dkserver.web.eager import Waiting, first_step
 from dkserver.web.files import OperatorFiles
 from dkserver.web.pages import ClientDownload, Pages
 from dkserver.web.presence import ActiveUsers
@@ -110,9 +111,10 @@ class DkApp:
         Both steps of every login come here, so they skip Klein's per-request
         work (werkzeug's URL matching, four Deferreds and the error-handler
         chain): the route runs as one coroutine, and when nothing in it had
-        to wait (limits, challenges and the user are in memory) its answer
-        goes back at once with a ``Content-Length``.  Errors are mapped by
-        the same handlers as Klein's routes.
+        to wait (limits, challenges and the user are in memory) it needs no
+        Deferred (`first_step`) and its answer goes back at once with a
+        ``Content-Length``.  Errors are mapped by the same handlers as
+        Klein's routes.
         """
         return self._render_direct(request, self.login(request))
 
@@ -126,15 +128,20 @@ class DkApp:
     def _render_direct(self, request: IRequest, route) -> bytes | int:
         """Run ``route`` (a route's coroutine) and answer with its bytes, or
         with what the resource it returned renders (``NOT_DONE_YET`` for a
-        WebSocket upgrade: the protocol owns the connection then)."""
-        d = Deferred.fromCoroutine(route)
+        WebSocket upgrade: the protocol owns the connection then).  A route
+        that never waits needs no Deferred (`first_step`)."""
+        try:
+            step = first_step(route)
+            if not isinstance(step, Waiting):
+                return _rendered(step, request)
+        except Exception:
+            return self._route_failed(Failure(), request)
+        # Waiting on a shared limit or a database read: answer when it does.
+        d = step.deferred
         d.addCallback(_rendered, request)
         d.addErrback(self._route_failed, request)
         done: list[bytes | int] = []
         d.addCallback(done.append)
-        if done:
-            return done[0]
-        # Waiting on a shared limit or a database read: answer when it does.
         gone: list[bool] = []
 
         def lost(_) -> None:

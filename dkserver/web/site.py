@@ -12,12 +12,14 @@ from collections.abc import Callable, Mapping
 from urllib.parse import unquote_to_bytes
 
 from klein.resource import KleinResource
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 
+from dkserver.web.deadlines import ArrivalDeadlines
+from dkserver.web.headers import HttpDate, canonical, set_headers
 from dkserver.web.responses import error_body
 
 SECURITY_HEADERS = (
@@ -28,6 +30,10 @@ SECURITY_HEADERS = (
 )
 
 
+_SECURITY_HEADERS = canonical(SECURITY_HEADERS)
+((_SERVER, _), (_DATE, _)) = canonical(((b"Server", b""), (b"Date", b"")))
+_date = HttpDate()
+
 #: Seconds a refused request's connection may linger to deliver the answer.
 REFUSED_LINGER = 1.0
 
@@ -37,7 +43,8 @@ class DkRequest(server.Request):
 
     log = Logger()
     _refused = False
-    _deadline: IDelayedCall | None = None
+    #: The site's arrival deadlines, while this request is arriving.
+    _deadlines: ArrivalDeadlines | None = None
     _received = 0
     #: The site's set of requests being processed, while this one is.
     _in_flight: set | None = None
@@ -46,21 +53,23 @@ class DkRequest(server.Request):
         super().__init__(channel, *args, **kwargs)
         site = getattr(channel, "site", None)
         self._max_body: int = getattr(site, "max_body", 1024 * 1024)
-        deadline = getattr(site, "request_deadline", None)
-        if deadline:
-            self._deadline = channel.callLater(deadline, self._too_slow)
+        deadlines = getattr(site, "deadlines", None)
+        if deadlines is not None:
+            self._deadlines = deadlines
+            deadlines.start(self)
 
-    def _too_slow(self) -> None:
-        self._deadline = None
+    def too_slow(self) -> None:
+        """The request did not arrive by its deadline (`ArrivalDeadlines`)."""
+        self._deadlines = None
         self.log.info(
             "request from {peer} too slow; closing", peer=self.getClientAddress()
         )
         self._refuse(408, b"Request Timeout", "Request took too long to arrive")
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
+        if self._deadlines is not None:
+            self._deadlines.arrived(self)
+            self._deadlines = None
 
     def _refuse(self, code: int, phrase: bytes, message: str) -> None:
         """Answer before the body is read, then close: the rest is never parsed."""
@@ -104,14 +113,41 @@ class DkRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def process(self) -> None:
-        for name, value in SECURITY_HEADERS:
-            self.responseHeaders.setRawHeaders(name, [value])
-        in_flight = getattr(self.channel.site, "in_flight", None)
+        set_headers(self.responseHeaders, _SECURITY_HEADERS)
+        site = self.channel.site
+        in_flight = getattr(site, "in_flight", None)
         if in_flight is not None:
             # Left in finish() or connectionLost(): no Deferred per request.
             self._in_flight = in_flight
             in_flight.add(self)
-        super().process()
+        direct = getattr(site, "direct", None)
+        route = direct.get((self.method, self.path)) if direct else None
+        if route is None:
+            super().process()
+        else:
+            self._process_direct(site, route)
+
+    def _process_direct(self, site: server.Site, route: Callable) -> None:
+        """What ``server.Request.process`` and ``render`` do, for a route
+        that renders the request itself (`Utf8Urls.direct`): no resource
+        traversal, no encoder lookup, ``Date`` formatted once a second."""
+        self.site = site
+        set_headers(self.responseHeaders, ((_SERVER, server.version), (_DATE, _date())))
+        self.prepath = []
+        self.sitepath = []
+        self.postpath = self.path[1:].split(b"/")
+        try:
+            if utf8_host(self):
+                body = route(self)
+            else:
+                body = _not_utf8(self)
+            if body is server.NOT_DONE_YET:
+                return
+            self.setHeader(b"Content-Length", b"%d" % len(body))
+            self.write(body)
+            self.finish()
+        except BaseException:
+            self.processingFailed(Failure())
 
     def _untrack(self) -> None:
         if self._in_flight is not None:
@@ -142,6 +178,25 @@ class DkRequest(server.Request):
         self._untrack()
 
 
+def utf8_host(request) -> bool:
+    """Whether the request's host name is UTF-8."""
+    host = request.getHeader(b"host")
+    # ASCII is UTF-8, and so is the address used without a Host.
+    if host is None or host.isascii():
+        return True
+    try:
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _not_utf8(request) -> bytes:
+    request.setResponseCode(400)
+    request.setHeader(b"Content-Type", b"application/json")
+    return error_body("The URL path and Host must be UTF-8")
+
+
 class Utf8Urls(Resource):
     """Refuse a URL path or Host that is not UTF-8 with the JSON error.
 
@@ -169,11 +224,10 @@ class Utf8Urls(Resource):
         try:
             if route is None:
                 unquote_to_bytes(request.path).decode("utf-8")
-            request.getRequestHostname().decode("utf-8")
         except UnicodeDecodeError:
-            request.setResponseCode(400)
-            request.setHeader(b"Content-Type", b"application/json")
-            return error_body("The URL path and Host must be UTF-8")
+            return _not_utf8(request)
+        if not utf8_host(request):
+            return _not_utf8(request)
         if route is not None:
             return route(request)
         return self.wrapped.render(request)
@@ -205,10 +259,24 @@ class DkSite(server.Site):
             reactor=reactor,
             parsePOSTFormSubmission=False,
         )
+        #: ``(method, path)`` -> a route answering without traversal
+        #: (`DkRequest._process_direct`).
+        self.direct = getattr(resource, "direct", None)
         self.max_body = max_body
         self.request_deadline = request_deadline
+        #: Requests still arriving, on one timer (None: no deadline).
+        self.deadlines = (
+            ArrivalDeadlines(self.reactor, request_deadline)
+            if request_deadline
+            else None
+        )
         #: Requests being processed, so shutdown can let them finish.
         self.in_flight: set[DkRequest] = set()
+
+    def stopFactory(self) -> None:
+        super().stopFactory()
+        if self.deadlines is not None:
+            self.deadlines.idle()
 
     async def drain(self, clock, grace: float) -> int:
         """Wait up to ``grace`` seconds for in-flight requests; return leftovers."""

@@ -220,6 +220,9 @@ async def test_login_steps_answer_json_with_security_headers(server):
         assert headers.getRawHeaders(b"content-type") == [b"application/json"]
         assert headers.getRawHeaders(b"x-frame-options") == [b"DENY"]
         assert headers.getRawHeaders(b"strict-transport-security")
+        # What twisted.web's own process() would add, set by the direct path.
+        assert headers.getRawHeaders(b"server")[0].startswith(b"TwistedWeb/")
+        assert headers.getRawHeaders(b"date")[0].endswith(b" GMT")
     assert response.code == 401
     assert json.loads(content) == {"error": True, "message": "Invalid signature"}
 

@@ -18,24 +18,21 @@ from twisted.logger import (
     formatTime,
 )
 
+from dkserver.per_second import PerSecond
 
-class _SecondClock:
+
+class _SecondClock(PerSecond):
     """``formatTime`` of an event time, kept for the second it falls in."""
 
-    __slots__ = ("_second", "_text")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._second: int | None = None
-        self._text = "-"
+        super().__init__(formatTime)
 
     def __call__(self, when: float | None) -> str:
         if when is None:
             return formatTime(None)
-        second = int(when)
-        if second != self._second:
-            self._text = formatTime(second)
-            self._second = second
-        return self._text
+        return super().__call__(when)
 
 
 def text_observer(out: IO[str]) -> ILogObserver:

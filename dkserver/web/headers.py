@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
 
+from dkserver.per_second import PerSecond
+
 
 def canonical(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
     """``pairs`` as ``Headers`` itself stores them (checked, canonical case)."""
@@ -37,16 +39,11 @@ def set_headers(headers: Headers, pairs: tuple[tuple[bytes, bytes], ...]) -> Non
 class HttpDate:
     """The ``Date`` header's value, formatted once per second."""
 
-    __slots__ = ("_clock", "_second", "_value")
+    __slots__ = ("_clock", "_format")
 
     def __init__(self, clock=time.time) -> None:
         self._clock = clock
-        self._second = -1
-        self._value = b""
+        self._format = PerSecond(datetimeToString)
 
     def __call__(self) -> bytes:
-        second = int(self._clock())
-        if second != self._second:
-            self._value = datetimeToString(second)
-            self._second = second
-        return self._value
+        return self._format(self._clock())

@@ -204,8 +204,10 @@ class Utf8Urls(Resource):
     any of the app's error handlers run.
 
     ``direct`` maps ``(method, exact path)`` to a render function that
-    answers without the router (the login steps, see
-    :meth:`dkserver.web.app.DkApp.render_login`).
+    answers without the router (the login steps and ``GET /ws``, see
+    :meth:`dkserver.web.app.DkApp.render_login`); `DkSite` hands those to
+    `DkRequest._process_direct` before any traversal, so they never reach
+    this resource.
     """
 
     isLeaf = True
@@ -220,16 +222,12 @@ class Utf8Urls(Resource):
         self.direct = dict(direct or {})
 
     def render(self, request):
-        route = self.direct.get((request.method, request.path))
         try:
-            if route is None:
-                unquote_to_bytes(request.path).decode("utf-8")
+            unquote_to_bytes(request.path).decode("utf-8")
         except UnicodeDecodeError:
             return _not_utf8(request)
         if not utf8_host(request):
             return _not_utf8(request)
-        if route is not None:
-            return route(request)
         return self.wrapped.render(request)
 
 
@@ -263,7 +261,6 @@ class DkSite(server.Site):
         #: (`DkRequest._process_direct`).
         self.direct = getattr(resource, "direct", None)
         self.max_body = max_body
-        self.request_deadline = request_deadline
         #: Requests still arriving, on one timer (None: no deadline).
         self.deadlines = (
             ArrivalDeadlines(self.reactor, request_deadline)

@@ -99,6 +99,29 @@ _PG_UNWRITABLE_CLASSES = {
 COPY_THRESHOLD = 16
 
 
+#: Rows per SQLite statement, largest first: a handful of sizes keeps the
+#: connection's statement cache hit (each size is its own SQL text).
+_SQLITE_CHUNK_SIZES = (64, 16, 4, 1)
+#: SQLite before 3.32 allows 999 parameters per statement.
+_SQLITE_MAX_PARAMS = 999
+
+
+def sqlite_chunks(count: int, params_per_row: int) -> list[tuple[int, int]]:
+    """``(start, size)`` of the statements that cover ``count`` rows, sizes
+    from `_SQLITE_CHUNK_SIZES` within the parameter limit: 37 rows are
+    16 + 16 + 4 + 1, four statements instead of 37 steps."""
+    sizes = [
+        s for s in _SQLITE_CHUNK_SIZES if s * params_per_row <= _SQLITE_MAX_PARAMS
+    ] or [1]
+    out = []
+    start = 0
+    for size in sizes:
+        while count - start >= size:
+            out.append((start, size))
+            start += size
+    return out
+
+
 class Sqlite3Engine:
     name = "sqlite"
     #: Seconds between full counts of the pending messages (the metrics'
@@ -181,19 +204,35 @@ class Sqlite3Engine:
     def insert_rows(
         self, txn: Any, table: str, columns: Sequence[str], rows: Sequence[tuple]
     ) -> None:
-        """Insert ``rows`` in one statement run (SQLite: one ``executemany``)."""
-        marks = ", ".join("?" * len(columns))
-        txn.executemany(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows
-        )
+        """Insert ``rows`` with multi-row ``INSERT … VALUES`` statements of a
+        few fixed sizes (`sqlite_chunks`), not one ``executemany`` step per
+        row: each step releases the GIL and must win it back from a busy
+        reactor, so a batch of N rows cost N hand-offs."""
+        names = ", ".join(columns)
+        one = "(" + ", ".join("?" * len(columns)) + ")"
+        for start, size in sqlite_chunks(len(rows), len(columns)):
+            chunk = rows[start : start + size]
+            txn.execute(
+                f"INSERT INTO {table} ({names}) VALUES {', '.join([one] * size)}",
+                [value for row in chunk for value in row],
+            )
 
     def for_ids(
         self, txn: Any, statement: str, ids: Sequence[int], params: tuple = ()
-    ) -> None:
-        """Run ``statement`` for every id in ``ids``: its ``{id}`` is the test
-        ``id`` matches (SQLite: ``id = ?``, one ``executemany`` in process);
-        ``params`` fill the placeholders before it."""
-        txn.executemany(statement.format(id="id = ?"), [(*params, i) for i in ids])
+    ) -> int:
+        """Run ``statement`` for every id in ``ids``; the rows it changed.
+        Its ``{id}`` is the test ``id`` matches (SQLite: ``id IN (…)`` lists
+        of a few fixed sizes, one step each rather than one per id, as in
+        `insert_rows`); ``params`` fill the placeholders before it."""
+        changed = 0
+        for start, size in sqlite_chunks(len(ids), len(params) + 1):
+            marks = ", ".join("?" * size)
+            txn.execute(
+                statement.format(id=f"id IN ({marks})"),
+                (*params, *ids[start : start + size]),
+            )
+            changed += max(0, txn.rowcount)
+        return changed
 
     def in_ids(self, column: str, ids: Sequence[Any]) -> tuple[str, list[Any]]:
         """SQL ``column`` is one of ``ids`` and its parameters (SQLite: an
@@ -315,13 +354,14 @@ class PostgresEngine:
 
     def for_ids(
         self, txn: Any, statement: str, ids: Sequence[int], params: tuple = ()
-    ) -> None:
-        """One statement with ``id = ANY(?)``: a statement per id (what
-        ``executemany`` sends) costs the server a parse/bind/execute each,
-        most of a delivered mark's cost."""
+    ) -> int:
+        """One statement with ``id = ANY(?)``; the rows it changed.  A
+        statement per id (what ``executemany`` sends) costs the server a
+        parse/bind/execute each, most of a delivered mark's cost."""
         txn.execute(
             statement.format(id="id = ANY(CAST(? AS BIGINT[]))"), (*params, list(ids))
         )
+        return max(0, txn.rowcount)
 
     def in_ids(self, column: str, ids: Sequence[Any]) -> tuple[str, list[Any]]:
         """One array parameter: a statement with hundreds of parameters

@@ -201,8 +201,8 @@ def insert_messages_txn(txn: Txn, msgs: Sequence[NewMessage]) -> list[int]:
     """Insert messages as ``pending`` in one statement run; their ids.
 
     The engine assigns the ids up front, in arrival order, and inserts the
-    rows at once (SQLite: ``executemany``; PostgreSQL: ``COPY`` or one
-    multi-row ``INSERT``).  ``timestamp`` is written in the original's format
+    rows at once (SQLite: multi-row ``INSERT``s of a few fixed sizes;
+    PostgreSQL: ``COPY`` or one multi-row ``INSERT``).  ``timestamp`` is written in the original's format
     (it reads this file too), and ``client_timestamp`` only when rendering
     that would not give back the client's text (see
     `timestamps.storage_columns`).
@@ -242,14 +242,13 @@ def mark_delivered_txn(txn: Txn, ids: Sequence[int], delivered_ns: int) -> int:
     """Mark pending messages delivered at ``delivered_ns`` (retention counts
     from it; a direct message's only, broadcasts are never marked); how many
     were still pending."""
-    txn.engine.for_ids(
+    return txn.engine.for_ids(
         txn,
         "UPDATE messages SET status = 'delivered', delivered_ns = ?"
         " WHERE {id} AND status = 'pending'",
         ids,
         (delivered_ns,),
     )
-    return max(0, txn.rowcount)
 
 
 def _pending_direct_txn(

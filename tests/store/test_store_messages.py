@@ -7,7 +7,8 @@ import pytest_twisted
 
 from dkserver import timestamps
 from dkserver.store import NewMessage, StoreError
-from dkserver.store.engine import COPY_THRESHOLD
+from dkserver.store.engine import COPY_THRESHOLD, sqlite_chunks
+from dkserver.store.messages import mark_delivered_txn
 
 T0 = 1_800_000_000 * 10**9  # a registration instant, Unix ns
 
@@ -56,6 +57,49 @@ async def test_mark_delivered_removes_from_pending_only_once(store):
     await store.messages.mark_delivered(ids[:3])  # already delivered ids are fine
     assert [m.id for m in await store.messages.pending_direct("bob")] == ids[3:]
     await store.messages.mark_delivered([])
+
+
+@pytest.mark.parametrize("size", [1, 3, 64, 85, 150])
+@pytest_twisted.ensureDeferred
+async def test_a_batch_of_any_size_is_stored_whole_and_counted_when_delivered(
+    store, size
+):
+    """SQLite writes a batch as multi-row statements of fixed sizes (85 rows:
+    64 + 16 + 4 + 1); every row lands with its id, and a delivered mark over
+    several statements counts the rows each changed."""
+    await register(store, "alice", "bob")
+    ids = await store.messages.add_many(
+        [msg("alice", "bob", f"m{i}", received_ns=T0 + i) for i in range(size)]
+    )
+    assert ids == list(range(ids[0], ids[0] + size))
+    pending = await store.messages.pending_direct("bob")
+    assert [(m.id, m.content) for m in pending] == [
+        (mid, f"m{i}") for i, mid in enumerate(ids)
+    ]
+    already = ids[: size // 3]
+    await store.messages.mark_delivered(already)
+    changed = await store.pool.runInteraction(mark_delivered_txn, ids, T0 + 10**9)
+    assert changed == size - len(already)
+    assert await store.messages.pending_direct("bob") == []
+
+
+@pytest.mark.parametrize(
+    ("count", "per_row", "sizes"),
+    [
+        (0, 11, []),
+        (1, 11, [1]),
+        (37, 11, [16, 16, 4, 1]),
+        (150, 11, [64, 64, 16, 4, 1, 1]),
+        # 64 rows of 20 parameters would pass SQLite's old 999 limit
+        (70, 20, [16, 16, 16, 16, 4, 1, 1]),
+        (3, 1000, [1, 1, 1]),
+    ],
+)
+def test_sqlite_chunks_cover_every_row_once_in_few_sizes(count, per_row, sizes):
+    chunks = sqlite_chunks(count, per_row)
+    assert [size for _, size in chunks] == sizes
+    covered = [i for start, size in chunks for i in range(start, start + size)]
+    assert covered == list(range(count))
 
 
 @pytest_twisted.ensureDeferred

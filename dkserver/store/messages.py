@@ -202,10 +202,10 @@ def insert_messages_txn(txn: Txn, msgs: Sequence[NewMessage]) -> list[int]:
 
     The engine assigns the ids up front, in arrival order, and inserts the
     rows at once (SQLite: multi-row ``INSERT``s of a few fixed sizes;
-    PostgreSQL: ``COPY`` or one multi-row ``INSERT``).  ``timestamp`` is written in the original's format
-    (it reads this file too), and ``client_timestamp`` only when rendering
-    that would not give back the client's text (see
-    `timestamps.storage_columns`).
+    PostgreSQL: ``COPY`` or one multi-row ``INSERT``).  ``timestamp`` is
+    written in the original's format (it reads this file too), and
+    ``client_timestamp`` only when rendering that would not give back the
+    client's text (see `timestamps.storage_columns`).
     """
     ids = txn.engine.next_message_ids(txn, len(msgs))
     rows = [

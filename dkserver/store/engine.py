@@ -217,6 +217,35 @@ class Sqlite3Engine:
                 [value for row in chunk for value in row],
             )
 
+    def insert_new_rows(
+        self,
+        txn: Any,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[tuple],
+        parent: tuple[str, str] | None = None,
+    ) -> None:
+        """Insert the ``rows`` whose key is free, skipping the others; with
+        ``parent=(column, table)``, also those whose ``column`` names no row
+        of that table by ``id``.  Multi-row statements, as `insert_rows`:
+        ``INSERT … SELECT`` over a ``VALUES`` list, which SQLite names
+        ``column1``, ``column2``…"""
+        names = ", ".join(columns)
+        aliases = ", ".join(f"column{i} AS {c}" for i, c in enumerate(columns, 1))
+        where = "true"
+        if parent is not None:
+            column, parent_table = parent
+            where = f"EXISTS (SELECT 1 FROM {parent_table} p WHERE p.id = v.{column})"
+        one = "(" + ", ".join("?" * len(columns)) + ")"
+        for start, size in sqlite_chunks(len(rows), len(columns)):
+            chunk = rows[start : start + size]
+            txn.execute(
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM (SELECT"
+                f" {aliases} FROM (VALUES {', '.join([one] * size)})) AS v"
+                f" WHERE {where} ON CONFLICT DO NOTHING",
+                [value for row in chunk for value in row],
+            )
+
     def for_ids(
         self, txn: Any, statement: str, ids: Sequence[int], params: tuple = ()
     ) -> int:
@@ -350,6 +379,36 @@ class PostgresEngine:
         txn.execute(
             f"INSERT INTO {table} ({names}) VALUES {', '.join([one] * len(rows))}",
             [value for row in rows for value in row],
+        )
+
+    def insert_new_rows(
+        self,
+        txn: Any,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[tuple],
+        parent: tuple[str, str] | None = None,
+    ) -> None:
+        """As `Sqlite3Engine.insert_new_rows`, one statement per row:
+        psycopg's ``executemany`` sends them in one pipeline, and its
+        parameters keep their types (a ``VALUES`` list's would be text)."""
+        if not rows:
+            return
+        names = ", ".join(columns)
+        marks = ", ".join("?" * len(columns))
+        if parent is None:
+            txn.executemany(
+                f"INSERT INTO {table} ({names}) VALUES ({marks})"
+                " ON CONFLICT DO NOTHING",
+                rows,
+            )
+            return
+        column, parent_table = parent
+        at = list(columns).index(column)
+        txn.executemany(
+            f"INSERT INTO {table} ({names}) SELECT {marks} WHERE EXISTS"
+            f" (SELECT 1 FROM {parent_table} WHERE id = ?) ON CONFLICT DO NOTHING",
+            [(*row, row[at]) for row in rows],
         )
 
     def for_ids(

@@ -323,13 +323,12 @@ def _backlog_first_txn(
     return direct, _undelivered_broadcasts_txn(txn, user_id, limit)
 
 
+DELIVERY_COLUMNS = ("message_id", "user_id")
+
+
 def _record_deliveries_txn(txn: Txn, pairs: list[tuple[int, str]]) -> None:
     try:
-        txn.executemany(
-            "INSERT INTO broadcast_deliveries (message_id, user_id)"
-            " VALUES (?, ?) ON CONFLICT DO NOTHING",
-            pairs,
-        )
+        txn.engine.insert_new_rows(txn, "broadcast_deliveries", DELIVERY_COLUMNS, pairs)
     except IntegrityError as e:
         raise StoreError(f"cannot record broadcast delivery: {e}") from e
 

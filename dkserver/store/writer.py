@@ -43,7 +43,12 @@ from dkserver.store.errors import (
     StoreError,
     StoreUnavailable,
 )
-from dkserver.store.messages import NewMessage, insert_messages_txn, mark_delivered_txn
+from dkserver.store.messages import (
+    DELIVERY_COLUMNS,
+    NewMessage,
+    insert_messages_txn,
+    mark_delivered_txn,
+)
 from dkserver.store.quota import (
     PendingQuota,
     PendingQuotaExceeded,
@@ -414,6 +419,9 @@ class _Committed(NamedTuple):
     staged: Staged | None
 
 
+_SESSION_COLUMNS = ("session_id", "user_id", "start_time", "node_id")
+
+
 def _commit_txn(
     txn: Txn,
     batch: _Batch,
@@ -423,10 +431,8 @@ def _commit_txn(
     node_id: str | None = None,
 ) -> _Committed:
     if batch.sessions_started:
-        txn.executemany(
-            "INSERT INTO sessions (session_id, user_id, start_time, node_id)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            batch.sessions_started,
+        txn.engine.insert_new_rows(
+            txn, "sessions", _SESSION_COLUMNS, batch.sessions_started
         )
     # Marks first: each names a message committed by an earlier batch (it
     # is delivered only after its commit), and the quota check below must
@@ -444,11 +450,13 @@ def _commit_txn(
         if isinstance(mid, int) and not m.is_broadcast
     )
     if batch.broadcast_deliveries:
-        txn.executemany(
-            "INSERT INTO broadcast_deliveries (message_id, user_id)"
-            " SELECT ?, ? WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?)"
-            " ON CONFLICT DO NOTHING",
-            [(mid, uid, mid) for mid, uid in batch.broadcast_deliveries],
+        # A broadcast the retention sweep deleted meanwhile takes no rows.
+        txn.engine.insert_new_rows(
+            txn,
+            "broadcast_deliveries",
+            DELIVERY_COLUMNS,
+            batch.broadcast_deliveries,
+            parent=("message_id", "messages"),
         )
     for session_id, end_ns in batch.sessions_ended:
         _end_sessions_txn(txn, session_id, end_ns)

@@ -83,6 +83,48 @@ async def test_a_batch_of_any_size_is_stored_whole_and_counted_when_delivered(
     assert await store.messages.pending_direct("bob") == []
 
 
+@pytest.mark.parametrize("size", [1, 5, 70, 150])
+@pytest_twisted.ensureDeferred
+async def test_new_rows_skip_taken_keys_and_rows_without_their_parent(
+    store, sql, db_path, size
+):
+    """``insert_new_rows`` (broadcast deliveries, sessions) in batches that
+    span several SQLite statements: a taken key, a key repeated within the
+    batch and a message id no message has are skipped, nothing else."""
+    users = [f"u{i:03d}" for i in range(size)]
+    await register(store, "carol", *users)
+    bid, other = await store.messages.add_many(
+        [msg("carol", "broadcast", "a"), msg("carol", "broadcast", "b")]
+    )
+    await store.messages.record_broadcast_deliveries([(bid, users[0])])
+    rows = [(bid, u) for u in users] + [(bid, users[-1]), (other, users[0])]
+    rows += [(other + 1000, u) for u in users[:3]]  # no such message
+
+    def insert(txn):
+        txn.engine.insert_new_rows(
+            txn,
+            "broadcast_deliveries",
+            ("message_id", "user_id"),
+            rows,
+            parent=("message_id", "messages"),
+        )
+
+    await store.pool.runInteraction(insert)
+    got = sql(
+        db_path,
+        "SELECT message_id, user_id FROM broadcast_deliveries"
+        " ORDER BY message_id, user_id",
+    )
+    assert got == [(bid, u) for u in users] + [(other, users[0])]
+    # The pool's own path, without a parent guard: taken keys only.
+    await store.messages.record_broadcast_deliveries([(other, u) for u in users])
+    assert sql(
+        db_path,
+        "SELECT COUNT(*) FROM broadcast_deliveries WHERE message_id = ?",
+        (other,),
+    ) == [(size,)]
+
+
 @pytest.mark.parametrize(
     ("count", "per_row", "sizes"),
     [

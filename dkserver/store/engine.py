@@ -122,6 +122,21 @@ def sqlite_chunks(count: int, params_per_row: int) -> list[tuple[int, int]]:
     return out
 
 
+def _in_chunks(txn: Any, statement: str, rows: Sequence[tuple]) -> None:
+    """Run ``statement`` over ``rows`` in `sqlite_chunks`, its ``{}`` the
+    chunk's ``VALUES`` list: one statement text per chunk size, which
+    SQLite's statement cache keeps prepared."""
+    if not rows:
+        return
+    width = len(rows[0])
+    one = "(" + ", ".join("?" * width) + ")"
+    for start, size in sqlite_chunks(len(rows), width):
+        txn.execute(
+            statement.format(", ".join([one] * size)),
+            [value for row in rows[start : start + size] for value in row],
+        )
+
+
 class Sqlite3Engine:
     name = "sqlite"
     #: Seconds between full counts of the pending messages (the metrics'
@@ -209,13 +224,7 @@ class Sqlite3Engine:
         row: each step releases the GIL and must win it back from a busy
         reactor, so a batch of N rows cost N hand-offs."""
         names = ", ".join(columns)
-        one = "(" + ", ".join("?" * len(columns)) + ")"
-        for start, size in sqlite_chunks(len(rows), len(columns)):
-            chunk = rows[start : start + size]
-            txn.execute(
-                f"INSERT INTO {table} ({names}) VALUES {', '.join([one] * size)}",
-                [value for row in chunk for value in row],
-            )
+        _in_chunks(txn, f"INSERT INTO {table} ({names}) VALUES {{}}", rows)
 
     def insert_new_rows(
         self,
@@ -236,15 +245,12 @@ class Sqlite3Engine:
         if parent is not None:
             column, parent_table = parent
             where = f"EXISTS (SELECT 1 FROM {parent_table} p WHERE p.id = v.{column})"
-        one = "(" + ", ".join("?" * len(columns)) + ")"
-        for start, size in sqlite_chunks(len(rows), len(columns)):
-            chunk = rows[start : start + size]
-            txn.execute(
-                f"INSERT INTO {table} ({names}) SELECT {names} FROM (SELECT"
-                f" {aliases} FROM (VALUES {', '.join([one] * size)})) AS v"
-                f" WHERE {where} ON CONFLICT DO NOTHING",
-                [value for row in chunk for value in row],
-            )
+        _in_chunks(
+            txn,
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM (SELECT {aliases}"
+            f" FROM (VALUES {{}})) AS v WHERE {where} ON CONFLICT DO NOTHING",
+            rows,
+        )
 
     def for_ids(
         self, txn: Any, statement: str, ids: Sequence[int], params: tuple = ()

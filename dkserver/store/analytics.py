@@ -95,6 +95,10 @@ class AnalyticsStore:
         return await self._reads.runInteraction(_stats_txn, now_ns // _NS)
 
 
+#: The columns a new session row is written with.
+SESSION_COLUMNS = ("session_id", "user_id", "start_time", "node_id")
+
+
 def _start_session_txn(
     txn: Txn, session_id: str, user_id: str, start: str, node_id: str | None
 ) -> None:

@@ -395,11 +395,9 @@ class PostgresEngine:
         rows: Sequence[tuple],
         parent: tuple[str, str] | None = None,
     ) -> None:
-        """As `Sqlite3Engine.insert_new_rows`, one statement per row:
-        psycopg's ``executemany`` sends them in one pipeline, and its
-        parameters keep their types (a ``VALUES`` list's would be text)."""
-        if not rows:
-            return
+        """As `Sqlite3Engine.insert_new_rows`, one statement per row, which
+        psycopg's ``executemany`` sends in one pipeline (the statements
+        PostgreSQL ran before these were batched on SQLite)."""
         names = ", ".join(columns)
         marks = ", ".join("?" * len(columns))
         if parent is None:

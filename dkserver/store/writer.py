@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dkserver import timestamps
-from dkserver.store.analytics import _end_sessions_txn
+from dkserver.store.analytics import SESSION_COLUMNS, _end_sessions_txn
 from dkserver.store.database import Database, Txn
 from dkserver.store.errors import (
     IntegrityError,
@@ -419,9 +419,6 @@ class _Committed(NamedTuple):
     staged: Staged | None
 
 
-_SESSION_COLUMNS = ("session_id", "user_id", "start_time", "node_id")
-
-
 def _commit_txn(
     txn: Txn,
     batch: _Batch,
@@ -432,7 +429,7 @@ def _commit_txn(
 ) -> _Committed:
     if batch.sessions_started:
         txn.engine.insert_new_rows(
-            txn, "sessions", _SESSION_COLUMNS, batch.sessions_started
+            txn, "sessions", SESSION_COLUMNS, batch.sessions_started
         )
     # Marks first: each names a message committed by an earlier batch (it
     # is delivered only after its commit), and the quota check below must

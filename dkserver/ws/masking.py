@@ -27,6 +27,8 @@ import codecs
 import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.websocket.utf8validator import UTF8VALIDATOR_DFA
 
+from dkserver.ws.wholeframes import unmask
+
 _DFA = bytes(UTF8VALIDATOR_DFA)
 _UTF8_REJECT = 1
 _Decoder = codecs.getincrementaldecoder("utf-8")
@@ -51,16 +53,12 @@ class IntXorMasker:
         self._ptr = 0
 
     def process(self, data: bytes) -> bytes:
-        n = len(data)
-        if not n:
+        if not data:
             return b""
         shift = self._ptr & 3
         mask = self._mask[shift:] + self._mask[:shift] if shift else self._mask
-        self._ptr += n
-        key = (mask * ((n >> 2) + 1))[:n]
-        return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(
-            n, "big"
-        )
+        self._ptr += len(data)
+        return unmask(mask, data)
 
 
 def create_masker(mask: bytes, length: int | None = None) -> IntXorMasker:

@@ -31,6 +31,7 @@ from dkserver.store.quota import PendingQuotaExceeded
 from dkserver.ws import frames, lazylog, masking, sendnow
 from dkserver.ws.hub import Hub, stored_payload
 from dkserver.ws.outbox import Outbox
+from dkserver.ws.wholeframes import WholeFrameReader
 
 # Client frames are unmasked with a cheaper masker than Autobahn's (see
 # dkserver.ws.masking): every connection of this process is ours.
@@ -62,7 +63,7 @@ _NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
 _NO_IDS: frozenset[int] = frozenset()
 
 
-class DkServerProtocol(WebSocketServerProtocol):
+class DkServerProtocol(WholeFrameReader, WebSocketServerProtocol):
     # Autobahn's own ``log`` (txaio) must stay: its disabled debug calls are
     # no-ops, while a twisted Logger would build and publish an event for each
     # of the several debug calls Autobahn makes per frame (~3 µs each).

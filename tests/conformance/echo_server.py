@@ -5,8 +5,9 @@ same stack dkserver serves ``/ws`` on -- ``load_context_factory`` (a
 self-signed certificate is generated when neither file exists),
 ``TLSMemoryBIOFactory(context, False, DkSite(...))`` with DkSite's limits
 from ``Config()``, and a ``WebSocketServerFactory`` configured with exactly
-``websocket_options(Config())`` -- but the protocol echoes every message
-instead of speaking dkserver's messaging protocol.  The resource is mounted
+``websocket_options(Config())``, and dkserver's frame reader
+(``WholeFrameReader``) -- but the protocol echoes every message instead of
+speaking dkserver's messaging protocol.  The resource is mounted
 at ``/ws`` by this script only.
 
 kosoku 0.1.0 is built without TLS ("TLS support not compiled in"), so the
@@ -36,9 +37,10 @@ from dkserver.config import Config
 from dkserver.tls import load_context_factory
 from dkserver.web.site import DkSite
 from dkserver.ws.factory import websocket_options
+from dkserver.ws.wholeframes import WholeFrameReader
 
 
-class EchoProtocol(WebSocketServerProtocol):
+class EchoProtocol(WholeFrameReader, WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.sendMessage(payload, isBinary)
 

@@ -21,8 +21,9 @@ override, or Autobahn's observers, see the same calls), the traffic
 counters, and the keepalive timeout cancelled on data as Autobahn's
 ``autoPingRestartOnAnyTraffic`` does.  The frame-level hooks
 (``onMessageFrameBegin`` and the like) are not called for such frames, so
-a protocol that overrides one of them cannot use this reader (checked when
-the class is created).
+a protocol that overrides one of them cannot use this reader, nor can a
+client (which must refuse masked frames); both are checked when the class
+is created.
 
 Autobahn's conformance suite runs against a protocol with this reader
 (tests/conformance), and tests/unit/test_wholeframes.py feeds the same
@@ -34,9 +35,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol, WebSocketServerProtocol
 
-#: The hooks this reader does not call for the frames it reads.
+#: The hooks this reader does not call for the frames it reads (Autobahn's
+#: and its Twisted adapter's).
 _FRAME_HOOKS = (
     "onFrameBegin",
     "onFrameData",
@@ -47,7 +49,20 @@ _FRAME_HOOKS = (
     "onMessageFrameEnd",
     "onMessageFrame",
     "processControlFrame",
+    "_onMessageBegin",
+    "_onMessageFrameBegin",
+    "_onMessageFrameData",
+    "_onMessageFrameEnd",
+    "_onMessageFrame",
 )
+
+
+def _defined_by_autobahn(cls: type, name: str) -> bool:
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass.__module__.startswith("autobahn.")
+    return True
+
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 #: First octets: FIN, no RSV, and the opcode.
@@ -73,8 +88,11 @@ class WholeFrameReader:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if not issubclass(cls, WebSocketServerProtocol):
+            # A client must refuse masked server frames, which this accepts.
+            raise TypeError(f"{cls.__name__}: WholeFrameReader is for servers")
         for name in _FRAME_HOOKS:
-            if getattr(cls, name) is not getattr(WebSocketProtocol, name):
+            if not _defined_by_autobahn(cls, name):
                 raise TypeError(
                     f"{cls.__name__} overrides {name}, which WholeFrameReader"
                     " does not call for the frames it reads"

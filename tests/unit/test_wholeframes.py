@@ -4,7 +4,10 @@ hands every other frame to Autobahn unchanged.
 Each test feeds the same bytes to two protocols that differ only in the
 reader, and compares what the application saw (messages, pongs), what
 went back on the wire (pongs to pings, close frames), Autobahn's traffic
-counters and the connection's state.
+counters and the connection's state.  Autobahn runs with its own masker
+and UTF-8 validator here (dkserver.ws.masking replaces both when
+dkserver.ws.protocol is imported), and frames are masked byte by byte, so
+the comparison does not rest on this project's XOR.
 """
 
 from __future__ import annotations
@@ -14,16 +17,32 @@ import random
 import struct
 
 import pytest
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import (
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
 from autobahn.websocket import protocol as ab_protocol
+from autobahn.websocket.utf8validator import Utf8Validator as AutobahnUtf8Validator
+from autobahn.websocket.xormasker import create_xor_masker as autobahn_masker
 from twisted.internet.testing import StringTransport
 
 from dkserver.config import Config
-from dkserver.ws import masking, wholeframes
 from dkserver.ws.factory import websocket_options
 from dkserver.ws.protocol import DkServerProtocol
 from dkserver.ws.wholeframes import WholeFrameReader, unmask
 from tests.support.opened import opened
+
+
+@pytest.fixture(autouse=True)
+def pure_autobahn(monkeypatch):
+    """Autobahn's own masker and validator for the frames it reads."""
+    monkeypatch.setattr(ab_protocol, "create_xor_masker", autobahn_masker)
+    monkeypatch.setattr(ab_protocol, "Utf8Validator", AutobahnUtf8Validator)
+
+
+def _xor(mask: bytes, data: bytes) -> bytes:
+    return bytes(b ^ mask[i % 4] for i, b in enumerate(data))
 
 
 class _Recorder(WebSocketServerProtocol):
@@ -57,7 +76,7 @@ def _frame(opcode: int, payload: bytes, *, fin=True, rsv=0, masked=True) -> byte
     if not masked:
         return head + payload
     mask = os.urandom(4)
-    return head + mask + unmask(mask, payload)
+    return head + mask + _xor(mask, payload)
 
 
 def _open(cls, **options):
@@ -74,7 +93,7 @@ def _open(cls, **options):
     proto.data = b""
     proto.current_frame = None
     proto.inside_message = False
-    proto.utf8validator = masking.Utf8Validator()
+    proto.utf8validator = AutobahnUtf8Validator()
     proto.utf8validateIncomingCurrentMessage = False
     proto.send_state = proto.SEND_STATE_GROUND
     return proto
@@ -85,6 +104,16 @@ def _feed(proto, wire: bytes, cuts) -> None:
         if proto.state == proto.STATE_CLOSED:
             return
         proto.dataReceived(wire[a:b])
+
+
+def _header(frame):
+    if frame is None:
+        return None
+    return (frame.opcode, frame.fin, frame.rsv, frame.length, frame.mask)
+
+
+def _call(call):
+    return None if call is None else ("call", bool(call.cancelled))
 
 
 def _seen(proto):
@@ -100,6 +129,15 @@ def _seen(proto):
         stats.incomingOctetsAppLevel,
         proto.localCloseCode,
         proto.localCloseReason,
+        _header(proto.current_frame),
+        proto.inside_message,
+        getattr(proto, "message_data", None),
+        getattr(proto, "message_data_total_length", None),
+        proto.failedByMe,
+        proto.wasMaxMessagePayloadSizeExceeded,
+        proto.wasMaxFramePayloadSizeExceeded,
+        proto.autoPingPending,
+        _call(proto.autoPingTimeoutCall),
     )
 
 
@@ -216,6 +254,9 @@ def test_what_it_does_not_take_goes_to_autobahn(monkeypatch):
 _REFUSED = {
     "invalid UTF-8": (_frame(0x1, b'{"a":"\xed\xa0\x80"}'), 1007),
     "truncated UTF-8": (_frame(0x1, b"ok \xe2\x82"), 1007),
+    "overlong UTF-8": (_frame(0x1, b"\xc0\xaf"), 1007),
+    "UTF-8 past U+10FFFF": (_frame(0x1, b"\xf4\x90\x80\x80"), 1007),
+    "over the frame limit only": (_frame(0x1, b"x" * 600), 1009),
     "over the message limit": (_frame(0x1, b"x" * 1001), 1009),
     "unmasked": (_frame(0x1, b"hi", masked=False), 1002),
     "an RSV bit": (_frame(0x1, b"hi", rsv=2), 1002),
@@ -238,9 +279,11 @@ def test_refused_frames_close_as_autobahn_closes(case):
     bad, code = _REFUSED[case]
     wire = _frame(0x1, b"before") + bad + _frame(0x1, b"after")
     for cuts in ([], [len(wire) - 3], list(range(1, len(wire), 3))):
-        plain, whole = _both(wire, cuts, maxMessagePayloadSize=1000)
+        plain, whole = _both(
+            wire, cuts, maxMessagePayloadSize=1000, maxFramePayloadSize=500
+        )
         assert whole == plain
-        events, _, _, _, _, _, _, _, close_code, _ = whole
+        events, close_code = whole[0], whole[8]
         assert events[0] == ("message", b"before", False)
         assert ("message", b"after", False) not in events
         assert close_code == code
@@ -253,44 +296,70 @@ def test_a_close_frame_is_answered_as_autobahn_answers():
     assert whole[2] != ab_protocol.WebSocketProtocol.STATE_OPEN
 
 
+class _Call:
+    cancelled = False
+
+    def cancel(self):
+        self.cancelled = True
+
+
 def test_data_restarts_the_keepalive_timeout_as_autobahn_does():
-    whole = _open(_Whole)
-
-    class Call:
-        cancelled = False
-
-        def cancel(self):
-            self.cancelled = True
-
-    call = whole.autoPingTimeoutCall = Call()
-    whole.dataReceived(_frame(0x1, b"alive"))
-    assert call.cancelled
-    assert whole.autoPingTimeoutCall is None
+    for cls in (_Plain, _Whole):
+        proto = _open(cls)
+        call = proto.autoPingTimeoutCall = _Call()
+        proto.dataReceived(_frame(0x1, b"alive"))
+        assert call.cancelled, cls
+        assert proto.autoPingTimeoutCall is None
+        assert proto.events == [("message", b"alive", False)]
 
 
-def test_the_pong_to_autobahns_own_ping_is_left_to_autobahn():
-    plain, whole = _open(_Plain), _open(_Whole)
-    for proto in (plain, whole):
+@pytest.mark.parametrize("pong", [b"\x00" * 12, b"someone else's"])
+def test_a_pong_while_autobahns_own_ping_is_pending_is_left_to_autobahn(pong):
+    seen = []
+    for cls in (_Plain, _Whole):
+        proto = _open(cls, autoPingInterval=0)
         proto.autoPingPending = b"\x00" * 12
-        proto.dataReceived(_frame(0xA, b"\x00" * 12))
-        assert proto.autoPingPending is None  # Autobahn matched it
-    assert whole.events == plain.events == [("pong", b"\x00" * 12)]
+        proto.autoPingTimeoutCall = _Call()
+        proto.dataReceived(_frame(0xA, pong))
+        seen.append(_seen(proto))
+        assert proto.events == [("pong", pong)]
+        matched = pong == b"\x00" * 12
+        assert (proto.autoPingPending is None) == matched
+    assert seen[0] == seen[1]
 
 
-def test_a_protocol_overriding_a_frame_hook_is_refused():
-    with pytest.raises(TypeError, match="onMessageFrameData"):
-
-        class Streaming(WholeFrameReader, WebSocketServerProtocol):
-            def onMessageFrameData(self, payload):
-                pass
+@pytest.mark.parametrize("hook", ["onMessageFrameData", "_onMessageFrameBegin"])
+def test_a_protocol_overriding_a_frame_hook_is_refused(hook):
+    with pytest.raises(TypeError, match=hook):
+        type("Streaming", (WholeFrameReader, WebSocketServerProtocol), {hook: print})
 
 
-def test_dkserver_and_the_conformance_server_read_with_it():
+def test_a_client_protocol_is_refused():
+    with pytest.raises(TypeError, match="for servers"):
+
+        class Client(WholeFrameReader, WebSocketClientProtocol):
+            pass
+
+
+class _DkRecorder(DkServerProtocol):
+    """dkserver's protocol, its messages and pongs recorded, not handled."""
+
+    def onMessage(self, payload, isBinary, checked=False):
+        self.events.append(("message", payload, isBinary))
+
+    def onPong(self, payload):
+        self.events.append(("pong", payload))
+
+
+def test_dkserver_and_the_conformance_server_read_with_it(monkeypatch):
     from tests.conformance.echo_server import EchoProtocol
 
-    assert issubclass(DkServerProtocol, WholeFrameReader)
     assert issubclass(EchoProtocol, WholeFrameReader)
-    assert DkServerProtocol.processData is WholeFrameReader.processData
+    counting = _Counting(monkeypatch)
+    proto = _open(_DkRecorder)
+    proto.dataReceived(_frame(0x1, b'{"to":"bob"}') + _frame(0xA, b"proof"))
+    assert proto.events == [("message", b'{"to":"bob"}', False), ("pong", b"proof")]
+    assert counting.calls == 0
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 1000, 70_000])
@@ -298,4 +367,3 @@ def test_unmask_is_rfc_6455_xor(size):
     mask, data = os.urandom(4), os.urandom(size)
     expected = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
     assert unmask(mask, data) == expected
-    assert wholeframes.unmask(mask, expected) == data

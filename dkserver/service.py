@@ -79,6 +79,8 @@ class DkService(MultiService):
     #: ``--log-format json``: the observer twistd is to log to (set by
     #: makeService; None: twistd's own text log).
     log_observer: ILogObserver | None = None
+    #: A SIGTERM or SIGINT was passed on to the reactor (_guard_stop_signals).
+    _stop_signalled = False
 
     def __init__(self, config: Config, reactor) -> None:
         super().__init__()
@@ -300,14 +302,42 @@ class DkService(MultiService):
             self.metrics.tls_reloads.labels(result="loaded").inc()
 
     def install_signal_handlers(self) -> None:
-        """SIGHUP reloads the certificate and key (twistd leaves SIGHUP alone).
-        Called by ``makeService`` only: tests build many services in one
-        process and must not take over its signals."""
+        """SIGHUP reloads the certificate and key (twistd leaves SIGHUP alone);
+        once the reactor runs, a repeated SIGTERM or SIGINT is only logged
+        (`_guard_stop_signals`).  Called by ``makeService`` only: tests build
+        many services in one process and must not take over its signals."""
 
         def on_sighup(signum, frame) -> None:
             self.reactor.callFromThread(self.tls.reload)
 
         signal.signal(signal.SIGHUP, on_sighup)
+        # The reactor installs its own SIGTERM and SIGINT handlers as it
+        # starts, before what callWhenRunning runs.
+        self.reactor.callWhenRunning(self._guard_stop_signals)
+
+    def _guard_stop_signals(self) -> None:
+        """Pass the first SIGTERM or SIGINT to the reactor's handler, and only
+        log one that comes while the server is already stopping.  The
+        reactor's handler would call ``reactor.stop()`` again, which raises
+        ``ReactorNotRunning``: a critical traceback in the log of an
+        ordinary stop (a second Ctrl-C, or ``timeout``, which signals the
+        process and then its process group)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            passed_on = signal.getsignal(signum)
+            if not callable(passed_on):
+                continue  # SIG_DFL or SIG_IGN: the reactor left it alone
+
+            def guarded(number, frame, passed_on=passed_on) -> None:
+                if self._stop_signalled or not self.running:
+                    self.log.info(
+                        "{signal} again while shutting down; the shutdown goes on",
+                        signal=signal.Signals(number).name,
+                    )
+                    return
+                self._stop_signalled = True
+                passed_on(number, frame)
+
+            signal.signal(signum, guarded)
 
     def setServiceParent(self, parent) -> None:
         super().setServiceParent(parent)

@@ -28,8 +28,8 @@ from twisted.internet.testing import StringTransport
 from dkserver.config import Config
 from dkserver.ws import protocol as _dk_protocol  # installs dkserver's masker
 from dkserver.ws.factory import websocket_options
-from dkserver.ws.masking import Utf8Validator
 from dkserver.ws.wholeframes import WholeFrameReader, unmask
+from tests.support.opened import as_after_handshake
 
 
 class _Counting(WebSocketServerProtocol):
@@ -73,16 +73,7 @@ def _open(cls):
     proto = cls()
     proto.factory = factory
     proto.makeConnection(StringTransport())
-    # What the end of the opening handshake leaves.
-    proto.state = proto.STATE_OPEN
-    proto.websocket_version = 13
-    proto.data = b""
-    proto.current_frame = None
-    proto.inside_message = False
-    proto.utf8validator = Utf8Validator()
-    proto.utf8validateIncomingCurrentMessage = False
-    proto.send_state = proto.SEND_STATE_GROUND
-    return proto
+    return as_after_handshake(proto)  # with dkserver's UTF-8 validator
 
 
 def _per_frame(cls, frames: list[bytes]) -> float:

@@ -31,7 +31,7 @@ from dkserver.config import Config
 from dkserver.ws.factory import websocket_options
 from dkserver.ws.protocol import DkServerProtocol
 from dkserver.ws.wholeframes import WholeFrameReader, unmask
-from tests.support.opened import opened
+from tests.support.opened import as_after_handshake, opened
 
 
 @pytest.fixture(autouse=True)
@@ -87,16 +87,7 @@ def _open(cls, **options):
     proto.events = []
     proto.makeConnection(StringTransport())
     proto.transport.registerProducer(proto, True)  # as twisted.web's channel
-    # What the end of the opening handshake leaves (autobahn's processHandshake).
-    proto.state = proto.STATE_OPEN
-    proto.websocket_version = 13
-    proto.data = b""
-    proto.current_frame = None
-    proto.inside_message = False
-    proto.utf8validator = AutobahnUtf8Validator()
-    proto.utf8validateIncomingCurrentMessage = False
-    proto.send_state = proto.SEND_STATE_GROUND
-    return proto
+    return as_after_handshake(proto)  # Autobahn's validator: pure_autobahn
 
 
 def _feed(proto, wire: bytes, cuts) -> None:

@@ -286,6 +286,32 @@ async def test_many_analytics_rows_do_not_wait(store, sql, db_path, monkeypatch)
 
 
 @pytest_twisted.ensureDeferred
+async def test_analytics_rows_go_once_each_session_has_enough(
+    store, sql, db_path, monkeypatch
+):
+    """EVENTS_PER_SESSION rows per session waiting: they go, without the
+    delay; fewer (3 rows of 2 sessions, for 2 each) wait."""
+    monkeypatch.setattr(writer_module, "EVENTS_DELAY", 3600.0)
+    monkeypatch.setattr(writer_module, "EVENTS_PER_SESSION", 2)
+    writer = GroupWriter(store.pool, reactor)
+    await store.users.create("alice", "A", "k")
+    await store.users.create("bob", "B", "k")
+    writer.start_session("s1", "alice", 1_795_668_342_000_000_000)
+    writer.start_session("s2", "alice", 1_795_668_342_000_000_000)
+    await gatherResults(
+        [
+            writer.submit_message(message("bob", i), s)
+            for i, s in enumerate(["s1", "s2", "s1"])
+        ]
+    )
+    # Submitted before the first batch's commit is over: in the next batch,
+    # which must not take the 3 rows (not enough for 2 sessions).
+    await writer.submit_message(message("bob", 3), "s2")
+    await wait_for(lambda: _event_count(sql, db_path) == 4, "the analytics rows")
+    assert writer.batches == 3  # the messages, the fourth message, the rows
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_outage_keeps_the_buffered_analytics_rows(
     store, sql, db_path, monkeypatch
 ):

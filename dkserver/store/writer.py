@@ -8,16 +8,6 @@ a session row is written before its message events, a message before its
 ``delivered`` mark.  A message counts as accepted when its batch commits; the
 Deferred returned by :meth:`GroupWriter.submit_message` fires then.
 
-A stored message's analytics row (``message_events``) is written by a later
-commit: once there are EVENTS_PER_SESSION rows per session waiting, and at
-most EVENTS_DELAY (1 s) after it.  The table's index on ``session_id``
-(which the foreign key needs, or deleting a session scans every event) puts
-each session's rows in a place of their own: a commit of 64 messages from
-64 connections dirtied 64 index pages, each written whole to the WAL,
-~20-30 us per message.  Gathered, each page is written once for all the
-rows it gets.  A crash loses at most that last second of analytics rows,
-never a message; :meth:`flush` and :meth:`close` wait for them.
-
 When the database cannot be reached or written (`StoreUnavailable`:
 PostgreSQL down or restarting, a full disk, a read-only file or database, a
 lock held by another process, rights revoked) a batch fails as a whole: its
@@ -82,18 +72,6 @@ RETRY_DELAY = 0.5
 #: within one bounded transaction's time.
 MAX_BATCH = 2000
 
-#: A stored message's analytics row waits up to this long (seconds) for the
-#: rows of others, so one commit writes them all (module docstring).
-EVENTS_DELAY = 1.0
-
-#: Analytics rows go as soon as there are this many per session among them
-#: (each session's index page is then written once for as many rows), or
-#: MAX_EVENTS in all: one large write holds back the messages of its commit
-#: (with a whole second's rows per commit, the relay bench's p99 at 10 pairs
-#: doubled).
-EVENTS_PER_SESSION = 8
-MAX_EVENTS = 20_000
-
 
 @dataclass
 class _Batch:
@@ -109,13 +87,7 @@ class _Batch:
     delivered: list[int] = field(default_factory=list)
     broadcast_deliveries: list[tuple[int, str]] = field(default_factory=list)
     sessions_ended: list[tuple[str, int]] = field(default_factory=list)
-    #: Analytics rows of messages stored by earlier batches.
-    events: list[tuple] = field(default_factory=list)
-    #: Fire once this batch commits, unless it stored messages: then they
-    #: wait for the next batch, which writes those messages' events.
     flushed: list[Deferred] = field(default_factory=list)
-    #: Fire once this batch commits (or fails), whatever it stored.
-    flushed_last: list[Deferred] = field(default_factory=list)
     #: Nothing else to write during an outage: write the probe row.
     probe: bool = False
     #: Health probes (`GroupWriter.probe`): fire once this batch commits a
@@ -138,13 +110,8 @@ class _Batch:
             + len(self.delivered)
             + len(self.broadcast_deliveries)
             + len(self.sessions_ended)
-            + len(self.events)
             + len(self.probes)
         )
-
-    def waited_for(self) -> bool:
-        """Whether someone waits for this batch (`GroupWriter.flush`)."""
-        return bool(self.flushed or self.flushed_last)
 
 
 class GroupWriter:
@@ -201,12 +168,6 @@ class GroupWriter:
         self.last_failure: tuple[float, str] | None = None
         #: Since when the running batch has been in the database (None: idle).
         self.busy_since: float | None = None
-        #: Analytics rows of committed messages, not yet written; the clock
-        #: time by which they must go, and the call that kicks the writer then.
-        self._events: list[tuple] = []
-        self._event_sessions: set[str] = set()
-        self._events_due = 0.0
-        self._events_call: Any = None
 
     # -- submissions -----------------------------------------------------------
 
@@ -291,10 +252,9 @@ class GroupWriter:
         return self.flush()
 
     def flush(self) -> Deferred:
-        """Fires once everything submitted so far is committed, with the
-        analytics rows of the messages among it."""
+        """Fires once everything submitted so far is committed."""
         d: Deferred = Deferred()
-        if not self._running and not self._next.size() and not self._events:
+        if not self._running and not self._next.size():
             d.callback(None)
             return d
         self._next.flushed.append(d)
@@ -322,17 +282,8 @@ class GroupWriter:
     def _run(self) -> None:
         batch, self._next = self._next, _Batch()
         batch.probe = self._probing()
-        if self._events and (
-            batch.waited_for()
-            or self._enough_events()
-            or self._clock.seconds() >= self._events_due
-        ):
-            batch.events, self._events = self._events, []
-            self._event_sessions = set()
-            self._cancel_events_call()
-        if not batch.size() and not batch.waited_for() and not batch.probe:
+        if not batch.size() and not batch.flushed and not batch.probe:
             self._running = False
-            self._schedule_events()
             return
         self.busy_since = self._clock.seconds()
         if len(batch.messages) > MAX_BATCH:
@@ -344,7 +295,6 @@ class GroupWriter:
             del batch.messages[MAX_BATCH:]
             del batch.waiters[MAX_BATCH:]
             rest.flushed, batch.flushed = batch.flushed, []
-            rest.flushed_last, batch.flushed_last = batch.flushed_last, []
         started = self._timer()
         d = self._pool.runInteraction(
             _commit_txn,
@@ -381,8 +331,6 @@ class GroupWriter:
             self._outage_started = None
         if result.staged is not None:
             self.quota.apply(result.staged)
-        if result.events:
-            self._add_events(result.events)
         self.batches += 1
         self.rows += batch.size()
         self.last_commit = self._clock.seconds()
@@ -407,15 +355,11 @@ class GroupWriter:
             probe.errback(failure)
         if failure.check(StoreUnavailable):
             if failure.value.in_doubt:
-                # Its analytics rows are not written again: they may be
-                # committed, and twice would count them twice.
                 self.log.warn(
                     "{reason}: {count} messages may be stored although their"
-                    " senders are told to resend ({events} analytics rows"
-                    " are not written again)",
+                    " senders are told to resend",
                     reason=failure.getErrorMessage(),
                     count=len(batch.messages),
-                    events=len(batch.events),
                 )
             elif not self.unavailable or failure.value.cause != self.unavailable_cause:
                 # Once per outage (and when its cause changes), not per frame.
@@ -431,15 +375,11 @@ class GroupWriter:
             if not self._closed:
                 self._next.requeue_bookkeeping(batch)
                 retry = RETRY_DELAY
-                if not failure.value.in_doubt:
-                    # Back in front, for a later batch once they are due.
-                    self._events[:0] = batch.events
-                    self._event_sessions.update(e[0] for e in batch.events)
             elif batch.size() > len(batch.messages):
                 self.log.warn(
-                    "shutting down with {count} delivery marks, session rows and"
-                    " analytics rows not written ({reason}): those messages stay"
-                    " pending and are sent again",
+                    "shutting down with {count} delivery marks and session rows"
+                    " not written ({reason}): those messages stay pending and"
+                    " are sent again",
                     count=batch.size() - len(batch.messages),
                     reason=failure.getErrorMessage(),
                 )
@@ -455,54 +395,13 @@ class GroupWriter:
         self._continue(batch, retry)
 
     def _continue(self, batch: _Batch, delay: float | None = None) -> None:
-        if batch.flushed and self._events:
-            # This batch's messages have their analytics rows still to write:
-            # the next batch takes them (a flush waits for it), and then fires.
-            self._next.flushed_last.extend(batch.flushed)
-        else:
-            for d in batch.flushed:
-                d.callback(None)
-        for d in batch.flushed_last:
+        for d in batch.flushed:
             d.callback(None)
         self._running = False
-        if self._next.size() or self._next.waited_for():
+        if self._next.size() or self._next.flushed:
             self._kick(delay)
         elif self._probing():
             self._kick(RETRY_DELAY)
-        else:
-            self._schedule_events()
-
-    # -- analytics rows ----------------------------------------------------------
-
-    def _add_events(self, events: list[tuple]) -> None:
-        if not self._events:
-            self._events_due = self._clock.seconds() + EVENTS_DELAY
-        self._events.extend(events)
-        self._event_sessions.update(e[0] for e in events)
-
-    def _enough_events(self) -> bool:
-        n = len(self._events)
-        return n >= MAX_EVENTS or n >= EVENTS_PER_SESSION * len(self._event_sessions)
-
-    def _schedule_events(self) -> None:
-        """With nothing else to write, wake up when the analytics rows are due."""
-        if self._events and self._events_call is None:
-            due = 0.0 if self._enough_events() else self._events_due
-            self._events_call = self._clock.callLater(
-                max(0.0, due - self._clock.seconds()), self._events_now
-            )
-
-    def _events_now(self) -> None:
-        """The buffered analytics rows are due: the next batch takes them."""
-        self._events_call = None
-        if self._events:
-            self._kick(0)
-
-    def _cancel_events_call(self) -> None:
-        if self._events_call is not None:
-            if self._events_call.active():
-                self._events_call.cancel()
-            self._events_call = None
 
 
 def _has_nul(m: NewMessage) -> bool:
@@ -518,8 +417,6 @@ class _Committed(NamedTuple):
     delivered: int
     #: The quota counters to apply once committed.
     staged: Staged | None
-    #: Analytics rows of the stored messages, for a later batch.
-    events: list[tuple]
 
 
 def _commit_txn(
@@ -540,13 +437,10 @@ def _commit_txn(
     delivered = (
         mark_delivered_txn(txn, batch.delivered, now_ns) if batch.delivered else 0
     )
-    if batch.events:
-        _insert_events(txn, batch.events)
     staged = None
     ids: list = []
-    events: list = []
     if batch.messages:
-        ids, staged, events = _insert_messages(txn, batch.messages, known_users, quota)
+        ids, staged = _insert_messages(txn, batch.messages, known_users, quota)
     direct = sum(
         1
         for (m, _), mid in zip(batch.messages, ids, strict=True)
@@ -574,7 +468,7 @@ def _commit_txn(
                 timestamps.storage_from_unix_nanos(time.time_ns()),
             ),
         )
-    return _Committed(ids, direct, delivered, staged, events)
+    return _Committed(ids, direct, delivered, staged)
 
 
 def _probe_txn(txn: Txn) -> None:
@@ -605,12 +499,11 @@ def _insert_messages(
     messages: list[tuple[NewMessage, str | None]],
     known_users: set[str],
     quota: PendingQuota | None = None,
-) -> tuple[list[int | PendingQuotaExceeded | None], Staged | None, list[tuple]]:
-    """Insert the batch's messages to existing recipients; ``None`` in place
-    of an id for an unknown recipient, a `PendingQuotaExceeded` for one past
-    its quota (nothing stored).  Also the quota counters to apply after the
-    commit, and the analytics rows of the stored messages (written by a
-    later batch: module docstring)."""
+) -> tuple[list[int | PendingQuotaExceeded | None], Staged | None]:
+    """Insert the batch's messages to existing recipients, with their
+    analytics rows; ``None`` in place of an id for an unknown recipient, a
+    `PendingQuotaExceeded` for one past its quota (nothing stored).  Also
+    the quota counters to apply after the commit."""
     unknown = {
         m.to_user
         for m, _ in messages
@@ -662,7 +555,9 @@ def _insert_messages(
     if accepted:
         stored = insert_messages_txn(txn, accepted)
         ids = [stored[i] if isinstance(i, int) else i for i in ids]
-    return ids, staged, events
+    if events:
+        _insert_events(txn, events)
+    return ids, staged
 
 
 _EVENT_COLUMNS = ("session_id", "user_id", "is_broadcast", "timestamp")

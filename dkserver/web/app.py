@@ -414,9 +414,6 @@ class DkApp:
         if user_id not in self.config.admin_users:
             raise ApiError(403, "Administrators only")
         # From the shared database: the same on every node of a cluster.
-        # This node's analytics rows wait up to a second to share a commit
-        # (dkserver.store.writer); the flush puts them in.
-        await self.hub.writer.flush()
         stats = await self.store.analytics.stats(self.hub.time_ns())
         stats["node"] = self.config.node_id
         stats["live"] = {

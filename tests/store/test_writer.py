@@ -9,12 +9,10 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import fail, gatherResults
 
-from dkserver.store import writer as writer_module
 from dkserver.store.engine import COPY_THRESHOLD
 from dkserver.store.errors import NulNotStorable, StoreUnavailable
 from dkserver.store.messages import NewMessage
 from dkserver.store.writer import GroupWriter
-from tests.support.waiting import wait_for
 
 
 class _Inspect:
@@ -96,7 +94,7 @@ async def test_unknown_recipient_is_refused_without_failing_the_batch(
 
 
 @pytest_twisted.ensureDeferred
-async def test_session_end_and_its_events_are_written(store, sql, db_path):
+async def test_session_end_is_written_after_its_events(store, sql, db_path):
     await store.users.create("alice", "A", "k")
     writer = GroupWriter(store.pool, reactor)
     start = 1_795_668_342_000_000_000
@@ -124,7 +122,6 @@ async def test_missing_session_costs_only_its_analytics_row(store, sql, db_path,
         + [writer.submit_message(message("bob", real), "never-started")]
     )
     assert all(ids) and writer.batches == 1
-    await writer.flush()  # the analytics rows go with a later commit
     con = _Inspect(sql, db_path)
     assert con.execute("SELECT count(*) FROM messages").fetchone() == (real + 1,)
     assert (
@@ -137,6 +134,8 @@ async def test_missing_session_costs_only_its_analytics_row(store, sql, db_path,
 async def test_a_burst_larger_than_one_batch_keeps_order_and_bookkeeping(
     store, sql, db_path, monkeypatch
 ):
+    from dkserver.store import writer as writer_module
+
     monkeypatch.setattr(writer_module, "MAX_BATCH", 7)
     await store.users.create("alice", "A", "k")
     await store.users.create("bob", "B", "k")
@@ -219,137 +218,6 @@ async def test_an_outage_refuses_its_messages_but_keeps_delivery_marks(
     assert con.execute(
         "SELECT duration FROM sessions WHERE session_id = 's1'"
     ).fetchone() == (1,)
-
-
-def _event_count(sql, db_path) -> int:
-    return (
-        _Inspect(sql, db_path)
-        .execute("SELECT count(*) FROM message_events")
-        .fetchone()[0]
-    )
-
-
-async def _three_stored(store, writer) -> list[int]:
-    await store.users.create("alice", "A", "k")
-    await store.users.create("bob", "B", "k")
-    writer.start_session("s1", "alice", 1_795_668_342_000_000_000)
-    return await gatherResults(
-        [writer.submit_message(message("bob", i), "s1") for i in range(3)]
-    )
-
-
-@pytest_twisted.ensureDeferred
-async def test_analytics_rows_go_with_a_later_commit(store, sql, db_path, monkeypatch):
-    """Stored at once, the messages' events within EVENTS_DELAY, in one more
-    commit, with nothing else asking for it."""
-    monkeypatch.setattr(writer_module, "EVENTS_DELAY", 0.2)
-    writer = GroupWriter(store.pool, reactor)
-    ids = await _three_stored(store, writer)
-    assert len(set(ids)) == 3
-    assert writer.batches == 1
-    assert _event_count(sql, db_path) == 0
-    await wait_for(lambda: _event_count(sql, db_path) == 3, "the analytics rows")
-    assert writer.batches == 2
-    rows = _Inspect(sql, db_path).execute(
-        "SELECT session_id, user_id, is_broadcast FROM message_events ORDER BY id"
-    )
-    assert rows.fetchall() == [("s1", "alice", 0)] * 3
-
-
-@pytest_twisted.ensureDeferred
-async def test_messages_do_not_wait_for_the_analytics_rows(
-    store, sql, db_path, monkeypatch
-):
-    """Buffered events hold no message back; flush and close write them."""
-    monkeypatch.setattr(writer_module, "EVENTS_DELAY", 3600.0)
-    writer = GroupWriter(store.pool, reactor)
-    await _three_stored(store, writer)
-    # Far sooner than the hour the events may wait: its own group commit.
-    later = writer.submit_message(message("bob", 3), "s1")
-    later.addTimeout(30, reactor)
-    await later
-    assert _event_count(sql, db_path) == 0
-    await writer.flush()
-    assert _event_count(sql, db_path) == 4
-    writer.submit_message(message("bob", 4), "s1")
-    await writer.close()
-    assert _event_count(sql, db_path) == 5
-
-
-@pytest_twisted.ensureDeferred
-async def test_many_analytics_rows_do_not_wait(store, sql, db_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "EVENTS_DELAY", 3600.0)
-    monkeypatch.setattr(writer_module, "MAX_EVENTS", 2)
-    writer = GroupWriter(store.pool, reactor)
-    await _three_stored(store, writer)
-    await wait_for(lambda: _event_count(sql, db_path) == 3, "the analytics rows")
-
-
-@pytest_twisted.ensureDeferred
-async def test_analytics_rows_go_once_each_session_has_enough(
-    store, sql, db_path, monkeypatch
-):
-    """EVENTS_PER_SESSION rows per session waiting: they go, without the
-    delay; fewer (3 rows of 2 sessions, for 2 each) wait."""
-    monkeypatch.setattr(writer_module, "EVENTS_DELAY", 3600.0)
-    monkeypatch.setattr(writer_module, "EVENTS_PER_SESSION", 2)
-    writer = GroupWriter(store.pool, reactor)
-    await store.users.create("alice", "A", "k")
-    await store.users.create("bob", "B", "k")
-    writer.start_session("s1", "alice", 1_795_668_342_000_000_000)
-    writer.start_session("s2", "alice", 1_795_668_342_000_000_000)
-    await gatherResults(
-        [
-            writer.submit_message(message("bob", i), s)
-            for i, s in enumerate(["s1", "s2", "s1"])
-        ]
-    )
-    # Submitted before the first batch's commit is over: in the next batch,
-    # which must not take the 3 rows (not enough for 2 sessions).
-    await writer.submit_message(message("bob", 3), "s2")
-    await wait_for(lambda: _event_count(sql, db_path) == 4, "the analytics rows")
-    assert writer.batches == 3  # the messages, the fourth message, the rows
-
-
-@pytest_twisted.ensureDeferred
-async def test_an_outage_keeps_the_buffered_analytics_rows(
-    store, sql, db_path, monkeypatch
-):
-    monkeypatch.setattr(writer_module, "EVENTS_DELAY", 3600.0)
-    outage = _Outage(store.pool)
-    writer = GroupWriter(outage, reactor)
-    await _three_stored(store, writer)
-    outage.failures = 1
-    await writer.flush()  # fails once with the events, then writes them
-    assert not writer.unavailable
-    assert writer.batches == 2
-    assert _event_count(sql, db_path) == 3
-
-
-class _CommitInDoubt(_Outage):
-    def runInteraction(self, func, *args, **kwargs):
-        if self.failures:
-            self.failures -= 1
-            return fail(StoreUnavailable("the test lost the COMMIT", in_doubt=True))
-        return self._db.runInteraction(func, *args, **kwargs)
-
-
-@pytest_twisted.ensureDeferred
-async def test_analytics_rows_of_a_commit_in_doubt_are_not_written_twice(
-    store, sql, db_path, monkeypatch
-):
-    """The batch may have committed them: writing them again could count
-    them twice, so they are given up (and the warning says how many)."""
-    monkeypatch.setattr(writer_module, "EVENTS_DELAY", 3600.0)
-    doubt = _CommitInDoubt(store.pool)
-    writer = GroupWriter(doubt, reactor)
-    await _three_stored(store, writer)
-    doubt.failures = 1
-    await writer.flush()
-    assert _event_count(sql, db_path) == 0
-    await writer.submit_message(message("bob", 9), "s1")  # the writer goes on
-    await writer.flush()
-    assert _event_count(sql, db_path) == 1
 
 
 @pytest_twisted.ensureDeferred

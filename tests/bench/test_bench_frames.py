@@ -3,21 +3,11 @@ prints a row per frame kind; bad arguments are a one-line error, exit 2."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.runmodule import run_module
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bench.frames", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _run(*args: str):
+    return run_module("bench.frames", *args)
 
 
 def test_it_reads_every_frame_with_both_readers_and_prints_the_ratio():

@@ -4,23 +4,12 @@ exit 2."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 from bench import writer_sql
+from tests.bench.runmodule import run_module
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bench.writer_sql", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _run(*args: str):
+    return run_module("bench.writer_sql", *args)
 
 
 def test_it_prints_every_variant():

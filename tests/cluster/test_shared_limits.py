@@ -22,6 +22,7 @@ from dkserver.cluster.limits import (
     SharedBuckets,
     SharedConnections,
 )
+from dkserver.cluster.redis import RETRY_INITIAL, RETRY_MAX
 from dkserver.cluster.shared import SharedRedis
 from dkserver.ratelimit import BucketRegistry
 from dkserver.ws.caps import ConnectionCounts
@@ -60,6 +61,13 @@ class Node:
     ):
         self.name = name
         self.conn = txredisapi.lazyConnection(server.host, server.port, dbid=0)
+        # Reconnect as a node's own connections do (dkserver.cluster.redis:
+        # 0.2 s, at most 2 s apart), not on txredisapi's default backoff (1 s
+        # growing to 10 s): on a loaded machine a Redis slow to restart left
+        # a node's next attempt beyond until_shared's patience.
+        factory = self.conn._factory
+        factory.initialDelay = factory.delay = RETRY_INITIAL
+        factory.maxDelay = RETRY_MAX
         # Generous unless a test makes Redis fail: a loaded machine must not
         # turn a shared answer into the local fallback.
         self.shared = SharedRedis(self.conn, reactor, timeout=timeout, retry_after=0.2)

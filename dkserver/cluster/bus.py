@@ -30,7 +30,11 @@ node to rescan (``dk:rescan``) once it can publish again.
 Each frame is published with the origin node's id; a node skips its own
 (its connections were served locally), so each connection gets each message
 once.  Acknowledgements stay where the connection is: the connection's
-outbox confirms to its own node's hub.
+outbox confirms to its own node's hub.  The origin field also carries, after a
+space, the message's store time (Unix ns, the origin's clock), so the
+delivery-latency histogram of the node that delivers it counts it too; a
+node id has no space, so a node that predates the field reads the pair as
+an origin that is not its own and delivers as before.
 """
 
 from __future__ import annotations
@@ -194,12 +198,10 @@ class ClusterBus:
     def send_direct(
         self, to_user: str, frame: Any, message_id: int, stored_ns: int | None = None
     ) -> int:
-        # Other nodes deliver without the store time (the channel carries
-        # none): their delivery-latency histograms leave these out.
         sent = self.local.send_direct(to_user, frame, message_id, stored_ns)
         self._publish(
             user_channel(to_user),
-            b"%s\n%d\n%s" % (self._origin, message_id, frame.payload),
+            b"%s\n%d\n%s" % (self._origin_field(stored_ns), message_id, frame.payload),
         )
         return sent
 
@@ -214,9 +216,19 @@ class ClusterBus:
         self._publish(
             BROADCAST_CHANNEL,
             b"%s\n%d\n%s\n%s"
-            % (self._origin, message_id, from_user.encode(), frame.payload),
+            % (
+                self._origin_field(stored_ns),
+                message_id,
+                from_user.encode(),
+                frame.payload,
+            ),
         )
         return sent
+
+    def _origin_field(self, stored_ns: int | None) -> bytes:
+        if stored_ns is None:
+            return self._origin
+        return b"%s %d" % (self._origin, stored_ns)
 
     def _publish(self, channel: bytes, data: bytes) -> None:
         self.published += 1
@@ -240,17 +252,25 @@ class ClusterBus:
     def _message(self, channel: bytes, data: bytes) -> None:
         if channel.startswith(USER_PREFIX):
             origin, message_id, payload = data.split(b"\n", 2)
+            origin, _, stored = origin.partition(b" ")
             if origin != self._origin:
                 user_id = channel[len(USER_PREFIX) :].decode()
                 if self.local.is_online(user_id):
                     self.local.send_direct(
-                        user_id, self.prepare(payload), int(message_id)
+                        user_id,
+                        self.prepare(payload),
+                        int(message_id),
+                        int(stored) if stored else None,
                     )
         elif channel == BROADCAST_CHANNEL:
             origin, message_id, sender, payload = data.split(b"\n", 3)
+            origin, _, stored = origin.partition(b" ")
             if origin != self._origin:
                 self.local.send_broadcast(
-                    sender.decode(), self.prepare(payload), int(message_id)
+                    sender.decode(),
+                    self.prepare(payload),
+                    int(message_id),
+                    int(stored) if stored else None,
                 )
         elif self.forwards is not None and channel == self.forwards.channel:
             self.forwards.message(data)

@@ -183,7 +183,9 @@ class Hub:
             else:
                 self.writer.record_broadcast_delivery(message_id, user_id)
             if stored_ns is not None:
-                latency[kind]((now_ns - stored_ns) / 1e9)
+                # Not below zero: a store time from another node's clock, or
+                # this clock stepped back.
+                latency[kind](max(0, now_ns - stored_ns) / 1e9)
 
     def accept(self, conn: Any, message: frames.ClientMessage) -> None:
         """Store, then deliver, a client's message; then tell the sender's

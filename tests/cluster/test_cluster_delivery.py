@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
+from tests.e2e.test_analytics import sample, scrape
 from tests.support.client import Identity, register_and_login
 from tests.support.cluster import pg_rows, redis_command
 from tests.support.envelope import decrypt_with
@@ -18,6 +19,12 @@ from tests.support.ws import broadcast_frame, connect, direct_frame
 async def login_on(cluster, index: int, name: str) -> tuple[Identity, str]:
     ident = Identity(cluster.user(name))
     return ident, await register_and_login(cluster[index], ident)
+
+
+async def delivery_count(node, kind: str) -> float:
+    """How many deliveries ``node`` has timed, store to proof of reading."""
+    text = await scrape(node)
+    return sample(text, "dkserver_delivery_latency_seconds_count", kind=kind) or 0
 
 
 def status(cluster, message_id: int) -> str | None:
@@ -35,6 +42,7 @@ async def test_direct_message_reaches_every_connection_on_other_nodes(cluster):
     alice_ws = await connect(cluster[0], alice_token)
     bob_on_1 = await connect(cluster[1], bob_token)
     bob_on_2 = await connect(cluster[2], bob_token)
+    before = [await delivery_count(cluster[i], "direct") for i in (1, 2)]
 
     alice_ws.send_json(
         direct_frame(alice, bob.user_id, "across nodes", bob.public_key_b64)
@@ -46,6 +54,13 @@ async def test_direct_message_reaches_every_connection_on_other_nodes(cluster):
     await alice_ws.expect_silence(0.2)
     # The node holding a connection records the delivery.
     await wait_for(lambda: status(cluster, got_1["id"]) == "delivered", "delivered")
+    # Each node that delivered it timed it, though it was stored on another.
+    for i, count in zip((1, 2), before, strict=True):
+
+        async def timed(node=cluster[i], count=count) -> bool:
+            return await delivery_count(node, "direct") > count
+
+        await wait_for(timed, f"node {i} timing the delivery")
     for ws in (alice_ws, bob_on_1, bob_on_2):
         ws.close()
 
@@ -60,6 +75,7 @@ async def test_broadcast_reaches_each_user_on_every_node_once(cluster):
     bob_ws = await connect(cluster[1], bob_token)
     carol_on_2 = await connect(cluster[2], carol_token)
     carol_on_0 = await connect(cluster[0], carol_token)
+    before = [await delivery_count(cluster[i], "broadcast") for i in (1, 2)]
 
     alice_ws.send_json(broadcast_frame(alice, "to everyone"))
     got = [await ws.recv() for ws in (bob_ws, carol_on_2, carol_on_0)]
@@ -80,6 +96,12 @@ async def test_broadcast_reaches_each_user_on_every_node_once(cluster):
     await wait_for(
         lambda: recipients() == {bob.user_id, carol.user_id}, "deliveries recorded"
     )
+    for i, count in zip((1, 2), before, strict=True):
+
+        async def timed(node=cluster[i], count=count) -> bool:
+            return await delivery_count(node, "broadcast") > count
+
+        await wait_for(timed, f"node {i} timing the broadcast's delivery")
     # Offline then: dave gets it from the backlog, once, on any node.
     dave_ws = await connect(cluster[1], dave_token)
     assert (await dave_ws.recv())["id"] == message_id

@@ -155,6 +155,36 @@ def test_remote_broadcast_reaches_local_users_except_the_sender():
     assert len(bob.got) == 1
 
 
+def test_the_store_time_travels_with_the_frame_for_the_other_nodes_histogram():
+    bus, redis, _, _ = make_bus()
+    bob = FakeConn("bob")
+    bus.add(bob)
+    bus.send_direct("bob", Frame(b"{}"), 7, 1_700_000_000_123_456_789)
+    bus.send_broadcast("bob", Frame(b"{}"), 8, 1_700_000_000_999_000_001)
+    assert redis.sent == [
+        ("PUBLISH", user_channel("bob"), b"n0 1700000000123456789\n7\n{}"),
+        ("PUBLISH", BROADCAST_CHANNEL, b"n0 1700000000999000001\n8\nbob\n{}"),
+    ]
+    # Our own, with its store time, is still recognised as ours.
+    redis.handler(user_channel("bob"), redis.sent[0][2])
+    assert len(bob.got) == 1
+    redis.handler(user_channel("bob"), b"n1 1700000000000000005\n9\n{}")
+    assert bob.got[-1] == (b"{}", ("d", 9, "bob", 1_700_000_000_000_000_005))
+    redis.handler(BROADCAST_CHANNEL, b"n1 1700000000000000006\n10\nalice\n{}")
+    assert bob.got[-1] == (b"{}", ("b", 10, "bob", 1_700_000_000_000_000_006))
+
+
+def test_a_frame_with_the_store_time_reads_as_a_foreign_origin_to_an_older_node():
+    """What a node that predates the field does with one: its parse (origin
+    up to the first newline) sees an origin that is not its own, so it
+    delivers; only its histogram misses the message, as before."""
+    bus, redis, _, _ = make_bus("n1")
+    bus.send_direct("bob", Frame(b"{}"), 7, 5)
+    origin, message_id, payload = redis.sent[0][2].split(b"\n", 2)
+    assert origin != b"n0" and origin.split(b" ")[0] == b"n1"
+    assert (int(message_id), payload) == (7, b"{}")
+
+
 def test_resubscribe_and_node_death_rescan_every_connection():
     bus, redis, nodes, _ = make_bus()
     conns = [FakeConn("a"), FakeConn("b"), FakeConn("b")]

@@ -12,6 +12,7 @@ import os
 
 import jwt
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, LogPublisher
@@ -22,6 +23,7 @@ from dkserver.gauges import StoreGauges
 from dkserver.logs import json_line, json_observer, log_target, redact_text
 from dkserver.metrics import LatencyHistogram, Metrics
 from dkserver.ratelimit import BucketRegistry
+from dkserver.ws.hub import Hub
 
 TOKEN = jwt.encode({"sub": "alice", "exp": 2_000_000_000}, "s" * 32, algorithm="HS256")
 KEY = base64.b64encode(os.urandom(32)).decode()
@@ -207,6 +209,55 @@ def test_latency_histogram_buckets_are_cumulative_and_parse():
     assert math.isclose(samples[("t_seconds_sum", None)], 5.565)
     with pytest.raises(ValueError):
         histogram.labels()
+
+
+class _DeliveryWriter:
+    def __init__(self) -> None:
+        self.marks: list[tuple] = []
+
+    def mark_delivered(self, message_id, user_id) -> None:
+        self.marks.append(("d", message_id, user_id))
+
+    def record_broadcast_delivery(self, message_id, user_id) -> None:
+        self.marks.append(("b", message_id, user_id))
+
+
+class _NoSessions:
+    def connection_count(self) -> int:
+        return 0
+
+    def online_users(self) -> list[str]:
+        return []
+
+
+def sample(text: str, name: str, **labels) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
+
+
+def test_confirmed_deliveries_observe_their_latency_never_below_zero():
+    """A store time from another node's clock may be ahead of this one's."""
+    metrics, writer = Metrics(), _DeliveryWriter()
+    hub = Hub(
+        None, writer, _NoSessions(), None, None, metrics, Clock(), lambda: 5_000_000_000
+    )
+    hub.confirm(
+        [
+            ("d", 1, "bob", 4_750_000_000),  # 0.25 s ago
+            ("d", 2, "bob", None),  # no store time: not observed
+            ("b", 3, "bob", 5_200_000_000),  # 0.2 s "in the future"
+        ]
+    )
+    assert writer.marks == [("d", 1, "bob"), ("d", 2, "bob"), ("b", 3, "bob")]
+    text = generate_latest(metrics.registry).decode()
+    name = "dkserver_delivery_latency_seconds"
+    assert sample(text, name + "_count", kind="direct") == 1
+    assert math.isclose(sample(text, name + "_sum", kind="direct"), 0.25)
+    assert sample(text, name + "_count", kind="broadcast") == 1
+    assert sample(text, name + "_sum", kind="broadcast") == 0
 
 
 def test_metrics_render_rate_limit_counts_from_the_registries():

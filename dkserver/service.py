@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import time
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -195,6 +196,8 @@ class DkService(MultiService):
             self.store, self.revocations, self.bus, self._reload_keys
         )
         self._migrated = False
+        #: The start-up read of the users into the cache (see _warm_users).
+        self._warming: Deferred | None = None
         self.readiness = Readiness(
             self.writer,
             reactor,
@@ -377,6 +380,28 @@ class DkService(MultiService):
         self.gauges.recount()  # the backlog gauge's starting point
         self._migrated = True
         self.log.info("database {path} ready", path=self.config.database.redacted)
+        # Not awaited: requests are served meanwhile (a user not read yet
+        # is read on its own, as always).
+        self._warming = Deferred.fromCoroutine(self._warm_users())
+
+    async def _warm_users(self) -> None:
+        """Read the users into the cache in one query, so that the clients
+        reconnecting after a restart log in without a database trip each."""
+        started = time.monotonic()
+        try:
+            added = await self.store.users.warm()
+        except Exception:
+            if self.running:
+                self.log.failure(
+                    "cannot read the users into the cache; each is read at its"
+                    " first login"
+                )
+            return
+        self.log.info(
+            "read {count} users into the cache in {seconds:.3f} s",
+            count=added,
+            seconds=time.monotonic() - started,
+        )
 
     async def _reload_keys(self) -> None:
         """A secret rotation (``dkserver token rotate-secret``) was committed."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
-from dkserver.store.accounts import consume_invite_txn
+from dkserver.store.accounts import ACTIVE, BANNED, DELETED, consume_invite_txn
 from dkserver.store.database import Database, Txn
 from dkserver.store.errors import IntegrityError, StoreError, UserExists
 
@@ -35,7 +35,13 @@ class UserStore:
     """The cache saves the trip to the database thread on every login,
     token check and key lookup.  A user changes only by an account change
     (ban, delete, key rotation: dkserver.store.accounts), which every
-    server learns of by its revocation poll and then calls `forget`."""
+    server learns of by its revocation poll and then calls `forget`.
+
+    A read that began before a `forget` may have read the account as it was
+    before the change, so its result is not kept (the generation count).
+    `warm` fills the cache at start in one read, so that a restarted
+    server's reconnect storm does not read every user on its own trip to
+    the database thread."""
 
     log = Logger()
 
@@ -45,12 +51,16 @@ class UserStore:
         clock_ns: Callable[[], int] = time.time_ns,
         *,
         reads: Database | None = None,
+        cache_size: int = CACHE_SIZE,
     ) -> None:
         self._pool = pool
         #: Lookups and the user list: the read pool (see dkserver.store.pool).
         self._reads = pool if reads is None else reads
         self._clock_ns = clock_ns
         self._cache: OrderedDict[str, User] = OrderedDict()
+        self._cache_size = cache_size
+        #: Bumped by `forget`: what a read begun before it returns is stale.
+        self._generation = 0
         self._registered: list[Callable[[str], None]] = []
 
     def on_registered(self, callback: Callable[[str], None]) -> None:
@@ -61,7 +71,7 @@ class UserStore:
     def _remember(self, user: User) -> None:
         self._cache[user.user_id] = user
         self._cache.move_to_end(user.user_id)
-        if len(self._cache) > CACHE_SIZE:
+        if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
     async def create(
@@ -92,14 +102,35 @@ class UserStore:
     def forget(self) -> None:
         """Drop every cached user: an account changed somewhere."""
         self._cache.clear()
+        self._generation += 1
+
+    async def warm(self) -> int:
+        """Read up to the cache's size of users into it, in one query; how
+        many were added.  Users a login cached meanwhile stay as they are
+        (as fresh, and more recently used); nothing is kept if an account
+        changed during the read."""
+        generation = self._generation
+        users = await self._reads.runInteraction(_warm_txn, self._cache_size)
+        if generation != self._generation:
+            return 0
+        cache, added = self._cache, 0
+        for user in users:
+            if len(cache) >= self._cache_size:
+                break
+            if user.user_id not in cache:
+                cache[user.user_id] = user
+                cache.move_to_end(user.user_id, last=False)
+                added += 1
+        return added
 
     async def get(self, user_id: str) -> User | None:
         user = self._cache.get(user_id)
         if user is not None:
             self._cache.move_to_end(user_id)
             return user
+        generation = self._generation
         user = await self._reads.runInteraction(_get_txn, user_id)
-        if user is not None:
+        if user is not None and generation == self._generation:
             self._remember(user)
         return user
 
@@ -174,6 +205,23 @@ def _get_txn(txn: Txn, user_id: str) -> User | None:
     )
     row = txn.fetchone()
     return None if row is None else User(*row)
+
+
+#: The account states as stored: one string object each for every cached user.
+_STATUS = {s: s for s in (ACTIVE, BANNED, DELETED)}
+
+
+def _warm_txn(txn: Txn, limit: int) -> list[User]:
+    txn.execute(
+        "SELECT user_id, username, public_key, COALESCE(registered_ns, 0),"
+        " status FROM users LIMIT ?",
+        (limit,),
+    )
+    status = _STATUS
+    return [
+        User(uid, name, key, ns, status.get(st, st))
+        for uid, name, key, ns, st in txn.fetchall()
+    ]
 
 
 def _exists_txn(txn: Txn, user_id: str) -> bool:

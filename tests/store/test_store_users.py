@@ -6,9 +6,10 @@ import time
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 
 from dkserver.store import User, UserExists
-from dkserver.store.users import UserActivity
+from dkserver.store.users import UserActivity, UserStore
 
 
 @pytest_twisted.ensureDeferred
@@ -101,3 +102,56 @@ async def test_activity_counts_pending_direct_messages_and_sessions(store):
     assert activity.pending_direct == 1
     assert (activity.sessions, activity.open_sessions) == (2, 1)
     assert activity.last_session_start.startswith("2026-11-26 04:45:50")
+
+
+def rename(sql, db_path: str, user_id: str, username: str) -> None:
+    """Change a row behind the store's back: what its cache still answers
+    shows whether a lookup went to the database."""
+    sql(db_path, "UPDATE users SET username = ? WHERE user_id = ?", (username, user_id))
+
+
+@pytest_twisted.ensureDeferred
+async def test_warm_reads_every_user_into_the_cache_in_one_go(store, sql, db_path):
+    for uid in ("alice", "bob", "carol"):
+        await store.users.create(uid, uid.title(), "a2V5", registered_ns=5)
+    sql(db_path, "UPDATE users SET status = 'banned' WHERE user_id = 'carol'")
+    assert await store.users.warm() == 3
+    for uid in ("alice", "bob", "carol"):
+        rename(sql, db_path, uid, "Renamed")
+    assert await store.users.get("alice") == User("alice", "Alice", "a2V5", 5)
+    assert (await store.users.get("carol")).status == "banned"
+    assert await store.users.exists("bob")
+    assert await store.users.warm() == 0  # all there already
+    store.users.forget()  # an account change: the database answers again
+    assert (await store.users.get("bob")).username == "Renamed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_warm_fills_at_most_the_cache_and_keeps_what_a_login_cached(
+    store, sql, db_path
+):
+    users = UserStore(store.pool, reads=store.reads, cache_size=2)
+    for uid in ("alice", "bob", "carol"):
+        await store.users.create(uid, uid.title(), "a2V5")
+    assert (await users.get("bob")).username == "Bob"
+    rename(sql, db_path, "bob", "Renamed")
+    assert await users.warm() == 1  # one place left; bob is not read again
+    assert (await users.get("bob")).username == "Bob"
+    cached = [u for u in ("alice", "carol") if u in users._cache]
+    assert len(cached) == 1
+    rename(sql, db_path, cached[0], "Renamed")
+    assert (await users.get(cached[0])).username != "Renamed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_begun_before_an_account_change_is_not_cached(store, sql, db_path):
+    """What was read before the change may be the account as it was (the key
+    a rotation replaced, the status before a ban)."""
+    await store.users.create("alice", "Alice", "a2V5")
+    warming = Deferred.fromCoroutine(store.users.warm())
+    lookup = Deferred.fromCoroutine(store.users.get("alice"))
+    store.users.forget()  # both reads are on the database thread still
+    assert await warming == 0
+    assert (await lookup).username == "Alice"  # answered, not kept
+    rename(sql, db_path, "alice", "Renamed")
+    assert (await store.users.get("alice")).username == "Renamed"

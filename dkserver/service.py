@@ -73,6 +73,10 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+#: Reads of the users into the cache at start (see DkService._warm_users).
+WARM_ATTEMPTS = 2
+
+
 class DkService(MultiService):
     """Everything one dkserver process runs."""
 
@@ -389,13 +393,23 @@ class DkService(MultiService):
         reconnecting after a restart log in without a database trip each."""
         started = time.monotonic()
         try:
-            added = await self.store.users.warm()
+            # An account change during a read discards it: once more.
+            for _ in range(WARM_ATTEMPTS):
+                added = await self.store.users.warm()
+                if added is not None:
+                    break
         except Exception:
             if self.running:
                 self.log.failure(
                     "cannot read the users into the cache; each is read at its"
                     " first login"
                 )
+            return
+        if added is None:
+            self.log.info(
+                "accounts changed while the users were read into the cache;"
+                " each is read at its first login"
+            )
             return
         self.log.info(
             "read {count} users into the cache in {seconds:.3f} s",

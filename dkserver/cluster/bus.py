@@ -58,6 +58,16 @@ USER_PREFIX = b"dk:u:"
 SUBSCRIBE_WAIT = 2.0
 
 
+def _store_time(field: bytes) -> int | None:
+    """The store time after the origin (None when absent or unreadable):
+    it only feeds a histogram, so a frame with a field this build does not
+    read (a later build's, say) is still delivered."""
+    head = field.split(b" ", 1)[0]
+    if not head.isdigit():
+        return None
+    return int(head)
+
+
 def user_channel(user_id: str) -> bytes:
     return channel(USER_PREFIX, user_id)
 
@@ -260,7 +270,7 @@ class ClusterBus:
                         user_id,
                         self.prepare(payload),
                         int(message_id),
-                        int(stored) if stored else None,
+                        _store_time(stored),
                     )
         elif channel == BROADCAST_CHANNEL:
             origin, message_id, sender, payload = data.split(b"\n", 3)
@@ -270,7 +280,7 @@ class ClusterBus:
                     sender.decode(),
                     self.prepare(payload),
                     int(message_id),
-                    int(stored) if stored else None,
+                    _store_time(stored),
                 )
         elif self.forwards is not None and channel == self.forwards.channel:
             self.forwards.message(data)

@@ -104,15 +104,15 @@ class UserStore:
         self._cache.clear()
         self._generation += 1
 
-    async def warm(self) -> int:
+    async def warm(self) -> int | None:
         """Read up to the cache's size of users into it, in one query; how
         many were added.  Users a login cached meanwhile stay as they are
-        (as fresh, and more recently used); nothing is kept if an account
-        changed during the read."""
+        (as fresh, and more recently used); None, and nothing kept, if an
+        account changed during the read."""
         generation = self._generation
         users = await self._reads.runInteraction(_warm_txn, self._cache_size)
         if generation != self._generation:
-            return 0
+            return None
         cache, added = self._cache, 0
         for user in users:
             if len(cache) >= self._cache_size:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
-from tests.e2e.test_analytics import sample, scrape
 from tests.support.client import Identity, register_and_login
 from tests.support.cluster import pg_rows, redis_command
 from tests.support.envelope import decrypt_with
+from tests.support.metrics import sample, scrape
 from tests.support.waiting import sleep, wait_for
 from tests.support.ws import broadcast_frame, connect, direct_frame
 

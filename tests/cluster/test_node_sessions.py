@@ -9,8 +9,9 @@ import psycopg
 import pytest_twisted
 
 from dkserver.cluster.url import parse_redis_url
-from tests.e2e.test_analytics import eventually, sample, scrape
+from tests.e2e.test_analytics import eventually
 from tests.support.client import Identity, get, register_and_login
+from tests.support.metrics import sample, scrape
 from tests.support.server import make_config, start_server, stop_server
 from tests.support.ws import connect
 

@@ -13,7 +13,6 @@ import time
 
 import pytest
 import pytest_twisted
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 
 from dkserver.store import Store
@@ -26,6 +25,7 @@ from tests.support.client import (
     register_and_login,
 )
 from tests.support.db import db_rows as support_db_rows
+from tests.support.metrics import sample, scrape
 from tests.support.server import start_server, stop_server
 from tests.support.waiting import sleep
 from tests.support.ws import (
@@ -280,23 +280,6 @@ async def test_message_event_per_accepted_message_with_its_session(server):
 
 
 # -- /metrics ----------------------------------------------------------------------
-
-
-def sample(text: str, name: str, **labels) -> float | None:
-    """The value of one Prometheus sample, None if absent."""
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    return None
-
-
-async def scrape(server) -> str:
-    response = await server.http.get(server.url("/metrics"))
-    assert response.code == 200
-    ctype = response.headers.getRawHeaders(b"content-type")[0]
-    assert ctype.startswith(b"text/plain"), ctype
-    return (await response.content()).decode()
 
 
 @pytest_twisted.ensureDeferred

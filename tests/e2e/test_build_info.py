@@ -7,7 +7,7 @@ import re
 import pytest_twisted
 
 import dkserver
-from tests.e2e.test_analytics import sample, scrape
+from tests.support.metrics import sample, scrape
 
 
 @pytest_twisted.ensureDeferred

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.reliability.daemon import Daemon
 from tests.support.client import Identity, get, login, post_json, register_and_login
+from tests.support.metrics import sample
 from tests.support.waiting import wait_for
 from tests.support.ws import broadcast_frame, connect, direct_frame, upgrade_status
 
@@ -59,14 +60,6 @@ def families(text: str) -> dict[str, object]:
         name = family.name + "_total" if family.type == "counter" else family.name
         out[name] = family
     return out
-
-
-def value(text: str, name: str, **labels) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    return None
 
 
 async def scrape(handle) -> str:
@@ -243,10 +236,10 @@ async def test_metrics_of_a_daemon_after_traffic_match_the_documented_table(
         async def settled() -> bool:
             nonlocal text
             text = await scrape(handle)
-            direct = value(
+            direct = sample(
                 text, "dkserver_delivery_latency_seconds_count", kind="direct"
             )
-            return bool(direct) and value(text, "dkserver_pending_messages") == 2
+            return bool(direct) and sample(text, "dkserver_pending_messages") == 2
 
         await wait_for(settled, "delivery marks committed", timeout=15)
         exposed = families(text)
@@ -264,30 +257,30 @@ async def test_metrics_of_a_daemon_after_traffic_match_the_documented_table(
         assert ours <= documented.keys(), ours - documented.keys()
 
         # Histograms observed the traffic.
-        assert value(text, "dkserver_commit_duration_seconds_count") >= 3
-        assert value(text, "dkserver_commit_duration_seconds_sum") > 0
+        assert sample(text, "dkserver_commit_duration_seconds_count") >= 3
+        assert sample(text, "dkserver_commit_duration_seconds_sum") > 0
         assert (
-            value(text, "dkserver_delivery_latency_seconds_count", kind="direct") >= 1
+            sample(text, "dkserver_delivery_latency_seconds_count", kind="direct") >= 1
         )
         assert (
-            value(text, "dkserver_delivery_latency_seconds_count", kind="broadcast")
+            sample(text, "dkserver_delivery_latency_seconds_count", kind="broadcast")
             >= 1
         )
-        inf = value(
+        inf = sample(
             text, "dkserver_delivery_latency_seconds_bucket", kind="direct", le="+Inf"
         )
-        assert inf == value(
+        assert inf == sample(
             text, "dkserver_delivery_latency_seconds_count", kind="direct"
         )
-        assert value(text, "dkserver_delivery_latency_seconds_sum", kind="direct") > 0
+        assert sample(text, "dkserver_delivery_latency_seconds_sum", kind="direct") > 0
         # carol's two messages wait; bob's was delivered.
-        assert value(text, "dkserver_pending_messages") == 2
-        assert value(text, "dkserver_messages_total", kind="direct") == 3
-        assert value(text, "process_open_fds") > 0
-        assert value(text, "process_resident_memory_bytes") > 10e6
-        assert value(text, "dkserver_rate_limit_buckets", limit="messages") >= 1
+        assert sample(text, "dkserver_pending_messages") == 2
+        assert sample(text, "dkserver_messages_total", kind="direct") == 3
+        assert sample(text, "process_open_fds") > 0
+        assert sample(text, "process_resident_memory_bytes") > 10e6
+        assert sample(text, "dkserver_rate_limit_buckets", limit="messages") >= 1
         assert (
-            value(
+            sample(
                 text,
                 "dkserver_rate_limit_evictions_total",
                 limit="messages",
@@ -298,7 +291,7 @@ async def test_metrics_of_a_daemon_after_traffic_match_the_documented_table(
 
         # The database size is the backend's own figure (read at start and
         # every 30 s: compared within what a few rows can add).
-        size = value(text, "dkserver_database_size_bytes")
+        size = sample(text, "dkserver_database_size_bytes")
         if backend == "postgresql":
             with psycopg.connect(db_target) as conn:
                 actual = conn.execute(
@@ -314,7 +307,7 @@ async def test_metrics_of_a_daemon_after_traffic_match_the_documented_table(
 
         # carol connects: her backlog is read, the gauge drops to 0, and the
         # delivery histogram counts the backlog too.
-        before = value(text, "dkserver_delivery_latency_seconds_count", kind="direct")
+        before = sample(text, "dkserver_delivery_latency_seconds_count", kind="direct")
         carol = await connect(handle, await login(handle, sent["carol"]))
         # her two direct messages, then the broadcast
         assert [f["to"] for f in await carol.recv_all(3)] == [
@@ -326,10 +319,10 @@ async def test_metrics_of_a_daemon_after_traffic_match_the_documented_table(
         async def drained() -> bool:
             nonlocal text
             text = await scrape(handle)
-            return value(text, "dkserver_pending_messages") == 0
+            return sample(text, "dkserver_pending_messages") == 0
 
         await wait_for(drained, "carol's backlog marked", timeout=15)
-        after = value(text, "dkserver_delivery_latency_seconds_count", kind="direct")
+        after = sample(text, "dkserver_delivery_latency_seconds_count", kind="direct")
         assert after >= before + 2
         for ws in (*sent["clients"], carol):
             ws.close()

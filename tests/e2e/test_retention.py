@@ -9,10 +9,10 @@ import pytest
 import pytest_twisted
 
 from dkserver.store.messages import NewMessage
-from tests.e2e.test_analytics import sample, scrape
 from tests.e2e.test_ws_messaging import assert_system_error, close_and_wait, users
 from tests.support.client import get
 from tests.support.db import db_rows
+from tests.support.metrics import sample, scrape
 from tests.support.server import start_server, stop_server
 from tests.support.waiting import wait_for
 from tests.support.ws import connect, direct_frame

@@ -52,3 +52,41 @@ async def test_a_restarted_server_reads_its_users_at_start(backend_config):
         assert "_get_txn" not in looked_up and "_exists_txn" not in looked_up
     finally:
         await stop_server(server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_discarded_by_an_account_change_is_tried_once_more(
+    backend_config,
+):
+    server = await start_server(backend_config())
+    try:
+        await server.service._warming
+        users = server.service.store.users
+        answers: list = []
+
+        async def warm():
+            return answers.pop(0)
+
+        users.warm = warm
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            answers[:] = [None, 3]
+            await server.service._warm_users()
+            answers[:] = [None, None]
+            await server.service._warm_users()
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        lines = [
+            e["log_format"]
+            for e in events
+            if e.get("log_namespace") == "dkserver.service.DkService"
+        ]
+        assert lines == [
+            "read {count} users into the cache in {seconds:.3f} s",
+            "accounts changed while the users were read into the cache;"
+            " each is read at its first login",
+        ]
+        assert answers == []
+    finally:
+        await stop_server(server)

@@ -174,15 +174,41 @@ def test_the_store_time_travels_with_the_frame_for_the_other_nodes_histogram():
     assert bob.got[-1] == (b"{}", ("b", 10, "bob", 1_700_000_000_000_000_006))
 
 
-def test_a_frame_with_the_store_time_reads_as_a_foreign_origin_to_an_older_node():
-    """What a node that predates the field does with one: its parse (origin
-    up to the first newline) sees an origin that is not its own, so it
-    delivers; only its histogram misses the message, as before."""
+def parse_as_0_1_0(node: bytes, data: bytes) -> tuple[int, bytes] | None:
+    """What a node of 0.1.0 does with a direct frame: deliver ``(id,
+    payload)`` unless the origin (up to the first newline) is its own."""
+    origin, message_id, payload = data.split(b"\n", 2)
+    return None if origin == node else (int(message_id), payload)
+
+
+def test_a_node_from_before_the_store_time_still_delivers_and_skips_its_own():
     bus, redis, _, _ = make_bus("n1")
     bus.send_direct("bob", Frame(b"{}"), 7, 5)
-    origin, message_id, payload = redis.sent[0][2].split(b"\n", 2)
-    assert origin != b"n0" and origin.split(b" ")[0] == b"n1"
-    assert (int(message_id), payload) == (7, b"{}")
+    bus.send_direct("bob", Frame(b"{}"), 8)  # no store time: the old format
+    with_time, without = (sent[2] for sent in redis.sent)
+    assert parse_as_0_1_0(b"n0", with_time) == (7, b"{}")
+    assert parse_as_0_1_0(b"n0", without) == (8, b"{}")
+    # An old n1 would publish the old format, which it recognises as its own.
+    assert parse_as_0_1_0(b"n1", without) is None
+
+
+def test_an_unreadable_or_longer_store_time_field_still_delivers():
+    """The field only feeds a histogram: a later build may add to it."""
+    bus, redis, _, _ = make_bus()
+    bob = FakeConn("bob")
+    bus.add(bob)
+    for origin in (b"n1 12x", b"n1 ", b"n1 -3", b"n1 42 later"):
+        redis.handler(user_channel("bob"), origin + b"\n9\n{}")
+    assert [ack for _, ack in bob.got] == [
+        ("d", 9, "bob", None),
+        ("d", 9, "bob", None),
+        ("d", 9, "bob", None),
+        ("d", 9, "bob", 42),
+    ]
+    redis.handler(BROADCAST_CHANNEL, b"n1 x\n10\nalice\n{}")
+    assert bob.got[-1] == (b"{}", ("b", 10, "bob", None))
+    redis.handler(user_channel("bob"), b"n0 42 later\n11\n{}")  # our own
+    assert len(bob.got) == 5
 
 
 def test_resubscribe_and_node_death_rescan_every_connection():

@@ -24,6 +24,7 @@ from dkserver.logs import json_line, json_observer, log_target, redact_text
 from dkserver.metrics import LatencyHistogram, Metrics
 from dkserver.ratelimit import BucketRegistry
 from dkserver.ws.hub import Hub
+from tests.support.metrics import sample
 
 TOKEN = jwt.encode({"sub": "alice", "exp": 2_000_000_000}, "s" * 32, algorithm="HS256")
 KEY = base64.b64encode(os.urandom(32)).decode()
@@ -228,14 +229,6 @@ class _NoSessions:
 
     def online_users(self) -> list[str]:
         return []
-
-
-def sample(text: str, name: str, **labels) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    return None
 
 
 def test_confirmed_deliveries_observe_their_latency_never_below_zero():

@@ -58,14 +58,13 @@ USER_PREFIX = b"dk:u:"
 SUBSCRIBE_WAIT = 2.0
 
 
-def _store_time(field: bytes) -> int | None:
-    """The store time after the origin (None when absent or unreadable):
-    it only feeds a histogram, so a frame with a field this build does not
-    read (a later build's, say) is still delivered."""
-    head = field.split(b" ", 1)[0]
-    if not head.isdigit():
-        return None
-    return int(head)
+def _split_origin(field: bytes) -> tuple[bytes, int | None]:
+    """The origin node's id and the store time after it (None when absent
+    or unreadable: it only feeds a histogram, so a frame with a field this
+    build does not read, a later build's say, is still delivered)."""
+    origin, _, rest = field.partition(b" ")
+    head = rest.split(b" ", 1)[0]
+    return origin, int(head) if head.isdigit() else None
 
 
 def user_channel(user_id: str) -> bytes:
@@ -262,7 +261,7 @@ class ClusterBus:
     def _message(self, channel: bytes, data: bytes) -> None:
         if channel.startswith(USER_PREFIX):
             origin, message_id, payload = data.split(b"\n", 2)
-            origin, _, stored = origin.partition(b" ")
+            origin, stored_ns = _split_origin(origin)
             if origin != self._origin:
                 user_id = channel[len(USER_PREFIX) :].decode()
                 if self.local.is_online(user_id):
@@ -270,17 +269,17 @@ class ClusterBus:
                         user_id,
                         self.prepare(payload),
                         int(message_id),
-                        _store_time(stored),
+                        stored_ns,
                     )
         elif channel == BROADCAST_CHANNEL:
             origin, message_id, sender, payload = data.split(b"\n", 3)
-            origin, _, stored = origin.partition(b" ")
+            origin, stored_ns = _split_origin(origin)
             if origin != self._origin:
                 self.local.send_broadcast(
                     sender.decode(),
                     self.prepare(payload),
                     int(message_id),
-                    _store_time(stored),
+                    stored_ns,
                 )
         elif self.forwards is not None and channel == self.forwards.channel:
             self.forwards.message(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
-from dkserver.store.accounts import ACTIVE, BANNED, DELETED, consume_invite_txn
+from dkserver.store.accounts import consume_invite_txn
 from dkserver.store.database import Database, Txn
 from dkserver.store.errors import IntegrityError, StoreError, UserExists
 
@@ -195,32 +196,24 @@ def _create_txn(
         raise StoreError(f"cannot register user: {e}") from e
 
 
+#: A `User`'s fields, in order.
+_USER_COLUMNS = "user_id, username, public_key, COALESCE(registered_ns, 0), status"
+
+
 def _get_txn(txn: Txn, user_id: str) -> User | None:
     if not txn.engine.can_hold(user_id):
         return None  # such a user cannot have registered (PostgreSQL: a NUL)
-    txn.execute(
-        "SELECT user_id, username, public_key, COALESCE(registered_ns, 0),"
-        " status FROM users WHERE user_id = ?",
-        (user_id,),
-    )
+    txn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", (user_id,))
     row = txn.fetchone()
     return None if row is None else User(*row)
 
 
-#: The account states as stored: one string object each for every cached user.
-_STATUS = {s: s for s in (ACTIVE, BANNED, DELETED)}
-
-
 def _warm_txn(txn: Txn, limit: int) -> list[User]:
-    txn.execute(
-        "SELECT user_id, username, public_key, COALESCE(registered_ns, 0),"
-        " status FROM users LIMIT ?",
-        (limit,),
-    )
-    status = _STATUS
+    txn.execute(f"SELECT {_USER_COLUMNS} FROM users LIMIT ?", (limit,))
+    # One string object per account state, not one per cached user.
     return [
-        User(uid, name, key, ns, status.get(st, st))
-        for uid, name, key, ns, st in txn.fetchall()
+        User(uid, name, key, ns, sys.intern(status))
+        for uid, name, key, ns, status in txn.fetchall()
     ]
 
 

@@ -41,6 +41,7 @@ from dkserver.proxyproto import ProxyProtocolEndpoint
 from dkserver.ratelimit import BucketRegistry
 from dkserver.retention import Policy, Pruner, PruneService
 from dkserver.store import Store, StoreError
+from dkserver.store.backlog import FirstPageReads
 from dkserver.store.quota import PendingQuota
 from dkserver.store.writer import GroupWriter
 from dkserver.systemd import Notifier, SystemdNotify, watchdog_interval
@@ -182,6 +183,13 @@ class DkService(MultiService):
             self.metrics,
             reactor,
             caps=self.limits.caps,
+            # Half the pool's connections at most (one on SQLite): the group
+            # writer keeps the rest.
+            first_reads=FirstPageReads(
+                self.store.messages,
+                reactor,
+                trips=self.store.pool.connections // 2,
+            ),
         )
         #: Whose sessions this process closes when it starts and stops: in a
         #: cluster its own (and those written before nodes were recorded);

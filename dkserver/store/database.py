@@ -90,6 +90,11 @@ class Database:
         (rollback)."""
         return self.pool.runInteraction(_interaction, self.engine, func, args, kwargs)
 
+    @property
+    def connections(self) -> int:
+        """How many connections the pool may open (one for SQLite's writer)."""
+        return self.pool.max
+
     def close(self) -> None:
         self.pool.close()
 

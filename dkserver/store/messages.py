@@ -137,6 +137,13 @@ class MessageStore:
         storm makes this read once per connect."""
         return await self._pool.runInteraction(_backlog_first_txn, user_id, limit)
 
+    async def backlog_first_pages_many(
+        self, reads: Sequence[tuple[str, int]]
+    ) -> list[tuple[list[StoredMessage], list[StoredMessage] | None]]:
+        """`backlog_first_pages` for each ``(user_id, limit)``, in order, in
+        one transaction: what `dkserver.store.backlog` gathers in a storm."""
+        return await self._pool.runInteraction(_backlog_first_many_txn, list(reads))
+
     async def record_broadcast_deliveries(
         self, pairs: Sequence[tuple[int, str]]
     ) -> None:
@@ -321,6 +328,14 @@ def _backlog_first_txn(
     if len(direct) >= limit:
         return direct, None
     return direct, _undelivered_broadcasts_txn(txn, user_id, limit)
+
+
+def _backlog_first_many_txn(
+    txn: Txn, reads: list[tuple[str, int]]
+) -> list[tuple[list[StoredMessage], list[StoredMessage] | None]]:
+    # One after another, each as _backlog_first_txn alone: every statement
+    # still sees the commits made before it began.
+    return [_backlog_first_txn(txn, user_id, limit) for user_id, limit in reads]
 
 
 DELIVERY_COLUMNS = ("message_id", "user_id")

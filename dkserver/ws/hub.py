@@ -19,6 +19,7 @@ from dkserver import timestamps
 from dkserver.metrics import Metrics
 from dkserver.ratelimit import BucketRegistry, settled
 from dkserver.store import Store
+from dkserver.store.backlog import FirstPageReads
 from dkserver.store.messages import NewMessage, StoredMessage
 from dkserver.store.writer import GroupWriter
 from dkserver.ws import frames
@@ -124,8 +125,13 @@ class Hub:
         clock: Any,
         time_ns=time.time_ns,
         caps: Any = None,
+        *,
+        first_reads: FirstPageReads | None,
     ) -> None:
         self.store = store
+        #: Every connect's first backlog read, gathered (None: no backlogs,
+        #: for unit tests of the rest).
+        self.first_reads = first_reads
         self.writer = writer
         self.bus = bus
         #: ``try_take(user_id)``: True/False, or a Deferred of either when
@@ -302,8 +308,9 @@ class Hub:
         await self.writer.flush()
         messages = self.store.messages
         # The first page of each kind in one transaction (most backlogs are
-        # shorter than a page: one trip to the database thread per connect).
-        first = await messages.backlog_first_pages(user_id, BACKLOG_PAGE)
+        # shorter than a page), gathered with other connects' into one trip
+        # to the database thread.
+        first = await self.first_reads.read(user_id, BACKLOG_PAGE)
         for kind, fetch, page in (
             ("d", messages.pending_direct, first[0]),
             ("b", messages.undelivered_broadcasts, first[1]),

@@ -235,7 +235,15 @@ def test_confirmed_deliveries_observe_their_latency_never_below_zero():
     """A store time from another node's clock may be ahead of this one's."""
     metrics, writer = Metrics(), _DeliveryWriter()
     hub = Hub(
-        None, writer, _NoSessions(), None, None, metrics, Clock(), lambda: 5_000_000_000
+        None,
+        writer,
+        _NoSessions(),
+        None,
+        None,
+        metrics,
+        Clock(),
+        lambda: 5_000_000_000,
+        first_reads=None,
     )
     hub.confirm(
         [

@@ -183,8 +183,9 @@ class DkService(MultiService):
             self.metrics,
             reactor,
             caps=self.limits.caps,
-            # Half the pool's connections at most (one on SQLite): the group
-            # writer keeps the rest.
+            # Half the pool's connections at most, and at least one: on
+            # PostgreSQL the group writer keeps the rest; SQLite's one
+            # connection serves the two in turn.
             first_reads=FirstPageReads(
                 self.store.messages,
                 reactor,

@@ -6,17 +6,20 @@ the group writer's commit fires every waiting connect's ``flush`` in one
 reactor turn.  One trip each costs the reactor a Deferred, a hand-off to
 the pool's thread and one back, and the database a transaction.  Here the
 reads asked for in one reactor turn (and those asked for while the trips
-are busy) go in one transaction, each read exactly as it would run alone;
-a lone connect waits one reactor turn more than before.
+are busy) go in one transaction, each read as it would run alone, in user
+id order (on PostgreSQL a read's raised broadcast floor stays locked until
+the commit: trips side by side take those locks in one order).  A lone
+connect waits one reactor turn more than before.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger, LogLevel
 
+from dkserver.store.errors import StoreUnavailable
 from dkserver.store.messages import MessageStore
 
 #: Reads one trip takes at most: a trip holds its connection (and, on SQLite,
@@ -52,7 +55,8 @@ class FirstPageReads:
     def read(self, user_id: str, limit: int) -> Deferred:
         """Fires with ``(direct, broadcasts)`` as `backlog_first_pages`
         would, or with its error: a failed trip is retried read by read, so
-        one user's failure is that user's alone."""
+        one user's failure is that user's alone (but for `StoreUnavailable`,
+        which every read of the trip gets at once)."""
         d: Deferred = Deferred()
         self._waiting.append((user_id, limit, d))
         if not self._scheduled and self._busy < self._trips:
@@ -71,34 +75,44 @@ class FirstPageReads:
             )
 
     async def _trip(self, batch: list[tuple[str, int, Deferred]]) -> None:
-        messages = self._messages
         try:
-            if len(batch) > 1:
-                try:
-                    results = await messages.backlog_first_pages_many(
-                        [(user_id, limit) for user_id, limit, _ in batch]
-                    )
-                except Exception:
-                    # Read by read below, to find whose fails: the others
-                    # still get theirs (and each failure reaches its caller,
-                    # which logs it).
-                    self.log.info(
-                        "a backlog read trip of {count} failed; reading each alone",
-                        count=len(batch),
-                    )
-                else:
-                    for (_, _, d), result in zip(batch, results, strict=True):
-                        d.callback(result)
-                    return
-            for user_id, limit, d in batch:
-                try:
-                    result = await messages.backlog_first_pages(user_id, limit)
-                except Exception as e:
+            if len(batch) == 1:
+                await self._alone(*batch[0])
+                return
+            try:
+                results = await self._messages.backlog_first_pages_many(
+                    [(user_id, limit) for user_id, limit, _ in batch]
+                )
+            except StoreUnavailable as e:
+                # Nobody's read would fare better alone (the same outage,
+                # and as many timeouts as reads).
+                for _, _, d in batch:
                     d.errback(e)
-                else:
-                    d.callback(result)
+                return
+            except Exception:
+                # Read by read, side by side, to find whose fails: the others
+                # still get theirs (and each failure reaches its caller).
+                self.log.failure(
+                    "a backlog read trip of {count} failed; reading each alone",
+                    count=len(batch),
+                    level=LogLevel.warn,
+                )
+                await DeferredList(
+                    [Deferred.fromCoroutine(self._alone(*read)) for read in batch]
+                )
+                return
+            for (_, _, d), result in zip(batch, results, strict=True):
+                d.callback(result)
         finally:
             self._busy -= 1
             if self._waiting and not self._scheduled:
                 # They waited for this trip; they go now.
                 self._send()
+
+    async def _alone(self, user_id: str, limit: int, d: Deferred) -> None:
+        try:
+            result = await self._messages.backlog_first_pages(user_id, limit)
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(result)

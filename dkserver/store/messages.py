@@ -334,8 +334,15 @@ def _backlog_first_many_txn(
     txn: Txn, reads: list[tuple[str, int]]
 ) -> list[tuple[list[StoredMessage], list[StoredMessage] | None]]:
     # One after another, each as _backlog_first_txn alone: every statement
-    # still sees the commits made before it began.
-    return [_backlog_first_txn(txn, user_id, limit) for user_id, limit in reads]
+    # still sees the commits made before it began.  In user id order: a read
+    # may raise its user's broadcast floor, whose row lock (PostgreSQL) is
+    # held until the commit, so trips running side by side (this node's and
+    # others') must take those locks in one order or deadlock each other.
+    results: list = [None] * len(reads)
+    for i in sorted(range(len(reads)), key=lambda i: reads[i][0]):
+        user_id, limit = reads[i]
+        results[i] = _backlog_first_txn(txn, user_id, limit)
+    return results
 
 
 DELIVERY_COLUMNS = ("message_id", "user_id")

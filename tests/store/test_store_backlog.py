@@ -8,6 +8,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 
+from dkserver.store import StoreUnavailable
 from dkserver.store.backlog import FirstPageReads
 from tests.store.test_store_messages import msg, register
 
@@ -64,7 +65,20 @@ async def test_reads_asked_in_one_turn_go_in_one_trip(store):
     await backlogs(store)
     recorded = Recorded(store.messages)
     reads = FirstPageReads(recorded, reactor)
-    results = await gathered(reads, USERS)
+    transactions = []
+    pool = store.messages._pool
+    real = pool.runInteraction
+
+    def counted(func, *args, **kw):
+        transactions.append(func.__name__)
+        return real(func, *args, **kw)
+
+    pool.runInteraction = counted
+    try:
+        results = await gathered(reads, USERS)
+    finally:
+        pool.runInteraction = real
+    assert transactions == ["_backlog_first_many_txn"]
     assert recorded.trips == [list(USERS)]
     assert results == await alone(store, USERS)
     # Every user had two direct messages and (but its sender) the broadcast.
@@ -126,3 +140,63 @@ async def test_a_read_that_fails_fails_alone(store):
     assert recorded.trips[0][0::2] == ["ann", "cat"] and len(recorded.trips) == 4
     # Nothing is left waiting: the next read gets its own trip as usual.
     assert await gathered(reads, ["dan"]) == await alone(store, ["dan"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_trips_side_by_side_over_the_same_users_do_not_deadlock(store):
+    """Each read of a trip may raise its user's broadcast floor, a row lock
+    held until the trip commits (PostgreSQL): two trips over the same users
+    in opposite orders must not wait for each other (nor fall back to reads
+    one by one)."""
+    users = [f"u{i:02d}" for i in range(64)]
+    await register(store, "ann", *users)
+    # Ids below the broadcast's, so that each read raises its user's floor.
+    earlier = [msg("u00", "ann", "x")] * 3
+    await store.messages.add_many([*earlier, msg("ann", "broadcast", "all")])
+    recorded = Recorded(store.messages)
+    reads = FirstPageReads(recorded, reactor, trips=2, max_reads=64)
+    results = await gathered(reads, users + users[::-1])
+    assert len(recorded.trips) == 2
+    assert all(not isinstance(r, Exception) for r in results)
+    assert [len(b) for _, b in results] == [1] * 128
+    assert results == await alone(store, users + users[::-1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_asked_for_by_an_answered_one_is_answered(store):
+    """A caller's callback runs inside the trip; a read it asks for then
+    waits for the trip to end, and gets one of its own."""
+    await backlogs(store)
+    recorded = Recorded(store.messages)
+    reads = FirstPageReads(recorded, reactor)
+    again = []
+    first = reads.read("ann", 10)
+    first.addCallback(lambda result: again.append(reads.read("bob", 10)) or result)
+    assert await first == (await alone(store, ["ann"]))[0]
+    assert await again[0] == (await alone(store, ["bob"]))[0]
+    assert recorded.trips == [["ann"], ["bob"]]
+
+
+class Unavailable:
+    """A database that is down: every trip fails as the pool's would."""
+
+    def __init__(self) -> None:
+        self.alone = 0
+
+    async def backlog_first_pages_many(self, reads):
+        raise StoreUnavailable("connection refused")
+
+    async def backlog_first_pages(self, user_id, limit):
+        self.alone += 1
+        raise StoreUnavailable("connection refused")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_outage_fails_every_read_of_the_trip_at_once():
+    """Read by read would only wait out as many timeouts as there are reads."""
+    down = Unavailable()
+    reads = FirstPageReads(down, reactor)
+    results = await DeferredList([reads.read(u, 10) for u in USERS], consumeErrors=True)
+    assert [ok for ok, _ in results] == [False] * 5
+    assert all(f.check(StoreUnavailable) for _, f in results)
+    assert down.alone == 0

@@ -243,6 +243,17 @@ class Metrics:
             "Direct messages dropped undelivered after DK_PENDING_MAX_DAYS",
             registry=r,
         )
+        # dkserver.store.backlog: a storm's connects share database trips.
+        self.backlog_reads = Counter(
+            "dkserver_backlog_reads",
+            "Connects' first backlog reads",
+            registry=r,
+        )
+        self.backlog_read_trips = Counter(
+            "dkserver_backlog_read_trips",
+            "Database transactions the first backlog reads took (gathered)",
+            registry=r,
+        )
         self.connections = Gauge(
             "dkserver_websocket_connections", "Open WebSocket connections", registry=r
         )

@@ -190,6 +190,8 @@ class DkService(MultiService):
                 self.store.messages,
                 reactor,
                 trips=self.store.pool.connections // 2,
+                on_read=self.metrics.backlog_reads.inc,
+                on_trip=self.metrics.backlog_read_trips.inc,
             ),
         )
         #: Whose sessions this process closes when it starts and stops: in a

@@ -14,6 +14,7 @@ connect waits one reactor turn more than before.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -32,7 +33,8 @@ class FirstPageReads:
 
     ``trips``: how many may be in the database at once (one for SQLite's
     single connection; on PostgreSQL some of the writer pool's, leaving the
-    rest to the group writer).
+    rest to the group writer).  ``on_read()`` and ``on_trip()`` count each
+    read asked for and each transaction (the metrics).
     """
 
     log = Logger()
@@ -43,8 +45,12 @@ class FirstPageReads:
         clock: Any,
         trips: int = 1,
         max_reads: int = MAX_READS,
+        on_read: Callable[[], object] = lambda: None,
+        on_trip: Callable[[], object] = lambda: None,
     ) -> None:
         self._messages = messages
+        self._on_read = on_read
+        self._on_trip = on_trip
         self._clock = clock
         self._trips = max(1, trips)
         self._max = max_reads
@@ -57,6 +63,7 @@ class FirstPageReads:
         would, or with its error: a failed trip is retried read by read, so
         one user's failure is that user's alone (but for `StoreUnavailable`,
         which every read of the trip gets at once)."""
+        self._on_read()
         d: Deferred = Deferred()
         self._waiting.append((user_id, limit, d))
         if not self._scheduled and self._busy < self._trips:
@@ -79,6 +86,7 @@ class FirstPageReads:
             if len(batch) == 1:
                 await self._alone(*batch[0])
                 return
+            self._on_trip()
             try:
                 results = await self._messages.backlog_first_pages_many(
                     [(user_id, limit) for user_id, limit, _ in batch]
@@ -110,6 +118,7 @@ class FirstPageReads:
                 self._send()
 
     async def _alone(self, user_id: str, limit: int, d: Deferred) -> None:
+        self._on_trip()
         try:
             result = await self._messages.backlog_first_pages(user_id, limit)
         except Exception as e:

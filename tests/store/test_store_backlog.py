@@ -39,6 +39,19 @@ class Recorded:
         return await self.messages.backlog_first_pages(user_id, limit)
 
 
+class Counts:
+    """What the metrics would count: reads asked for, transactions."""
+
+    def __init__(self) -> None:
+        self.reads = self.trips = 0
+
+    def read(self) -> None:
+        self.reads += 1
+
+    def trip(self) -> None:
+        self.trips += 1
+
+
 async def backlogs(store):
     """Each user with two direct messages; one broadcast for all but its sender."""
     await register(store, *USERS)
@@ -64,7 +77,8 @@ async def alone(store, users) -> list:
 async def test_reads_asked_in_one_turn_go_in_one_trip(store):
     await backlogs(store)
     recorded = Recorded(store.messages)
-    reads = FirstPageReads(recorded, reactor)
+    counts = Counts()
+    reads = FirstPageReads(recorded, reactor, on_read=counts.read, on_trip=counts.trip)
     transactions = []
     pool = store.messages._pool
     real = pool.runInteraction
@@ -80,6 +94,7 @@ async def test_reads_asked_in_one_turn_go_in_one_trip(store):
         pool.runInteraction = real
     assert transactions == ["_backlog_first_many_txn"]
     assert recorded.trips == [list(USERS)]
+    assert (counts.reads, counts.trips) == (5, 1)
     assert results == await alone(store, USERS)
     # Every user had two direct messages and (but its sender) the broadcast.
     assert [len(direct) for direct, _ in results] == [2] * 5
@@ -130,7 +145,8 @@ async def test_a_read_that_fails_fails_alone(store):
     caller; the others in its trip are read again one by one and answered."""
     await backlogs(store)
     recorded = Recorded(store.messages)
-    reads = FirstPageReads(recorded, reactor)
+    counts = Counts()
+    reads = FirstPageReads(recorded, reactor, on_read=counts.read, on_trip=counts.trip)
     asked = ["ann", object(), "cat"]
     results = await DeferredList([reads.read(u, 10) for u in asked], consumeErrors=True)
     assert [ok for ok, _ in results] == [True, False, True]
@@ -140,6 +156,8 @@ async def test_a_read_that_fails_fails_alone(store):
     assert recorded.trips[0][0::2] == ["ann", "cat"] and len(recorded.trips) == 4
     # Nothing is left waiting: the next read gets its own trip as usual.
     assert await gathered(reads, ["dan"]) == await alone(store, ["dan"])
+    # Four reads asked for; the failed trip, three alone, dan's.
+    assert (counts.reads, counts.trips) == (4, 5)
 
 
 @pytest_twisted.ensureDeferred

@@ -13,22 +13,12 @@ from twisted.internet.defer import Deferred, DeferredList
 from tests.support.client import Identity, register_and_login
 from tests.support.db import db_rows
 from tests.support.metrics import sample, scrape
-from tests.support.server import start_server, stop_server
 from tests.support.waiting import wait_for
 from tests.support.ws import connect, direct_frame
 
 pytestmark = pytest.mark.both_backends
 
 CLIENTS = 10
-
-
-@pytest_twisted.async_yield_fixture
-async def server(backend_config):
-    running = await start_server(
-        backend_config(message_rate=10_000.0, message_burst=10_000)
-    )
-    yield running
-    await stop_server(running)
 
 
 async def pending_for_each(server) -> tuple[list[str], dict[str, str]]:
@@ -79,7 +69,10 @@ async def each_got_its_own(clients, contents) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_clients_connecting_at_once_are_counted_and_get_their_backlogs(server):
+async def test_clients_connecting_at_once_are_counted_and_get_their_backlogs(
+    lenient_server,
+):
+    server = lenient_server
     tokens, contents = await pending_for_each(server)
     reads_before, trips_before = await counted(server)  # alice's connect
     clients = await connect_all(server, tokens)
@@ -91,10 +84,11 @@ async def test_clients_connecting_at_once_are_counted_and_get_their_backlogs(ser
 
 @pytest.mark.sqlite_only
 @pytest_twisted.ensureDeferred
-async def test_connects_while_the_database_is_busy_share_a_trip(server):
+async def test_connects_while_the_database_is_busy_share_a_trip(lenient_server):
     """SQLite's one connection held by another transaction: the connects
     made meanwhile wait behind it, then read in (at most) two trips, one
     after each of the group writer's two commits their flushes wait for."""
+    server = lenient_server
     tokens, contents = await pending_for_each(server)
     reads_before, trips_before = await counted(server)
     release = threading.Event()

@@ -25,7 +25,6 @@ from websockets.asyncio.client import connect as ws_connect
 
 from tests.support.client import Identity, register_and_login
 from tests.support.db import db_rows
-from tests.support.server import start_server, stop_server
 from tests.support.waiting import wait_for
 from tests.support.ws import broadcast_frame, connect, direct_frame
 
@@ -33,16 +32,6 @@ from tests.support.ws import broadcast_frame, connect, direct_frame
 pytestmark = pytest.mark.both_backends
 
 ROUNDS = 50
-
-
-@pytest_twisted.async_yield_fixture
-async def unlimited_server(backend_config):
-    """Rate limit lifted: the sender sends 50 messages in a few seconds."""
-    running = await start_server(
-        backend_config(message_rate=10_000.0, message_burst=10_000)
-    )
-    yield running
-    await stop_server(running)
 
 
 class Round:
@@ -159,11 +148,11 @@ async def run_websockets_rounds(server, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["direct", "broadcast"])
 @pytest_twisted.ensureDeferred
-async def test_read_then_close_is_delivered_autobahn_client(unlimited_server, kind):
-    await run_autobahn_rounds(unlimited_server, kind)
+async def test_read_then_close_is_delivered_autobahn_client(lenient_server, kind):
+    await run_autobahn_rounds(lenient_server, kind)
 
 
 @pytest.mark.parametrize("kind", ["direct", "broadcast"])
 @pytest_twisted.ensureDeferred
-async def test_read_then_close_is_delivered_websockets_client(unlimited_server, kind):
-    await run_websockets_rounds(unlimited_server, kind)
+async def test_read_then_close_is_delivered_websockets_client(lenient_server, kind):
+    await run_websockets_rounds(lenient_server, kind)

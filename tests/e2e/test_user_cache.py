@@ -8,6 +8,7 @@ import pytest_twisted
 from twisted.logger import globalLogPublisher
 
 from tests.support.client import Identity, login, register_and_login
+from tests.support.db import recorded_interactions
 from tests.support.server import start_server, stop_server
 
 pytestmark = pytest.mark.both_backends
@@ -38,17 +39,9 @@ async def test_a_restarted_server_reads_its_users_at_start(backend_config):
             if e.get("log_format", "").startswith("read {count} users")
         ]
         assert [e["count"] for e in warmed] == [3]
-        reads = server.service.store.reads
-        looked_up: list[str] = []
-        run = reads.runInteraction
-
-        def recording(interaction, *args, **kwargs):
-            looked_up.append(interaction.__name__)
-            return run(interaction, *args, **kwargs)
-
-        reads.runInteraction = recording
-        for ident in idents:  # the logins and token checks need no user read
-            assert await login(server, ident)
+        with recorded_interactions(server.service.store.reads) as looked_up:
+            for ident in idents:  # the logins and token checks need no user read
+                assert await login(server, ident)
         assert "_get_txn" not in looked_up and "_exists_txn" not in looked_up
     finally:
         await stop_server(server)

@@ -113,16 +113,6 @@ async def close_and_wait(*clients) -> None:
         await client.wait_closed()
 
 
-@pytest_twisted.async_yield_fixture
-async def lenient_server(backend_config):
-    """The real server with the message rate limit out of the way."""
-    running = await start_server(
-        backend_config(message_rate=10_000.0, message_burst=10_000)
-    )
-    yield running
-    await stop_server(running)
-
-
 # --- 1. handshake ---------------------------------------------------------------------
 
 

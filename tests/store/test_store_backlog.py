@@ -11,6 +11,7 @@ from twisted.internet.task import deferLater
 from dkserver.store import StoreUnavailable
 from dkserver.store.backlog import FirstPageReads
 from tests.store.test_store_messages import msg, register
+from tests.support.db import recorded_interactions
 
 USERS = ("ann", "bob", "cat", "dan", "eve")
 
@@ -79,19 +80,8 @@ async def test_reads_asked_in_one_turn_go_in_one_trip(store):
     recorded = Recorded(store.messages)
     counts = Counts()
     reads = FirstPageReads(recorded, reactor, on_read=counts.read, on_trip=counts.trip)
-    transactions = []
-    pool = store.messages._pool
-    real = pool.runInteraction
-
-    def counted(func, *args, **kw):
-        transactions.append(func.__name__)
-        return real(func, *args, **kw)
-
-    pool.runInteraction = counted
-    try:
+    with recorded_interactions(store.messages._pool) as transactions:
         results = await gathered(reads, USERS)
-    finally:
-        pool.runInteraction = real
     assert transactions == ["_backlog_first_many_txn"]
     assert recorded.trips == [list(USERS)]
     assert (counts.reads, counts.trips) == (5, 1)

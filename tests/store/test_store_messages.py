@@ -9,6 +9,7 @@ from dkserver import timestamps
 from dkserver.store import NewMessage, StoreError
 from dkserver.store.engine import COPY_THRESHOLD, sqlite_chunks
 from dkserver.store.messages import mark_delivered_txn
+from tests.support.db import recorded_interactions
 
 T0 = 1_800_000_000 * 10**9  # a registration instant, Unix ns
 
@@ -233,16 +234,7 @@ async def test_backlog_first_pages_reads_both_kinds_in_one_transaction(store):
             msg("bob", "alice", "3"),
         ]
     )
-    trips = []
-    pool = store.messages._pool
-    real = pool.runInteraction
-
-    def counted(func, *args, **kw):
-        trips.append(func.__name__)
-        return real(func, *args, **kw)
-
-    pool.runInteraction = counted
-    try:
+    with recorded_interactions(store.messages._pool) as trips:
         direct, broadcasts = await store.messages.backlog_first_pages("bob", 10)
         assert len(trips) == 1
         assert [m.id for m in direct] == [d1, d2]
@@ -252,8 +244,6 @@ async def test_backlog_first_pages_reads_both_kinds_in_one_transaction(store):
         assert [m.id for m in direct] == [d1, d2] and broadcasts is None
         direct, broadcasts = await store.messages.backlog_first_pages("carol", 10)
         assert direct == [] and broadcasts == []  # carol's own broadcast
-    finally:
-        pool.runInteraction = real
     await store.messages.record_broadcast_deliveries([(bid, "bob")])
     assert await store.messages.backlog_first_pages("bob", 10) == (
         await store.messages.pending_direct("bob"),

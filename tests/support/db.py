@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -10,6 +12,25 @@ import psycopg
 from dkserver.store.engine import PostgresEngine, encode_content
 
 _ENGINE = PostgresEngine()
+
+
+@contextmanager
+def recorded_interactions(database) -> Iterator[list[str]]:
+    """The names of the transactions run through ``database`` (a store's
+    `Database`) while the block runs, in order; they still run."""
+    names: list[str] = []
+    real = database.runInteraction
+
+    def recording(func, *args, **kwargs):
+        names.append(func.__name__)
+        return real(func, *args, **kwargs)
+
+    database.runInteraction = recording
+    try:
+        yield names
+    finally:
+        del database.runInteraction
+
 
 #: Open autocommit connections by conninfo, newest last: tests poll db_rows
 #: in loops, and a PostgreSQL connection costs a server process and a SCRAM

@@ -12,6 +12,7 @@ reactor-driven twin; its port, path and interpreter helpers are reused).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import requests
 from nacl.signing import SigningKey
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
 
 from tests.reliability.daemon import ROOT, TWISTD, free_port
 
@@ -107,35 +108,71 @@ def forward_answer(frame: dict) -> dict | None:
     }
 
 
-def _run_agent(url: str, context: ssl.SSLContext, ready: list, opened) -> None:
-    try:
-        with connect(url, ssl=context, open_timeout=10) as ws:
-            ready.append(ws)
-            opened.set()
-            for text in ws:
-                reply = forward_answer(json.loads(text))
-                if reply is not None:
-                    ws.send(json.dumps(reply))
-    except ConnectionClosed:
-        pass
-    finally:
-        opened.set()
+class Agent:
+    """The test user's WebSocket client, answering forward requests.
+
+    websockets' asyncio client on an event loop of its own thread, not its
+    threaded client, which reads the TLS socket in one thread while writing
+    it in another (see ``_echo_over_wss`` in
+    tests/conformance/test_autobahn_conformance.py).
+    """
+
+    def __init__(self, url: str, context: ssl.SSLContext) -> None:
+        self._url = url
+        self._context = context
+        self._opened = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ws = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._run(),), daemon=True
+        )
+
+    def start(self, timeout: float) -> None:
+        self._thread.start()
+        self._opened.wait(timeout)
+        assert self._ws is not None, (
+            f"the forward-answering agent did not connect: {self._error!r}"
+        )
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            async with connect(self._url, ssl=self._context, open_timeout=10) as ws:
+                self._ws = ws
+                self._opened.set()
+                async for text in ws:
+                    reply = forward_answer(json.loads(text))
+                    if reply is not None:
+                        await ws.send(json.dumps(reply))
+        except ConnectionClosed:
+            pass
+        except Exception as e:
+            self._error = e  # for start(); the thread's excepthook shows it too
+            raise
+        finally:
+            self._opened.set()
+
+    def close(self) -> None:
+        """Close the connection and wait for the agent's thread to end."""
+        if self._thread.is_alive() and self._ws is not None:
+            try:
+                done = asyncio.run_coroutine_threadsafe(self._ws.close(), self._loop)
+                done.result(10)
+            except RuntimeError:  # the loop ended meanwhile
+                pass
+        self._thread.join(10)
 
 
-def connect_agent(base: str, token: str) -> ClientConnection:
+def connect_agent(base: str, token: str) -> Agent:
     """A WebSocket client of the test user that answers forward requests."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     url = base.replace("https://", "wss://") + f"/ws?token={token}"
-    ready: list[ClientConnection] = []
-    opened = threading.Event()
-    threading.Thread(
-        target=_run_agent, args=(url, context, ready, opened), daemon=True
-    ).start()
-    opened.wait(15)
-    assert ready, "the forward-answering agent did not connect"
-    return ready[0]
+    agent = Agent(url, context)
+    agent.start(15)
+    return agent
 
 
 def operator_folders(directory: Path) -> dict[str, str]:
